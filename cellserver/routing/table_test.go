@@ -1,0 +1,145 @@
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	t1 = time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// twoEpochs is a 2-cell set that grew to 3 cells at t1.
+func twoEpochs() *Table {
+	return &Table{
+		Set:       "rp",
+		SlotCount: 12,
+		Epochs: []Epoch{
+			{Number: 1, EffectiveTime: t0, Ranges: []SlotRange{{0, 5, "rp-cell-0"}, {6, 11, "rp-cell-1"}}},
+			{Number: 2, EffectiveTime: t1, Ranges: []SlotRange{{0, 3, "rp-cell-0"}, {4, 5, "rp-cell-2"}, {6, 9, "rp-cell-1"}, {10, 11, "rp-cell-2"}}},
+		},
+		Masked: []MaskedRange{{Start: 2, End: 3, Reason: "db_00.t_2 errors", Since: t1}},
+	}
+}
+
+func TestOwnerAtFollowsCreationTime(t *testing.T) {
+	tab := twoEpochs()
+	cases := []struct {
+		slot      int
+		at        time.Time
+		wantCell  string
+		wantEpoch int64
+	}{
+		{4, t1.Add(-time.Second), "rp-cell-0", 1}, // created just before the new epoch: old owner
+		{4, t1, "rp-cell-2", 2},                   // at the effective second: new owner
+		{4, t1.Add(time.Hour), "rp-cell-2", 2},
+		{11, t0.Add(time.Hour), "rp-cell-1", 1},
+		{11, t1.Add(time.Hour), "rp-cell-2", 2},
+		{0, t0.Add(-24 * time.Hour), "rp-cell-0", 1}, // before every epoch: the first one reaches back
+		{7, t1.Add(time.Hour), "rp-cell-1", 2},
+	}
+	for _, c := range cases {
+		cell, epoch, err := tab.OwnerAt(c.slot, c.at)
+		if err != nil || cell != c.wantCell || epoch != c.wantEpoch {
+			t.Errorf("OwnerAt(%d, %s) = %q, %d, %v; want %q, %d", c.slot, c.at, cell, epoch, err, c.wantCell, c.wantEpoch)
+		}
+	}
+	for _, slot := range []int{-1, 12, 999} {
+		if _, _, err := tab.OwnerAt(slot, t1); !errors.Is(err, ErrNoOwner) {
+			t.Errorf("OwnerAt(%d) err = %v, want ErrNoOwner", slot, err)
+		}
+	}
+}
+
+func TestOwnedAndCreatableSlots(t *testing.T) {
+	tab := twoEpochs()
+	if got := tab.OwnedSlots("rp-cell-2", t1); !slices.Equal(got, []int{4, 5, 10, 11}) {
+		t.Errorf("OwnedSlots(cell-2, t1) = %v", got)
+	}
+	if got := tab.OwnedSlots("rp-cell-2", t0); len(got) != 0 {
+		t.Errorf("cell-2 owns %v before it existed", got)
+	}
+	if got := tab.CreatableSlots("rp-cell-0", t1); !slices.Equal(got, []int{0, 1}) {
+		t.Errorf("CreatableSlots(cell-0, t1) = %v, want masked 2,3 left out", got)
+	}
+	for s, want := range map[int]bool{1: false, 2: true, 3: true, 4: false} {
+		if tab.IsMasked(s) != want {
+			t.Errorf("IsMasked(%d) = %v", s, !want)
+		}
+	}
+	if got := tab.AllCells(); !slices.Equal(got, []string{"rp-cell-0", "rp-cell-1", "rp-cell-2"}) {
+		t.Errorf("AllCells = %v", got)
+	}
+}
+
+func TestMarshalParseRoundTrip(t *testing.T) {
+	tab := twoEpochs()
+	tab.Endpoints = map[string][]string{"rp-cell-0": {"http://127.0.0.1:9001"}}
+	data, err := tab.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, field := range []string{`"slotCount"`, `"effectiveTime"`, `"ranges"`, `"start"`, `"end"`, `"cell"`, `"masked"`, `"reason"`, `"since"`, `"endpoints"`, `"number"`, `"set"`} {
+		if !strings.Contains(string(data), field) {
+			t.Errorf("marshalled table lacks %s:\n%s", field, data)
+		}
+	}
+	back, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _, _ := back.OwnerAt(10, t1); c != "rp-cell-2" || !back.IsMasked(3) || back.Endpoints["rp-cell-0"][0] != "http://127.0.0.1:9001" {
+		t.Errorf("round trip lost data: %+v", back)
+	}
+}
+
+func TestParseRefusesInvalidTables(t *testing.T) {
+	cases := map[string]struct {
+		edit func(*Table)
+		want string
+	}{
+		"slot count zero":      {func(t *Table) { t.SlotCount = 0 }, "slotCount"},
+		"slot count too big":   {func(t *Table) { t.SlotCount = 1001 }, "slotCount"},
+		"no epochs":            {func(t *Table) { t.Epochs = nil }, "epochs: must not be empty"},
+		"numbers not rising":   {func(t *Table) { t.Epochs[1].Number = 1 }, "epochs[1].number"},
+		"times not rising":     {func(t *Table) { t.Epochs[1].EffectiveTime = t0 }, "epochs[1].effectiveTime"},
+		"sub-second effective": {func(t *Table) { t.Epochs[1].EffectiveTime = t1.Add(time.Millisecond) }, "whole second"},
+		"zero effective":       {func(t *Table) { t.Epochs[0].EffectiveTime = time.Time{} }, "epochs[0].effectiveTime"},
+		"gap":                  {func(t *Table) { t.Epochs[0].Ranges[1].Start = 7 }, "slots 6..6: not owned"},
+		"overlap":              {func(t *Table) { t.Epochs[0].Ranges[1].Start = 5 }, "overlaps"},
+		"short of slot count":  {func(t *Table) { t.Epochs[0].Ranges[1].End = 10 }, "slots 11..11: not owned"},
+		"beyond slot count":    {func(t *Table) { t.Epochs[0].Ranges[1].End = 12 }, "beyond slotCount"},
+		"reversed range":       {func(t *Table) { t.Epochs[1].Ranges[1] = SlotRange{5, 4, "rp-cell-2"} }, "start after end"},
+		"empty cell":           {func(t *Table) { t.Epochs[0].Ranges[0].Cell = "" }, "empty cell name"},
+		"no ranges":            {func(t *Table) { t.Epochs[0].Ranges = nil }, "epochs[0].ranges: must not be empty"},
+		"mask outside":         {func(t *Table) { t.Masked[0].End = 12 }, "masked[0]"},
+		"mask negative":        {func(t *Table) { t.Masked[0].Start = -1 }, "masked[0]"},
+		"mask reversed":        {func(t *Table) { t.Masked[0].Start, t.Masked[0].End = 3, 2 }, "masked[0]"},
+		"empty endpoint":       {func(t *Table) { t.Endpoints = map[string][]string{"rp-cell-0": {""}} }, "endpoints[rp-cell-0][0]"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			tab := twoEpochs()
+			c.edit(tab)
+			if _, err := tab.Marshal(); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Marshal err = %v, want it to mention %q", err, c.want)
+			}
+			// Parse must refuse the same content written by hand.
+			raw := fmt.Sprintf(`{"set":"rp","slotCount":%d,"epochs":%s,"masked":%s}`, tab.SlotCount, mustJSON(t, tab.Epochs), mustJSON(t, tab.Masked))
+			if tab.Endpoints != nil {
+				raw = raw[:len(raw)-1] + `,"endpoints":` + mustJSON(t, tab.Endpoints) + "}"
+			}
+			if _, err := Parse([]byte(raw)); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Parse err = %v, want it to mention %q", err, c.want)
+			}
+		})
+	}
+	if _, err := Parse([]byte(`{"slotCount": "ten"}`)); err == nil {
+		t.Error("Parse accepted malformed JSON")
+	}
+}

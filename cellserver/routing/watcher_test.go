@@ -1,0 +1,148 @@
+package routing
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func writeTable(t *testing.T, path string, tab *Table) {
+	t.Helper()
+	data, err := tab.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, path, data)
+}
+
+// writeRaw replaces the file atomically, the way the kubelet swaps ConfigMap content.
+func writeRaw(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestWatcherReloadsAndKeepsLastGood(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routing.json")
+	tab := twoEpochs()
+	tab.Epochs = tab.Epochs[:1]
+	writeTable(t, path, tab)
+
+	w, err := NewWatcher(path, 5*time.Millisecond, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.LoadedEpoch() != 1 || w.Reloads() != 1 {
+		t.Fatalf("initial load: epoch %d reloads %d", w.LoadedEpoch(), w.Reloads())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.Run(ctx)
+
+	// A new epoch is picked up without a restart.
+	changed := w.Changed()
+	writeTable(t, path, twoEpochs())
+	waitFor(t, changed)
+	if w.LoadedEpoch() != 2 {
+		t.Fatalf("after reload epoch = %d", w.LoadedEpoch())
+	}
+	if c, _, _ := w.Current().OwnerAt(11, t1); c != "rp-cell-2" {
+		t.Fatalf("reloaded table routes slot 11 to %q", c)
+	}
+
+	// A broken file and an invalid table are refused; the last good table stays.
+	for _, bad := range [][]byte{[]byte("{not json"), []byte(`{"set":"rp","slotCount":12,"epochs":[]}`)} {
+		writeRaw(t, path, bad)
+		deadline := time.Now().Add(5 * time.Second)
+		for !w.Failing() {
+			if time.Now().After(deadline) {
+				t.Fatal("watcher never noticed the bad file")
+			}
+			time.Sleep(time.Millisecond) // polling a condition with a deadline, not synchronising on time
+		}
+		if w.LoadedEpoch() != 2 || w.Current() == nil {
+			t.Fatalf("bad file replaced the table: epoch %d", w.LoadedEpoch())
+		}
+		w.failing.Store(false) // so the next bad file is observed afresh
+	}
+
+	// A missing file is also survived.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	w.Poll()
+	if !w.Failing() || w.Current() == nil {
+		t.Fatal("missing file not reported or table dropped")
+	}
+
+	// Recovery: a good file again is loaded.
+	changed = w.Changed()
+	next := twoEpochs()
+	next.Masked = nil
+	writeTable(t, path, next)
+	waitFor(t, changed)
+	if w.Failing() || w.Current().IsMasked(2) {
+		t.Fatal("recovered file not in force")
+	}
+}
+
+func TestWatcherSameSizeRewrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routing.json")
+	tab := twoEpochs()
+	writeTable(t, path, tab)
+	info, _ := os.Stat(path)
+	w, err := NewWatcher(path, time.Hour, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Same length, same mtime, different owner: only the periodic forced read sees it.
+	tab.Epochs[1].Ranges[0].Cell = "rp-cell-9"
+	data, _ := tab.Marshal()
+	tab.Epochs[1].Ranges[0].Cell = "rp-cell-0"
+	orig, _ := tab.Marshal()
+	if len(data) != len(orig) {
+		t.Fatal("test needs equal sizes")
+	}
+	writeRaw(t, path, data)
+	if err := os.Chtimes(path, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	for range forceReadEvery {
+		w.Poll()
+	}
+	if c, _, _ := w.Current().OwnerAt(0, t1); c != "rp-cell-9" {
+		t.Fatalf("same-size rewrite not noticed: owner %q", c)
+	}
+}
+
+func TestNewWatcherFailsWithoutAGoodFile(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := NewWatcher(filepath.Join(dir, "absent.json"), 0, nil); err == nil {
+		t.Error("NewWatcher accepted a missing file")
+	}
+	bad := filepath.Join(dir, "bad.json")
+	writeRaw(t, bad, []byte(`{"slotCount":0}`))
+	if _, err := NewWatcher(bad, 0, nil); err == nil {
+		t.Error("NewWatcher accepted an invalid table")
+	}
+}
+
+func waitFor(t *testing.T, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("timed out waiting for a reload")
+	}
+}
