@@ -1,0 +1,222 @@
+package signing
+
+import (
+	"bytes"
+	"container/heap"
+	"crypto/hmac"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Defaults of a Verifier.
+const (
+	DefaultWindow        = 30 * time.Second
+	DefaultNonceCapacity = 1 << 20 // ~40 MB at worst; a cell server sees far fewer calls per minute
+	DefaultMaxBody       = 1 << 20
+)
+
+// Verifier checks signed requests. It is safe for concurrent use.
+type Verifier struct {
+	key     []byte
+	window  time.Duration
+	maxBody int64
+	now     func() time.Time
+	nonces  nonceCache
+}
+
+// Option adjusts a Verifier.
+type Option func(*Verifier)
+
+// WithNonceCapacity bounds how many request IDs are remembered. When the cache is full of IDs
+// that are all still inside the window, new requests are refused with 503 rather than
+// forgetting an ID early, which would reopen the door to replays.
+func WithNonceCapacity(n int) Option { return func(v *Verifier) { v.nonces.capacity = n } }
+
+// WithMaxBody bounds the body the middleware reads to verify it.
+func WithMaxBody(n int64) Option { return func(v *Verifier) { v.maxBody = n } }
+
+// WithClock replaces time.Now (tests).
+func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
+
+// NewVerifier returns a Verifier for key accepting timestamps within window of its clock, either
+// way. window ≤ 0 means DefaultWindow.
+func NewVerifier(key []byte, window time.Duration, opts ...Option) *Verifier {
+	if window <= 0 {
+		window = DefaultWindow
+	}
+	v := &Verifier{key: bytes.Clone(key), window: window, maxBody: DefaultMaxBody, now: time.Now}
+	v.nonces.capacity = DefaultNonceCapacity
+	for _, o := range opts {
+		o(v)
+	}
+	v.nonces.seen = make(map[[16]byte]int64)
+	return v
+}
+
+// Verify checks req, whose body the caller has read into body. On success the request ID is
+// remembered, so verifying the same request again fails as a replay.
+func (v *Verifier) Verify(req *http.Request, body []byte) error {
+	ts := req.Header.Get(HeaderTimestamp)
+	requestID := req.Header.Get(HeaderRequestID)
+	sig := req.Header.Get(HeaderSignature)
+	switch {
+	case sig == "":
+		return unauthorized(HeaderSignature, ReasonMissing, "missing signature")
+	case ts == "":
+		return unauthorized(HeaderTimestamp, ReasonMissing, "missing timestamp")
+	case requestID == "":
+		return unauthorized(HeaderRequestID, ReasonMissing, "missing request id")
+	}
+	secs, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return unauthorized(HeaderTimestamp, ReasonMalformed, "timestamp is not unix seconds")
+	}
+	var nonce [16]byte
+	if len(requestID) != 2*len(nonce) {
+		return unauthorized(HeaderRequestID, ReasonMalformed, "request id must be 32 hex digits")
+	}
+	if _, err := hex.Decode(nonce[:], []byte(requestID)); err != nil {
+		return unauthorized(HeaderRequestID, ReasonMalformed, "request id must be 32 hex digits")
+	}
+	got, err := hex.DecodeString(sig)
+	if err != nil {
+		return unauthorized(HeaderSignature, ReasonMalformed, "signature is not hex")
+	}
+	now := v.now()
+	sent := time.Unix(secs, 0)
+	if skew := now.Sub(sent); skew > v.window || skew < -v.window {
+		return unauthorized(HeaderTimestamp, ReasonStale, fmt.Sprintf("timestamp %d is outside the %s window", secs, v.window))
+	}
+	uri := req.RequestURI // what the client signed, byte for byte
+	if uri == "" {
+		uri = req.URL.RequestURI()
+	}
+	if !hmac.Equal(got, mac(v.key, req.Method, uri, body, ts, requestID)) {
+		return unauthorized(HeaderSignature, ReasonBadSignature, "signature does not match")
+	}
+	// The ID must be remembered until the timestamp leaves the window (the window is inclusive,
+	// hence the extra nanosecond); after that the timestamp check refuses the request on its own.
+	switch v.nonces.add(nonce, sent.Add(v.window).UnixNano()+1, now.UnixNano()) {
+	case nonceReplayed:
+		return unauthorized(HeaderRequestID, ReasonReplayed, "request id already used: replayed request")
+	case nonceFull:
+		return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Field: HeaderRequestID, Reason: ReasonBusy,
+			Message: "too many signed requests in the replay window; retry shortly"}
+	}
+	return nil
+}
+
+// Middleware verifies every request before next sees it. The body is read (up to the size
+// limit) and put back, so handlers read it as usual.
+func (v *Verifier) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body []byte
+		if r.Body != nil && r.Body != http.NoBody {
+			var err error
+			body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, v.maxBody))
+			if err != nil {
+				var tooBig *http.MaxBytesError
+				if errors.As(err, &tooBig) {
+					writeError(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Reason: ReasonTooLarge,
+						Message: fmt.Sprintf("body larger than %d bytes", v.maxBody)})
+					return
+				}
+				writeError(w, &Error{Status: http.StatusBadRequest, Code: "bad_request", Reason: ReasonMalformed, Message: "cannot read body"})
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		if err := v.Verify(r, body); err != nil {
+			var e *Error
+			if !errors.As(err, &e) {
+				e = unauthorized("", ReasonMalformed, err.Error())
+			}
+			if e.Status == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", "1")
+			}
+			writeError(w, e)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Nonces is how many request IDs are remembered now (for metrics and tests).
+func (v *Verifier) Nonces() int { return v.nonces.len() }
+
+func writeError(w http.ResponseWriter, e *Error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Field   string `json:"field,omitempty"`
+	}{e.Code, e.Message, e.Field})
+}
+
+type nonceResult int
+
+const (
+	nonceAdded nonceResult = iota
+	nonceReplayed
+	nonceFull
+)
+
+// nonceCache remembers request IDs until their expiry. A min-heap on expiry lets each insert
+// drop what has expired in O(log n) per entry, so the cache never holds more than capacity IDs
+// and never forgets one early.
+type nonceCache struct {
+	mu       sync.Mutex
+	capacity int
+	seen     map[[16]byte]int64 // nonce -> expiry (unix nanos)
+	byExpiry nonceHeap
+}
+
+func (c *nonceCache) add(n [16]byte, expiry, now int64) nonceResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.byExpiry) > 0 && c.byExpiry[0].expiry <= now {
+		old := heap.Pop(&c.byExpiry).(nonceEntry)
+		delete(c.seen, old.nonce)
+	}
+	if _, ok := c.seen[n]; ok {
+		return nonceReplayed
+	}
+	if len(c.seen) >= c.capacity {
+		return nonceFull
+	}
+	c.seen[n] = expiry
+	heap.Push(&c.byExpiry, nonceEntry{nonce: n, expiry: expiry})
+	return nonceAdded
+}
+
+func (c *nonceCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+type nonceEntry struct {
+	nonce  [16]byte
+	expiry int64
+}
+
+type nonceHeap []nonceEntry
+
+func (h nonceHeap) Len() int           { return len(h) }
+func (h nonceHeap) Less(i, j int) bool { return h[i].expiry < h[j].expiry }
+func (h nonceHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *nonceHeap) Push(x any)        { *h = append(*h, x.(nonceEntry)) }
+func (h *nonceHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
