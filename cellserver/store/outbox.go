@@ -1,0 +1,127 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// PendingOutbox returns up to limit undelivered outbox rows whose next attempt is due,
+// oldest first.
+func (s *Store) PendingOutbox(ctx context.Context, now time.Time, limit int) ([]OutboxRow, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT id, kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms, attempts FROM "+
+		s.cellTable("outbox")+" WHERE delivered = 0 AND next_ms <= ? ORDER BY id LIMIT ?", ms(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []OutboxRow
+	for rows.Next() {
+		var r OutboxRow
+		var kind int
+		var at int64
+		if err := rows.Scan(&r.ID, &kind, &r.Key, &r.PacketID, &r.Account, &r.AmountCents, &r.Count, &r.Group, &at, &r.Attempts); err != nil {
+			return nil, fmt.Errorf("read outbox: %w", err)
+		}
+		r.Kind, r.At = OutboxKind(kind), fromMS(at)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// MarkDelivered records that the consumer acknowledged these rows.
+func (s *Store) MarkDelivered(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	q := "UPDATE " + s.cellTable("outbox") + " SET delivered = 1, last_error = NULL WHERE id IN (?" + strings.Repeat(",?", len(ids)-1) + ")"
+	if _, err := s.db.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("mark %d outbox rows delivered: %w", len(ids), err)
+	}
+	return nil
+}
+
+// MarkFailed records a failed delivery and when to try again.
+func (s *Store) MarkFailed(ctx context.Context, id int64, next time.Time, cause error) error {
+	msg := cause.Error()
+	if len(msg) > 250 {
+		msg = msg[:250]
+	}
+	_, err := s.db.ExecContext(ctx, "UPDATE "+s.cellTable("outbox")+" SET attempts = attempts + 1, next_ms = ?, last_error = ? WHERE id = ?", ms(next), msg, id)
+	if err != nil {
+		return fmt.Errorf("mark outbox row %d failed: %w", id, err)
+	}
+	return nil
+}
+
+// OutboxBacklog counts undelivered rows.
+func (s *Store) OutboxBacklog(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+s.cellTable("outbox")+" WHERE delivered = 0").Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count outbox backlog: %w", err)
+	}
+	return n, nil
+}
+
+// PurgeDelivered deletes delivered rows older than before, in batches, so the outbox stays
+// small; the wallet's ledger is the durable record of what was delivered.
+func (s *Store) PurgeDelivered(ctx context.Context, before time.Time, batch int) (int64, error) {
+	var total int64
+	for {
+		res, err := s.db.ExecContext(ctx, "DELETE FROM "+s.cellTable("outbox")+" WHERE delivered = 1 AND at_ms < ? LIMIT ?", ms(before), batch)
+		if err != nil {
+			return total, fmt.Errorf("purge delivered outbox rows: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		if n < int64(batch) {
+			return total, nil
+		}
+	}
+}
+
+// RecordHistory stores one history line; it is idempotent on (user, role, packet), which is
+// what a redelivered outbox row repeats.
+func (s *Store) RecordHistory(ctx context.Context, h HistoryItem) error {
+	_, err := s.db.ExecContext(ctx, "INSERT IGNORE INTO "+s.cellTable("history")+" (user_id, role, packet_id, at_ms, amount_cents, share_count, grp) VALUES (?, ?, ?, ?, ?, ?, ?)",
+		h.User, int(h.Role), h.PacketID, ms(h.At), h.AmountCents, h.Count, h.Group)
+	if err != nil {
+		return fmt.Errorf("record history of %s for packet %d: %w", h.User, h.PacketID, err)
+	}
+	return nil
+}
+
+// History pages a user's history newest first, strictly before (beforeAt, beforeID); a zero
+// beforeAt starts at the newest.
+func (s *Store) History(ctx context.Context, user string, role Role, beforeAt time.Time, beforeID int64, limit int) ([]HistoryItem, error) {
+	q := "SELECT packet_id, at_ms, amount_cents, share_count, grp FROM " + s.cellTable("history") + " WHERE user_id = ? AND role = ?"
+	args := []any{user, int(role)}
+	if !beforeAt.IsZero() {
+		q += " AND (at_ms < ? OR (at_ms = ? AND packet_id < ?))"
+		args = append(args, ms(beforeAt), ms(beforeAt), beforeID)
+	}
+	q += " ORDER BY at_ms DESC, packet_id DESC LIMIT ?"
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read history of %s: %w", user, err)
+	}
+	defer rows.Close()
+	var out []HistoryItem
+	for rows.Next() {
+		h := HistoryItem{User: user, Role: role}
+		var at int64
+		if err := rows.Scan(&h.PacketID, &at, &h.AmountCents, &h.Count, &h.Group); err != nil {
+			return nil, fmt.Errorf("read history of %s: %w", user, err)
+		}
+		h.At = fromMS(at)
+		out = append(out, h)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,533 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const packetCols = `id, sender, request_id, kind, status, total_cents, share_count, remaining_cents,
+  remaining_count, refunded_cents, grp, greeting, COALESCE(payment_txn_id, ''), created_ms, paid_ms,
+  expires_ms, settled_ms`
+
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanPacket(r rowScanner) (Packet, error) {
+	var p Packet
+	var kind, status int
+	var created, paid, expires, settled int64
+	err := r.Scan(&p.ID, &p.Sender, &p.RequestID, &kind, &status, &p.TotalCents, &p.Count,
+		&p.RemainingCents, &p.RemainingCount, &p.RefundedCents, &p.Group, &p.Greeting, &p.PaymentTxnID,
+		&created, &paid, &expires, &settled)
+	if err != nil {
+		return Packet{}, err
+	}
+	p.Kind, p.Status = kindOf(kind), Status(status)
+	p.CreatedAt, p.PaidAt, p.ExpiresAt, p.SettledAt = fromMS(created), fromMS(paid), fromMS(expires), fromMS(settled)
+	return p, nil
+}
+
+// Wrap stores a new packet p (its ID already allocated) unless the sender already wrapped one
+// with the same request ID, in which case it returns that one and created=false. A reused
+// request ID with different content is refused with ErrIdempotencyClash. payBy is the
+// deadline for payment; the sweeper cancels the packet after it.
+func (s *Store) Wrap(ctx context.Context, p Packet, payBy time.Time) (Packet, bool, error) {
+	tbl := s.TableOf(p.ID)
+	packets, _ := s.Tables(p.ID)
+	got, created, err := s.wrap(ctx, p, payBy, packets)
+	s.observe(tbl, err)
+	if err != nil {
+		return Packet{}, false, fmt.Errorf("wrap packet %d for %s/%s: %w", p.ID, p.Sender, p.RequestID, err)
+	}
+	return got, created, nil
+}
+
+func (s *Store) wrap(ctx context.Context, p Packet, payBy time.Time, packets string) (Packet, bool, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Packet{}, false, err
+	}
+	defer rollback(tx)
+	_, err = tx.ExecContext(ctx, "INSERT INTO "+s.cellTable("wrap_requests")+" (sender, request_id, packet_id) VALUES (?, ?, ?)",
+		p.Sender, p.RequestID, p.ID)
+	if isDuplicate(err) {
+		rollback(tx)
+		return s.existingWrap(ctx, p)
+	}
+	if err != nil {
+		return Packet{}, false, err
+	}
+	p.Status = StatusWrapped
+	p.RemainingCents, p.RemainingCount = p.TotalCents, p.Count
+	p.ExpiresAt = payBy
+	_, err = tx.ExecContext(ctx, "INSERT INTO "+packets+` (id, sender, request_id, kind, status, total_cents,
+  share_count, remaining_cents, remaining_count, grp, greeting, created_ms, expires_ms)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		p.ID, p.Sender, p.RequestID, p.Kind.code(), int(p.Status), p.TotalCents, p.Count, p.RemainingCents,
+		p.RemainingCount, p.Group, p.Greeting, ms(p.CreatedAt), ms(payBy))
+	if err != nil {
+		return Packet{}, false, err
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO "+s.cellTable("expiry")+" (packet_id, expires_ms) VALUES (?, ?)", p.ID, ms(payBy)); err != nil {
+		return Packet{}, false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return Packet{}, false, err
+	}
+	p.CreatedAt = fromMS(ms(p.CreatedAt))
+	p.ExpiresAt = fromMS(ms(payBy))
+	return p, true, nil
+}
+
+func (s *Store) existingWrap(ctx context.Context, p Packet) (Packet, bool, error) {
+	var id int64
+	err := s.db.QueryRowContext(ctx, "SELECT packet_id FROM "+s.cellTable("wrap_requests")+" WHERE sender = ? AND request_id = ?",
+		p.Sender, p.RequestID).Scan(&id)
+	if err != nil {
+		return Packet{}, false, fmt.Errorf("read wrap request: %w", err)
+	}
+	got, err := s.get(ctx, id)
+	if err != nil {
+		return Packet{}, false, err
+	}
+	if got.TotalCents != p.TotalCents || got.Count != p.Count || got.Kind != p.Kind || got.Group != p.Group || got.Greeting != p.Greeting {
+		return Packet{}, false, fmt.Errorf("request %s already wrapped packet %d: %w", p.RequestID, id, ErrIdempotencyClash)
+	}
+	return got, false, nil
+}
+
+// Get reads a packet without locking it. Packets older than the retention are looked up in
+// the cold table when the day table no longer has them.
+func (s *Store) Get(ctx context.Context, id int64) (Packet, error) {
+	p, err := s.get(ctx, id)
+	s.observe(s.TableOf(id), err)
+	if err != nil {
+		return Packet{}, fmt.Errorf("get packet %d: %w", id, err)
+	}
+	return p, nil
+}
+
+func (s *Store) get(ctx context.Context, id int64) (Packet, error) {
+	packets, _ := s.Tables(id)
+	p, err := scanPacket(s.db.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+packets+" WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+		cold, _ := s.coldTables(s.TableOf(id))
+		p, err = scanPacket(s.db.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+cold+" WHERE id = ?", id))
+	}
+	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+		return Packet{}, ErrNotFound
+	}
+	return p, err
+}
+
+func lockPacket(ctx context.Context, tx *sql.Tx, packets string, id int64) (Packet, error) {
+	p, err := scanPacket(tx.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+packets+" WHERE id = ? FOR UPDATE", id))
+	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+		return Packet{}, ErrNotFound
+	}
+	return p, err
+}
+
+// Pay activates a wrapped packet on the payment system's notice. It is idempotent on the
+// payment transaction ID: a repeated notice returns the packet unchanged. The packet then
+// expires at now+expiry. The outbox gets the escrow transfer and the sender's history entry
+// in the same transaction.
+func (s *Store) Pay(ctx context.Context, id int64, txnID string, amount int64, now time.Time, expiry time.Duration) (Packet, error) {
+	p, err := s.pay(ctx, id, txnID, amount, now, expiry)
+	s.observe(s.TableOf(id), err)
+	if err != nil {
+		return Packet{}, fmt.Errorf("pay packet %d with %s: %w", id, txnID, err)
+	}
+	return p, nil
+}
+
+func (s *Store) pay(ctx context.Context, id int64, txnID string, amount int64, now time.Time, expiry time.Duration) (Packet, error) {
+	packets, _ := s.Tables(id)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Packet{}, err
+	}
+	defer rollback(tx)
+	p, err := lockPacket(ctx, tx, packets, id)
+	if err != nil {
+		return Packet{}, err
+	}
+	switch {
+	case p.Status != StatusWrapped && p.PaymentTxnID == txnID:
+		return p, nil // the same notice again
+	case p.Status == StatusCancelled:
+		return Packet{}, ErrCancelled
+	case p.Status != StatusWrapped:
+		return Packet{}, ErrAlreadyPaid
+	case !now.Before(p.ExpiresAt):
+		return Packet{}, ErrExpired
+	case amount != p.TotalCents:
+		return Packet{}, fmt.Errorf("paid %d cents for a %d cent packet: %w", amount, p.TotalCents, ErrAmountMismatch)
+	}
+	_, err = tx.ExecContext(ctx, "INSERT INTO "+s.cellTable("payments")+" (payment_txn_id, packet_id, amount_cents) VALUES (?, ?, ?)", txnID, id, amount)
+	if isDuplicate(err) {
+		return Packet{}, ErrPaymentReused
+	}
+	if err != nil {
+		return Packet{}, err
+	}
+	p.Status, p.PaymentTxnID = StatusActive, txnID
+	p.PaidAt, p.ExpiresAt = fromMS(ms(now)), fromMS(ms(now.Add(expiry)))
+	res, err := tx.ExecContext(ctx, "UPDATE "+packets+" SET status = ?, payment_txn_id = ?, paid_ms = ?, expires_ms = ?, version = version + 1 WHERE id = ? AND status = ?",
+		int(StatusActive), txnID, ms(p.PaidAt), ms(p.ExpiresAt), id, int(StatusWrapped))
+	if err := oneRow(res, err); err != nil {
+		return Packet{}, err
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE "+s.cellTable("expiry")+" SET expires_ms = ? WHERE packet_id = ?", ms(p.ExpiresAt), id); err != nil {
+		return Packet{}, err
+	}
+	key := strconv.FormatInt(id, 10)
+	if err := s.insertOutbox(ctx, tx, []OutboxRow{
+		{Kind: OutboxPay, Key: "pay:" + key, PacketID: id, Account: p.Sender, AmountCents: amount, At: p.PaidAt},
+		{Kind: OutboxHistorySent, Key: "sent:" + key, PacketID: id, Account: p.Sender, AmountCents: amount, Count: p.Count, Group: p.Group, At: p.PaidAt},
+	}); err != nil {
+		return Packet{}, err
+	}
+	return p, tx.Commit()
+}
+
+func oneRow(res sql.Result, err error) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return fmt.Errorf("conditional update changed %d rows, want 1", n)
+	}
+	return nil
+}
+
+// OpenBatch opens packet id for users in arrival order in ONE transaction: one row lock, one
+// read of earlier receipts, shares computed in order, one multi-row insert of receive
+// records, one of outbox rows, one conditional UPDATE and one commit. A user who opened
+// before (or earlier in the same batch) gets the first amount back with Repeat set. A
+// packet-wide refusal (not found, not paid, expired) or an infrastructure failure is the
+// returned error and applies to every caller; ErrExhausted is per caller.
+func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
+	out, p, err := s.openBatch(ctx, id, users, now, share)
+	s.observe(s.TableOf(id), err)
+	if err != nil {
+		return nil, Packet{}, fmt.Errorf("open packet %d for %d users: %w", id, len(users), err)
+	}
+	return out, p, nil
+}
+
+func (s *Store) openBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
+	packets, receipts := s.Tables(id)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, Packet{}, err
+	}
+	defer rollback(tx)
+	p, err := lockPacket(ctx, tx, packets, id)
+	if err != nil {
+		return nil, Packet{}, err
+	}
+	earlier, err := receiptsOf(ctx, tx, receipts, id, users)
+	if err != nil {
+		return nil, Packet{}, err
+	}
+	out := make([]OpenOutcome, len(users))
+	// Repeats answer even on an expired or exhausted packet: DESIGN.md §4.2.
+	stateErr := openable(&p, now)
+	remaining, count := p.RemainingCents, p.RemainingCount
+	seq := p.Count - p.RemainingCount
+	var fresh []Receipt
+	for i, u := range users {
+		out[i].User = u
+		if r, ok := earlier[u]; ok {
+			out[i].AmountCents, out[i].Seq, out[i].Repeat = r.AmountCents, r.Seq, true
+			continue
+		}
+		if stateErr != nil {
+			out[i].Err = stateErr
+			continue
+		}
+		if count == 0 {
+			out[i].Err = ErrExhausted
+			continue
+		}
+		amt, err := share(p.Kind, remaining, count)
+		if err != nil {
+			return nil, Packet{}, err
+		}
+		if amt < 1 || amt > remaining-int64(count-1) {
+			return nil, Packet{}, fmt.Errorf("split gave %d cents with %d cents over %d shares left", amt, remaining, count)
+		}
+		remaining -= amt
+		count--
+		seq++
+		r := Receipt{PacketID: id, Seq: seq, User: u, AmountCents: amt, OpenedAt: now}
+		earlier[u] = r
+		fresh = append(fresh, r)
+		out[i].AmountCents, out[i].Seq = amt, seq
+	}
+	if len(fresh) == 0 {
+		return out, p, nil
+	}
+	if err := insertReceipts(ctx, tx, receipts, fresh); err != nil {
+		return nil, Packet{}, err
+	}
+	rows := make([]OutboxRow, 0, 2*len(fresh))
+	pid := strconv.FormatInt(id, 10)
+	for _, r := range fresh {
+		rows = append(rows,
+			OutboxRow{Kind: OutboxCredit, Key: "credit:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now},
+			OutboxRow{Kind: OutboxHistoryRecv, Key: "recv:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now})
+	}
+	if err := s.insertOutbox(ctx, tx, rows); err != nil {
+		return nil, Packet{}, err
+	}
+	// Conditional on the values read under the lock: a second line of defence should anything
+	// ever write this row without taking the lock first.
+	res, err := tx.ExecContext(ctx, "UPDATE "+packets+" SET remaining_cents = ?, remaining_count = ?, version = version + 1 WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?",
+		remaining, count, id, p.RemainingCents, p.RemainingCount, int(StatusActive))
+	if err := oneRow(res, err); err != nil {
+		return nil, Packet{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, Packet{}, err
+	}
+	p.RemainingCents, p.RemainingCount = remaining, count
+	return out, p, nil
+}
+
+// openable is why a packet refuses new opens, or nil.
+func openable(p *Packet, now time.Time) error {
+	switch p.Status {
+	case StatusWrapped:
+		return ErrNotPaid
+	case StatusCancelled:
+		return ErrCancelled
+	case StatusExpired:
+		return ErrExpired
+	}
+	if !now.Before(p.ExpiresAt) {
+		return ErrExpired
+	}
+	return nil
+}
+
+func receiptsOf(ctx context.Context, tx *sql.Tx, receipts string, id int64, users []string) (map[string]Receipt, error) {
+	var b strings.Builder
+	b.WriteString("SELECT user_id, seq, amount_cents, opened_ms FROM ")
+	b.WriteString(receipts)
+	b.WriteString(" WHERE packet_id = ? AND user_id IN (")
+	args := make([]any, 0, len(users)+1)
+	args = append(args, id)
+	for i, u := range users {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('?')
+		args = append(args, u)
+	}
+	b.WriteByte(')')
+	rows, err := tx.QueryContext(ctx, b.String(), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[string]Receipt, len(users))
+	for rows.Next() {
+		r := Receipt{PacketID: id}
+		var opened int64
+		if err := rows.Scan(&r.User, &r.Seq, &r.AmountCents, &opened); err != nil {
+			return nil, err
+		}
+		r.OpenedAt = fromMS(opened)
+		out[r.User] = r
+	}
+	return out, rows.Err()
+}
+
+func insertReceipts(ctx context.Context, tx *sql.Tx, receipts string, rs []Receipt) error {
+	var b strings.Builder
+	b.WriteString("INSERT INTO ")
+	b.WriteString(receipts)
+	b.WriteString(" (packet_id, seq, user_id, amount_cents, opened_ms) VALUES ")
+	args := make([]any, 0, 5*len(rs))
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?)")
+		args = append(args, r.PacketID, r.Seq, r.User, r.AmountCents, ms(r.OpenedAt))
+	}
+	_, err := tx.ExecContext(ctx, b.String(), args...)
+	return err
+}
+
+func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, rows []OutboxRow) error {
+	var b strings.Builder
+	b.WriteString("INSERT INTO ")
+	b.WriteString(s.cellTable("outbox"))
+	b.WriteString(" (kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms) VALUES ")
+	args := make([]any, 0, 8*len(rows))
+	for i, r := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?,?,?)")
+		args = append(args, int(r.Kind), r.Key, r.PacketID, r.Account, r.AmountCents, r.Count, r.Group, ms(r.At))
+	}
+	_, err := tx.ExecContext(ctx, b.String(), args...)
+	return err
+}
+
+// Receipt is one user's receive record, or ErrNotFound.
+func (s *Store) Receipt(ctx context.Context, id int64, user string) (Receipt, error) {
+	_, receipts := s.Tables(id)
+	r := Receipt{PacketID: id, User: user}
+	var opened int64
+	err := s.db.QueryRowContext(ctx, "SELECT seq, amount_cents, opened_ms FROM "+receipts+" WHERE packet_id = ? AND user_id = ?", id, user).
+		Scan(&r.Seq, &r.AmountCents, &opened)
+	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+		s.observe(s.TableOf(id), nil)
+		return Receipt{}, ErrNotFound
+	}
+	s.observe(s.TableOf(id), err)
+	if err != nil {
+		return Receipt{}, fmt.Errorf("read receipt of %s on packet %d: %w", user, id, err)
+	}
+	r.OpenedAt = fromMS(opened)
+	return r, nil
+}
+
+// Receipts pages a packet's receive records in open order, after seq afterSeq. Archived
+// packets are read from the cold table.
+func (s *Store) Receipts(ctx context.Context, id int64, afterSeq, limit int) ([]Receipt, error) {
+	_, receipts := s.Tables(id)
+	out, err := s.receipts(ctx, receipts, id, afterSeq, limit)
+	if err == nil && len(out) == 0 && afterSeq == 0 {
+		_, cold := s.coldTables(s.TableOf(id))
+		out, err = s.receipts(ctx, cold, id, afterSeq, limit)
+	}
+	s.observe(s.TableOf(id), err)
+	if err != nil {
+		return nil, fmt.Errorf("list receipts of packet %d: %w", id, err)
+	}
+	return out, nil
+}
+
+func (s *Store) receipts(ctx context.Context, table string, id int64, afterSeq, limit int) ([]Receipt, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT seq, user_id, amount_cents, opened_ms FROM "+table+" WHERE packet_id = ? AND seq > ? ORDER BY seq LIMIT ?", id, afterSeq, limit)
+	if isMissingTable(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Receipt
+	for rows.Next() {
+		r := Receipt{PacketID: id}
+		var opened int64
+		if err := rows.Scan(&r.Seq, &r.User, &r.AmountCents, &opened); err != nil {
+			return nil, err
+		}
+		r.OpenedAt = fromMS(opened)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ExpireDue settles up to limit packets whose deadline passed by now: an active packet's
+// exact remainder is refunded once (with an outbox refund row), a wrapped one is cancelled.
+// Each packet is settled in its own transaction that locks the packet row, so a late open
+// either commits before (and the refund sees its share gone) or is refused after.
+func (s *Store) ExpireDue(ctx context.Context, now time.Time, limit int) ([]Settlement, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT packet_id FROM "+s.cellTable("expiry")+" WHERE expires_ms <= ? ORDER BY expires_ms LIMIT ?", ms(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("list due packets: %w", err)
+	}
+	var due []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("list due packets: %w", err)
+		}
+		due = append(due, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list due packets: %w", err)
+	}
+	var out []Settlement
+	for _, id := range due {
+		st, err := s.settle(ctx, id, now)
+		s.observe(s.TableOf(id), err)
+		if err != nil {
+			return out, fmt.Errorf("settle packet %d: %w", id, err)
+		}
+		if st != nil {
+			out = append(out, *st)
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) settle(ctx context.Context, id int64, now time.Time) (*Settlement, error) {
+	packets, _ := s.Tables(id)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer rollback(tx)
+	p, err := lockPacket(ctx, tx, packets, id)
+	if errors.Is(err, ErrNotFound) {
+		_, err = tx.ExecContext(ctx, "DELETE FROM "+s.cellTable("expiry")+" WHERE packet_id = ?", id)
+		if err != nil {
+			return nil, err
+		}
+		return nil, tx.Commit()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if now.Before(p.ExpiresAt) && (p.Status == StatusWrapped || p.Status == StatusActive) {
+		// Paid since the index row was read: keep the index in step and wait.
+		_, err = tx.ExecContext(ctx, "UPDATE "+s.cellTable("expiry")+" SET expires_ms = ? WHERE packet_id = ?", ms(p.ExpiresAt), id)
+		if err != nil {
+			return nil, err
+		}
+		return nil, tx.Commit()
+	}
+	st := &Settlement{PacketID: id, Sender: p.Sender}
+	switch p.Status {
+	case StatusWrapped:
+		st.Status = StatusCancelled
+		_, err = tx.ExecContext(ctx, "UPDATE "+packets+" SET status = ?, settled_ms = ?, version = version + 1 WHERE id = ? AND status = ?",
+			int(StatusCancelled), ms(now), id, int(StatusWrapped))
+	case StatusActive:
+		st.Status, st.RefundedCents = StatusExpired, p.RemainingCents
+		_, err = tx.ExecContext(ctx, "UPDATE "+packets+" SET status = ?, refunded_cents = refunded_cents + remaining_cents, remaining_cents = 0, remaining_count = 0, settled_ms = ?, version = version + 1 WHERE id = ? AND status = ? AND remaining_cents = ?",
+			int(StatusExpired), ms(now), id, int(StatusActive), p.RemainingCents)
+		if err == nil && p.RemainingCents > 0 {
+			err = s.insertOutbox(ctx, tx, []OutboxRow{{Kind: OutboxRefund, Key: "refund:" + strconv.FormatInt(id, 10),
+				PacketID: id, Account: p.Sender, AmountCents: p.RemainingCents, At: now}})
+		}
+	default:
+		st = nil // settled before: the refund happened once already
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM "+s.cellTable("expiry")+" WHERE packet_id = ?", id); err != nil {
+		return nil, err
+	}
+	return st, tx.Commit()
+}

@@ -1,0 +1,297 @@
+// Package store owns the cell's MySQL data: the sharded packet and receive-record day tables
+// (db_xx.t_y_dd and db_xx.r_y_dd), their cold archives, and the per-cell schema that holds
+// idempotency keys, the expiry index, the transactional outbox and user history.
+//
+// Every money-moving verb is one local transaction that first locks the packet row
+// (SELECT … FOR UPDATE) and then writes receive records, outbox rows and a conditional
+// UPDATE of the remaining amount, so correctness never rests on anything outside MySQL.
+// The store must never decide business rules beyond what keeps the money invariants
+// (DESIGN.md §4): the split rule comes in as a ShareFunc from the packet package.
+//
+// Placement: a packet's shard follows from its ID alone (slot → logical table, creation
+// second → day table), so no lookup table sits on the hot path. The per-cell schema sits on
+// the same MariaDB server, and MariaDB transactions span schemas on one server, so a wrap,
+// pay, open or refund commits its shard rows and its per-cell rows atomically.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/shard"
+)
+
+// Observer receives the outcome of every call against a logical table (nil on success), so a
+// breaker can trip on a failing table. Domain refusals are reported as success.
+type Observer interface {
+	Observe(table shard.Table, err error)
+}
+
+// Config places the cell's data.
+type Config struct {
+	Layout shard.Layout
+	// CellSchema holds per-cell tables (idempotency, expiry index, outbox, history).
+	CellSchema string
+	// Retention is how long settled rows stay in the day tables before moving to cold
+	// tables. It must stay below 28 days so a day table is emptied before it is reused.
+	Retention time.Duration
+	Observer  Observer
+	// Registerer receives the store's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Store is safe for concurrent use.
+type Store struct {
+	db      *sql.DB
+	layout  shard.Layout
+	cell    string
+	keep    time.Duration
+	obs     Observer
+	tblErrs *prometheus.CounterVec
+}
+
+var identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,48}$`)
+
+// New wraps an open *sql.DB (see OpenDB for the settings the store relies on).
+func New(db *sql.DB, cfg Config) (*Store, error) {
+	if err := cfg.Layout.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.CellSchema == "" {
+		cfg.CellSchema = "rp_cell"
+	}
+	if !identRe.MatchString(cfg.CellSchema) || (cfg.Layout.DatabasePrefix != "" && !identRe.MatchString(cfg.Layout.DatabasePrefix)) {
+		return nil, fmt.Errorf("store: schema names must be letters, digits and '_' (cell %q, prefix %q)", cfg.CellSchema, cfg.Layout.DatabasePrefix)
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = 7 * 24 * time.Hour
+	}
+	if cfg.Retention < 24*time.Hour || cfg.Retention > 27*24*time.Hour {
+		return nil, fmt.Errorf("store: retention %s outside 1..27 days: a day table is reused after 28", cfg.Retention)
+	}
+	s := &Store{db: db, layout: cfg.Layout, cell: cfg.CellSchema, keep: cfg.Retention, obs: cfg.Observer,
+		tblErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "redpacket_store_table_errors_total",
+			Help: "Failed calls per logical table (db_xx.t_y), the signal the breaker and masking act on.",
+		}, []string{"table"})}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(s.tblErrs); err != nil {
+			return nil, fmt.Errorf("store: register metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// OpenDB opens a pool with the session settings the money path relies on:
+// READ COMMITTED (each statement after the row lock sees the latest committed receive
+// records, and no gap locks on the receipt inserts) and client-side interpolation (one round
+// trip per statement instead of prepare+execute+close).
+func OpenDB(dsn string, maxConns int) (*sql.DB, error) {
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse mysql dsn: %w", err)
+	}
+	if cfg.Params == nil {
+		cfg.Params = map[string]string{}
+	}
+	// tx_isolation is the MariaDB 10.x name; 11.1+ still accepts it.
+	cfg.Params["tx_isolation"] = "'READ-COMMITTED'"
+	cfg.InterpolateParams = true
+	cfg.MultiStatements = false
+	connector, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("mysql connector: %w", err)
+	}
+	db := sql.OpenDB(connector)
+	if maxConns > 0 {
+		db.SetMaxOpenConns(maxConns)
+		db.SetMaxIdleConns(maxConns)
+	}
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	return db, nil
+}
+
+// DB is the underlying pool (the wallet and benchmarks share it).
+func (s *Store) DB() *sql.DB { return s.db }
+
+// Layout is the sharding layout.
+func (s *Store) Layout() shard.Layout { return s.layout }
+
+// TableOf is the logical table holding a packet.
+func (s *Store) TableOf(id int64) shard.Table { return s.layout.Of(ids.Slot(id)) }
+
+// Tables names the physical packet and receive-record tables of a packet.
+func (s *Store) Tables(id int64) (packets, receipts string) {
+	t := s.TableOf(id)
+	created := ids.CreatedAt(id)
+	return s.layout.Physical("t", t, created), s.layout.Physical("r", t, created)
+}
+
+func (s *Store) coldTables(t shard.Table) (packets, receipts string) {
+	db := s.layout.DBName(t.DB)
+	return fmt.Sprintf("%s.t_%d_cold", db, t.Table), fmt.Sprintf("%s.r_%d_cold", db, t.Table)
+}
+
+func (s *Store) cellTable(name string) string { return s.cell + "." + name }
+
+// observe reports the outcome of a call on a logical table; refusals are successes.
+func (s *Store) observe(t shard.Table, err error) {
+	if err != nil && (IsRefusal(err) || errors.Is(err, context.Canceled)) {
+		err = nil
+	}
+	if err != nil {
+		s.tblErrs.WithLabelValues(s.layout.Name(t)).Inc()
+	}
+	if s.obs != nil {
+		s.obs.Observe(t, err)
+	}
+}
+
+const packetDDL = `CREATE TABLE IF NOT EXISTS %s (
+  id BIGINT NOT NULL PRIMARY KEY,
+  sender VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  request_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  kind TINYINT NOT NULL,
+  status TINYINT NOT NULL,
+  total_cents BIGINT NOT NULL,
+  share_count INT NOT NULL,
+  remaining_cents BIGINT NOT NULL,
+  remaining_count INT NOT NULL,
+  refunded_cents BIGINT NOT NULL DEFAULT 0,
+  grp VARCHAR(64) CHARACTER SET ascii NOT NULL DEFAULT '',
+  greeting VARCHAR(128) NOT NULL DEFAULT '',
+  payment_txn_id VARCHAR(64) CHARACTER SET ascii NULL,
+  created_ms BIGINT NOT NULL,
+  paid_ms BIGINT NOT NULL DEFAULT 0,
+  expires_ms BIGINT NOT NULL,
+  settled_ms BIGINT NOT NULL DEFAULT 0,
+  version BIGINT NOT NULL DEFAULT 0,
+  CONSTRAINT money_conserved CHECK (remaining_count >= 0 AND remaining_cents >= remaining_count
+    AND refunded_cents >= 0 AND remaining_cents + refunded_cents <= total_cents)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`
+
+const receiptDDL = `CREATE TABLE IF NOT EXISTS %s (
+  packet_id BIGINT NOT NULL,
+  seq INT NOT NULL,
+  user_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  amount_cents BIGINT NOT NULL,
+  opened_ms BIGINT NOT NULL,
+  PRIMARY KEY (packet_id, seq),
+  UNIQUE KEY packet_user (packet_id, user_id),
+  CONSTRAINT share_positive CHECK (amount_cents >= 1)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`
+
+// Idempotency rows live in the per-cell schema, not in the packet's shard: a wrap retry
+// arrives without a packet ID (the ID is what the first attempt allocated), and a payment
+// transaction ID must be unique across every packet of the cell, so only a table keyed by
+// the request's own key finds them without scanning shards. The schema is on the same
+// server, so the rows commit in the same local transaction as the packet.
+var cellDDL = []string{
+	`CREATE TABLE IF NOT EXISTS %s.wrap_requests (
+  sender VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  request_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  packet_id BIGINT NOT NULL,
+  PRIMARY KEY (sender, request_id)
+) ENGINE=InnoDB`,
+	`CREATE TABLE IF NOT EXISTS %s.payments (
+  payment_txn_id VARCHAR(64) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+  packet_id BIGINT NOT NULL,
+  amount_cents BIGINT NOT NULL
+) ENGINE=InnoDB`,
+	`CREATE TABLE IF NOT EXISTS %s.expiry (
+  packet_id BIGINT NOT NULL PRIMARY KEY,
+  expires_ms BIGINT NOT NULL,
+  KEY due (expires_ms)
+) ENGINE=InnoDB`,
+	`CREATE TABLE IF NOT EXISTS %s.outbox (
+  id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  kind TINYINT NOT NULL,
+  idem_key VARCHAR(100) CHARACTER SET ascii NOT NULL,
+  packet_id BIGINT NOT NULL,
+  account VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  amount_cents BIGINT NOT NULL,
+  share_count INT NOT NULL DEFAULT 0,
+  grp VARCHAR(64) CHARACTER SET ascii NOT NULL DEFAULT '',
+  at_ms BIGINT NOT NULL,
+  delivered TINYINT NOT NULL DEFAULT 0,
+  attempts INT NOT NULL DEFAULT 0,
+  next_ms BIGINT NOT NULL DEFAULT 0,
+  last_error VARCHAR(255) NULL,
+  UNIQUE KEY idem (idem_key),
+  KEY pending (delivered, id)
+) ENGINE=InnoDB`,
+	`CREATE TABLE IF NOT EXISTS %s.history (
+  user_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  role TINYINT NOT NULL,
+  packet_id BIGINT NOT NULL,
+  at_ms BIGINT NOT NULL,
+  amount_cents BIGINT NOT NULL,
+  share_count INT NOT NULL DEFAULT 0,
+  grp VARCHAR(64) CHARACTER SET ascii NOT NULL DEFAULT '',
+  PRIMARY KEY (user_id, role, packet_id),
+  KEY page (user_id, role, at_ms, packet_id)
+) ENGINE=InnoDB`,
+}
+
+// EnsureSchema creates, idempotently, the per-cell schema, every logical database, their
+// cold tables and the day tables for the day of now and the next day, so the first packet
+// after midnight never waits for DDL.
+func (s *Store) EnsureSchema(ctx context.Context, now time.Time) error {
+	if _, err := s.db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+s.cell); err != nil {
+		return fmt.Errorf("create cell schema %s: %w", s.cell, err)
+	}
+	for _, ddl := range cellDDL {
+		if _, err := s.db.ExecContext(ctx, fmt.Sprintf(ddl, s.cell)); err != nil {
+			return fmt.Errorf("create cell table in %s: %w", s.cell, err)
+		}
+	}
+	for db := 0; db < s.layout.Databases; db++ {
+		if _, err := s.db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+s.layout.DBName(db)); err != nil {
+			return fmt.Errorf("create database %s: %w", s.layout.DBName(db), err)
+		}
+	}
+	for _, t := range s.layout.All() {
+		cp, cr := s.coldTables(t)
+		for _, q := range []string{fmt.Sprintf(packetDDL, cp), fmt.Sprintf(receiptDDL, cr)} {
+			if _, err := s.db.ExecContext(ctx, q); err != nil {
+				s.observe(t, err)
+				return fmt.Errorf("create cold tables of %s: %w", s.layout.Name(t), err)
+			}
+		}
+		for _, day := range []time.Time{now, now.Add(24 * time.Hour)} {
+			for _, q := range []string{
+				fmt.Sprintf(packetDDL, s.layout.Physical("t", t, day)),
+				fmt.Sprintf(receiptDDL, s.layout.Physical("r", t, day)),
+			} {
+				if _, err := s.db.ExecContext(ctx, q); err != nil {
+					s.observe(t, err)
+					return fmt.Errorf("create day tables of %s for %s: %w", s.layout.Name(t), day.UTC().Format(time.DateOnly), err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// isDuplicate reports a unique-key violation (MySQL error 1062).
+func isDuplicate(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1062
+}
+
+// isMissingTable reports an unknown table (1146): a day table not created yet means no packet
+// was stored there.
+func isMissingTable(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1146
+}
+
+func rollback(tx *sql.Tx) { _ = tx.Rollback() }
