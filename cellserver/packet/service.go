@@ -1,0 +1,356 @@
+package packet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/store"
+)
+
+// Packet, Receipt and the other records are the store's; the aliases let callers speak of
+// packets without importing the store.
+type (
+	Packet      = store.Packet
+	Receipt     = store.Receipt
+	OpenOutcome = store.OpenOutcome
+	HistoryItem = store.HistoryItem
+	Settlement  = store.Settlement
+	Role        = store.Role
+	Observer    = store.Observer
+)
+
+const (
+	RoleSent     = store.RoleSent
+	RoleReceived = store.RoleReceived
+)
+
+// Refusals. They wrap the store's sentinel errors so errors.Is works across both packages.
+var (
+	ErrNotFound         = store.ErrNotFound
+	ErrNotPaid          = store.ErrNotPaid
+	ErrExpired          = store.ErrExpired
+	ErrExhausted        = store.ErrExhausted
+	ErrAlreadyPaid      = store.ErrAlreadyPaid
+	ErrAlreadyRefunded  = store.ErrAlreadyRefunded
+	ErrAmountMismatch   = store.ErrAmountMismatch
+	ErrIdempotencyClash = store.ErrIdempotencyClash
+	ErrPaymentReused    = store.ErrPaymentReused
+	ErrCancelled        = store.ErrCancelled
+	// ErrSlotUnavailable: the cell cannot issue an ID in the requested slot (not owned now,
+	// masked, or its table's breaker is open).
+	ErrSlotUnavailable = errors.New("slot unavailable in this cell")
+)
+
+// IDSource issues packet IDs; ids.Allocator satisfies it. slot < 0 lets the source pick.
+type IDSource interface {
+	Next(ctx context.Context, slot int) (int64, error)
+}
+
+// RemainingCache is the guard's cache of active packets' remaining counts. It only ever
+// lets grab say "no" without the DB; a stale count sends the user to open, where the DB
+// transaction decides.
+type RemainingCache interface {
+	CachedRemaining(packetID int64) (count int, ok bool)
+	SetRemaining(packetID int64, count int)
+	Forget(packetID int64)
+}
+
+// Config tunes the service; zero fields take the defaults.
+type Config struct {
+	Limits Limits
+	// Expiry is how long a paid packet stays open (default 24h); it is also how long a
+	// wrapped packet waits for payment before it is cancelled.
+	Expiry time.Duration
+	Rand   Rand
+	Now    func() time.Time
+	Cache  RemainingCache
+	Log    *slog.Logger
+	// Region is this cell's region; IDs of other regions are not found here.
+	Region int
+}
+
+// Service runs the packet lifecycle. It is safe for concurrent use; callers serialise opens
+// per packet through the queue for throughput, never for correctness.
+type Service struct {
+	st    *store.Store
+	ids   IDSource
+	cfg   Config
+	share store.ShareFunc
+}
+
+// New builds a service over a store and an ID source.
+func New(st *store.Store, src IDSource, cfg Config) *Service {
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = DefaultLimits
+	}
+	if cfg.Expiry == 0 {
+		cfg.Expiry = 24 * time.Hour
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = DefaultRand
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	r := cfg.Rand
+	return &Service{st: st, ids: src, cfg: cfg, share: func(k store.Kind, remaining int64, count int) (int64, error) {
+		return Share(k, remaining, count, r)
+	}}
+}
+
+// Limits are the packet limits in force.
+func (s *Service) Limits() Limits { return s.cfg.Limits }
+
+// Store is the underlying store.
+func (s *Service) Store() *store.Store { return s.st }
+
+// Wrap creates a packet, or returns the one this sender already wrapped under the same
+// request ID (created=false). slot < 0 lets the ID source choose.
+func (s *Service) Wrap(ctx context.Context, r WrapRequest, slot int) (Packet, bool, error) {
+	if err := ValidateWrap(r, s.cfg.Limits); err != nil {
+		return Packet{}, false, err
+	}
+	if slot >= ids.MaxSlots {
+		return Packet{}, false, invalid("slot", "must be below %d", ids.MaxSlots)
+	}
+	id, err := s.ids.Next(ctx, slot)
+	if err != nil {
+		return Packet{}, false, fmt.Errorf("allocate packet id in slot %d: %w", slot, err)
+	}
+	now := s.cfg.Now()
+	p := Packet{ID: id, Sender: r.Sender, RequestID: r.RequestID, Kind: r.Kind, TotalCents: r.TotalCents,
+		Count: r.Count, Group: r.Group, Greeting: r.Greeting, CreatedAt: ids.CreatedAt(id)}
+	return s.st.Wrap(ctx, p, now.Add(s.cfg.Expiry))
+}
+
+// Pay activates a packet on the payment notice; repeats of the same notice return the
+// packet unchanged.
+func (s *Service) Pay(ctx context.Context, id int64, r PayRequest) (Packet, error) {
+	if err := ValidatePay(r, s.cfg.Limits); err != nil {
+		return Packet{}, err
+	}
+	if err := s.known(id); err != nil {
+		return Packet{}, err
+	}
+	p, err := s.st.Pay(ctx, id, r.PaymentTxnID, r.AmountCents, s.cfg.Now(), s.cfg.Expiry)
+	if err == nil && s.cfg.Cache != nil && p.Status == store.StatusActive {
+		s.cfg.Cache.SetRemaining(id, p.RemainingCount)
+	}
+	return p, err
+}
+
+// Eligibility is grab's answer; Reason is empty when eligible.
+type Eligibility struct {
+	Eligible bool
+	Reason   string
+}
+
+// Grab reasons.
+const (
+	ReasonNotPaid       = "not_paid"
+	ReasonExpired       = "expired"
+	ReasonExhausted     = "exhausted"
+	ReasonCancelled     = "cancelled"
+	ReasonAlreadyOpened = "already_opened"
+)
+
+// Grab says whether user may still open the packet. It changes nothing. A cached remaining
+// count of zero answers "exhausted" without the DB; anything else is checked in the DB, where
+// a stale cache cannot mislead it.
+func (s *Service) Grab(ctx context.Context, id int64, user string) (Eligibility, error) {
+	if err := ValidateUser("user", user, s.cfg.Limits); err != nil {
+		return Eligibility{}, err
+	}
+	if err := s.known(id); err != nil {
+		return Eligibility{}, err
+	}
+	if s.cfg.Cache != nil {
+		if n, ok := s.cfg.Cache.CachedRemaining(id); ok && n == 0 {
+			return Eligibility{Reason: ReasonExhausted}, nil
+		}
+	}
+	p, err := s.st.Get(ctx, id)
+	if err != nil {
+		return Eligibility{}, err
+	}
+	now := s.cfg.Now()
+	switch {
+	case p.Status == store.StatusWrapped && now.Before(p.ExpiresAt):
+		return Eligibility{Reason: ReasonNotPaid}, nil
+	case p.Status == store.StatusCancelled || p.Status == store.StatusWrapped:
+		return Eligibility{Reason: ReasonCancelled}, nil
+	}
+	if _, err := s.st.Receipt(ctx, id, user); err == nil {
+		return Eligibility{Reason: ReasonAlreadyOpened}, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return Eligibility{}, err
+	}
+	switch {
+	case p.Status == store.StatusExpired || !now.Before(p.ExpiresAt):
+		return Eligibility{Reason: ReasonExpired}, nil
+	case p.RemainingCount == 0:
+		if s.cfg.Cache != nil {
+			s.cfg.Cache.SetRemaining(id, 0)
+		}
+		return Eligibility{Reason: ReasonExhausted}, nil
+	}
+	if s.cfg.Cache != nil {
+		s.cfg.Cache.SetRemaining(id, p.RemainingCount)
+	}
+	return Eligibility{Eligible: true}, nil
+}
+
+// Open opens the packet for one user in its own transaction.
+func (s *Service) Open(ctx context.Context, id int64, user string) (OpenOutcome, error) {
+	out, err := s.OpenBatch(ctx, id, []string{user})
+	if err != nil {
+		return OpenOutcome{}, err
+	}
+	return out[0], out[0].Err
+}
+
+// ValidateOpen checks an open request before it is queued, so bad input never waits.
+func (s *Service) ValidateOpen(id int64, user string) error {
+	if err := ValidateUser("user", user, s.cfg.Limits); err != nil {
+		return err
+	}
+	return s.known(id)
+}
+
+// OpenBatch opens the packet for users in order in one transaction (group commit). Users must
+// have passed ValidateOpen. A packet-wide refusal or failure is the error; per-user
+// refusals (exhausted) are in the outcomes.
+func (s *Service) OpenBatch(ctx context.Context, id int64, users []string) ([]OpenOutcome, error) {
+	for _, u := range users {
+		if err := s.ValidateOpen(id, u); err != nil {
+			return nil, err
+		}
+	}
+	out, p, err := s.st.OpenBatch(ctx, id, users, s.cfg.Now(), s.share)
+	if err != nil {
+		return nil, err
+	}
+	if s.cfg.Cache != nil && p.Status == store.StatusActive {
+		s.cfg.Cache.SetRemaining(id, p.RemainingCount)
+	}
+	return out, nil
+}
+
+// Details is a packet with a page of its receivers after seq afterSeq.
+func (s *Service) Details(ctx context.Context, id int64, afterSeq, limit int) (Packet, []Receipt, error) {
+	if err := s.known(id); err != nil {
+		return Packet{}, nil, err
+	}
+	p, err := s.st.Get(ctx, id)
+	if err != nil {
+		return Packet{}, nil, err
+	}
+	rs, err := s.st.Receipts(ctx, id, afterSeq, limit)
+	if err != nil {
+		return Packet{}, nil, err
+	}
+	return p, rs, nil
+}
+
+// Cursor is a position in a user's history: strictly older than (At, PacketID). Its text
+// form "<unix ms>:<packet id>" is shared with the gateway, which merges cells with it.
+type Cursor struct {
+	At       time.Time
+	PacketID int64
+}
+
+// String is the wire form; the zero cursor is "".
+func (c Cursor) String() string {
+	if c.At.IsZero() {
+		return ""
+	}
+	return strconv.FormatInt(c.At.UnixMilli(), 10) + ":" + strconv.FormatInt(c.PacketID, 10)
+}
+
+// ParseCursor reads the wire form; "" is the start (newest first).
+func ParseCursor(field, v string) (Cursor, error) {
+	if v == "" {
+		return Cursor{}, nil
+	}
+	at, id, ok := strings.Cut(v, ":")
+	a, err1 := strconv.ParseInt(at, 10, 64)
+	p, err2 := strconv.ParseInt(id, 10, 64)
+	if !ok || err1 != nil || err2 != nil || a <= 0 || p < 0 {
+		return Cursor{}, invalid(field, "must be <unix ms>:<packet id>")
+	}
+	return Cursor{At: time.UnixMilli(a).UTC(), PacketID: p}, nil
+}
+
+// History pages a user's sent or received history newest first. History is written by the
+// outbox relay, so it trails the money path by the relay's delay.
+func (s *Service) History(ctx context.Context, user string, role Role, before Cursor, limit int) ([]HistoryItem, Cursor, error) {
+	if err := ValidateUser("user", user, s.cfg.Limits); err != nil {
+		return nil, Cursor{}, err
+	}
+	items, err := s.st.History(ctx, user, role, before.At, before.PacketID, limit)
+	if err != nil {
+		return nil, Cursor{}, err
+	}
+	var next Cursor
+	if len(items) == limit && limit > 0 {
+		last := items[len(items)-1]
+		next = Cursor{At: last.At, PacketID: last.PacketID}
+	}
+	return items, next, nil
+}
+
+// ExpireDue settles packets whose deadline has passed (see store.ExpireDue).
+func (s *Service) ExpireDue(ctx context.Context, limit int) ([]Settlement, error) {
+	out, err := s.st.ExpireDue(ctx, s.cfg.Now(), limit)
+	if s.cfg.Cache != nil {
+		for _, st := range out {
+			s.cfg.Cache.Forget(st.PacketID)
+		}
+	}
+	return out, err
+}
+
+// RunSweeper settles due packets every interval until ctx ends.
+func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for {
+			done, err := s.ExpireDue(ctx, 200)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.cfg.Log.Error("expiry sweep", "err", err)
+				}
+				break
+			}
+			for _, st := range done {
+				s.cfg.Log.Info("packet settled", "packet", st.PacketID, "status", st.Status.String(), "refundedCents", st.RefundedCents)
+			}
+			if len(done) < 200 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// known refuses IDs no allocator of this region could have issued, before any DB work.
+func (s *Service) known(id int64) error {
+	if id <= 0 || ids.Region(id) != s.cfg.Region {
+		return fmt.Errorf("packet %d: %w", id, ErrNotFound)
+	}
+	return nil
+}
