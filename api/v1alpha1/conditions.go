@@ -1,0 +1,53 @@
+package v1alpha1
+
+// Condition types of a RedPacketSet.
+const (
+	// SetAvailable is True when every cell owning slots in the current epoch is Available.
+	SetAvailable = "Available"
+	// SetProgressing is True while cells or children are being created or changed.
+	SetProgressing = "Progressing"
+	// SetDegraded is True when some cell is not Available.
+	SetDegraded = "Degraded"
+	// SetZoneFailureTolerant is True when losing any one zone leaves every cell its peak.
+	SetZoneFailureTolerant = "ZoneFailureTolerant"
+	// SetRebalancing is True while a new routing epoch is pending or old epochs drain.
+	SetRebalancing = "Rebalancing"
+	// SetSlotsMasked is True when some slots are masked.
+	SetSlotsMasked = "SlotsMasked"
+)
+
+// Condition types of a RedPacketCell.
+const (
+	CellAvailable     = "Available"
+	CellDatabaseReady = "DatabaseReady"
+	CellCacheReady    = "CacheReady"
+	CellServersReady  = "ServersReady"
+)
+
+// Condition reasons. Each is documented in docs/operator.md with what an SRE does about it.
+const (
+	ReasonReconciling          = "Reconciling"
+	ReasonAllCellsAvailable    = "AllCellsAvailable"
+	ReasonCellsUnavailable     = "CellsUnavailable"
+	ReasonCellsProgressing     = "CellsProgressing"
+	ReasonUpToDate             = "UpToDate"
+	ReasonReconcileFailed      = "ReconcileFailed"
+	ReasonHeadroomSufficient   = "HeadroomSufficient"
+	ReasonHeadroomInsufficient = "HeadroomInsufficient"
+	ReasonSingleZone           = "SingleZone"
+	ReasonEpochPending         = "EpochPending"
+	ReasonDrainingCells        = "DrainingCells"
+	ReasonStable               = "Stable"
+	ReasonNoMasks              = "NoMasks"
+	ReasonMasksActive          = "MasksActive"
+	ReasonMaskBudgetExhausted  = "MaskBudgetExhausted"
+	ReasonInvalidSpec          = "InvalidSpec"
+
+	ReasonReady                = "Ready"
+	ReasonDatabaseNotReady     = "DatabaseNotReady"
+	ReasonDatabaseMissing      = "DatabaseMissing"
+	ReasonServersNotReady      = "ServersNotReady"
+	ReasonServersMissing       = "ServersMissing"
+	ReasonCacheNotReady        = "CacheNotReady"
+	ReasonDependenciesNotReady = "DependenciesNotReady"
+)

@@ -1,0 +1,69 @@
+package v1alpha1
+
+import "fmt"
+
+// Labels put on every object the operator creates.
+const (
+	LabelSet       = "redpacket.dev/set"
+	LabelCell      = "redpacket.dev/cell"
+	LabelComponent = "app.kubernetes.io/component"
+	LabelName      = "app.kubernetes.io/name"
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+
+	ComponentServer   = "cellserver"
+	ComponentMySQL    = "mysql"
+	ComponentGateway  = "gateway"
+	ManagedByOperator = "redpacket-operator"
+
+	// ZoneTopologyKey is the node label servers spread over.
+	ZoneTopologyKey = "topology.kubernetes.io/zone"
+
+	// RoutingFile is the key of the routing table in the routing ConfigMap.
+	RoutingFile = "routing.json"
+	// CellConfigFile is the key of the cell server's settings in the cell ConfigMap.
+	CellConfigFile = "cell.json"
+)
+
+// CellName is the name of the set's i-th cell.
+func (s *RedPacketSet) CellName(i int) string { return fmt.Sprintf("%s-cell-%d", s.Name, i) }
+
+// GatewayName names the gateway Deployment and Service.
+func (s *RedPacketSet) GatewayName() string { return s.Name + "-gateway" }
+
+// RoutingConfigMapName names the ConfigMap holding the routing table.
+func (s *RedPacketSet) RoutingConfigMapName() string { return s.Name + "-routing" }
+
+// SigningSecretName names the Secret holding the gateway→cell request signing key.
+func (s *RedPacketSet) SigningSecretName() string { return s.Name + "-signing" }
+
+// HeadroomOrDefault is the headroom in force: the spec's, or 1/len(zones).
+func (s *RedPacketSet) HeadroomOrDefault() float64 {
+	if s.Spec.Headroom != nil {
+		return *s.Spec.Headroom
+	}
+	if len(s.Spec.Zones) == 0 {
+		return 0
+	}
+	return 1 / float64(len(s.Spec.Zones))
+}
+
+// MySQLName names the cell's database StatefulSet and its headless Service.
+func (c *RedPacketCell) MySQLName() string { return c.Name + "-mysql" }
+
+// MySQLPodName is the name of the i-th database pod.
+func (c *RedPacketCell) MySQLPodName(i int) string { return fmt.Sprintf("%s-%d", c.MySQLName(), i) }
+
+// MySQLSecretName names the cell's generated database credentials.
+func (c *RedPacketCell) MySQLSecretName() string { return c.Name + "-mysql-credentials" }
+
+// ServerName names the cell server Deployment, its headless Service and its PDB.
+func (c *RedPacketCell) ServerName() string { return c.Name + "-server" }
+
+// ConfigMapName names the cell server's settings.
+func (c *RedPacketCell) ConfigMapName() string { return c.Name + "-config" }
+
+// RoutingConfigMapName names the routing ConfigMap of the cell's set.
+func (c *RedPacketCell) RoutingConfigMapName() string { return c.Spec.SetName + "-routing" }
+
+// SigningSecretName names the signing key Secret of the cell's set.
+func (c *RedPacketCell) SigningSecretName() string { return c.Spec.SetName + "-signing" }

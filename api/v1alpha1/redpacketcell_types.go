@@ -1,0 +1,154 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// RedPacketCellSpec is one SET cell: a vertical stack of servers, MySQL and memcached that
+// owns some slots. The set controller writes it; a cell never looks at other cells.
+type RedPacketCellSpec struct {
+	// SetName is the RedPacketSet the cell belongs to.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.setName is immutable"
+	SetName string `json:"setName"`
+
+	// Index is the cell's number within its set.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.index is immutable"
+	Index int32 `json:"index"`
+
+	// Slots are the ranges the cell owns in the set's current routing epoch. A draining
+	// cell owns none but still serves packets created under older epochs.
+	// +listType=atomic
+	// +optional
+	Slots []SlotRange `json:"slots,omitempty"`
+
+	// SlotCount is the set's slot count.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	SlotCount int32 `json:"slotCount"`
+
+	// Region is the set's region number.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=3
+	// +optional
+	Region int32 `json:"region,omitempty"`
+
+	// Zones the cell's servers spread over.
+	// +kubebuilder:validation:MinItems=1
+	// +listType=set
+	Zones []string `json:"zones"`
+
+	// ServersPerZone is the planned number of servers in each zone.
+	// +listType=map
+	// +listMapKey=zone
+	// +optional
+	ServersPerZone []ZoneServers `json:"serversPerZone,omitempty"`
+
+	// Servers is the total number of cell servers.
+	// +kubebuilder:validation:Minimum=0
+	Servers int32 `json:"servers"`
+
+	// Template is what the cell runs.
+	// +kubebuilder:default={}
+	// +optional
+	Template CellTemplate `json:"template,omitempty"`
+
+	// Limits bounds the packets the cell accepts.
+	// +kubebuilder:default={}
+	// +optional
+	Limits PacketLimits `json:"limits,omitempty"`
+
+	// Draining is true when the cell owns no slot in the current epoch.
+	// +optional
+	Draining bool `json:"draining,omitempty"`
+}
+
+// RedPacketCellStatus is the observed state of a cell.
+type RedPacketCellStatus struct {
+	// Conditions: Available, DatabaseReady, CacheReady and ServersReady.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// ObservedGeneration is the generation last reconciled successfully.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Servers is the number of server pods that exist.
+	// +optional
+	Servers int32 `json:"servers,omitempty"`
+
+	// ReadyServers is the number of server pods that are ready (memcached included).
+	// +optional
+	ReadyServers int32 `json:"readyServers,omitempty"`
+
+	// ReadyDatabases is the number of ready database pods.
+	// +optional
+	ReadyDatabases int32 `json:"readyDatabases,omitempty"`
+
+	// TableErrors summarises errors per logical table in the last masking window.
+	// +listType=map
+	// +listMapKey=table
+	// +optional
+	TableErrors []TableErrorSummary `json:"tableErrors,omitempty"`
+
+	// MaskedSlots are the cell's slot ranges in which no new packets are created.
+	// +listType=atomic
+	// +optional
+	MaskedSlots []MaskedSlotRange `json:"maskedSlots,omitempty"`
+}
+
+// TableErrorSummary is the error count of one logical table over a window.
+type TableErrorSummary struct {
+	// Table is the logical table, db_xx.t_y.
+	Table string `json:"table"`
+
+	// Errors within the window, summed over the cell's servers.
+	Errors int64 `json:"errors"`
+
+	// Calls within the window, summed over the cell's servers.
+	// +optional
+	Calls int64 `json:"calls,omitempty"`
+
+	// WindowStart is the start of the window counted.
+	// +optional
+	WindowStart metav1.Time `json:"windowStart,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=rpc,categories=redpacket
+// +kubebuilder:printcolumn:name="Set",type=string,JSONPath=`.spec.setName`
+// +kubebuilder:printcolumn:name="Servers",type=integer,JSONPath=`.spec.servers`
+// +kubebuilder:printcolumn:name="Ready",type=integer,JSONPath=`.status.readyServers`
+// +kubebuilder:printcolumn:name="Draining",type=boolean,JSONPath=`.spec.draining`
+// +kubebuilder:printcolumn:name="Available",type=string,JSONPath=`.status.conditions[?(@.type=="Available")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// RedPacketCell is one SET cell of a RedPacketSet.
+type RedPacketCell struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the desired cell.
+	Spec RedPacketCellSpec `json:"spec"`
+
+	// Status is the observed cell.
+	// +optional
+	Status RedPacketCellStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// RedPacketCellList is a list of RedPacketCells.
+type RedPacketCellList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []RedPacketCell `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&RedPacketCell{}, &RedPacketCellList{})
+}
