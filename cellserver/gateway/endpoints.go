@@ -1,0 +1,190 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/signing"
+)
+
+// Resolver lists the base URLs (scheme://host:port) of a cell's servers, ready or not.
+type Resolver interface {
+	Servers(ctx context.Context, table *routing.Table, cell string) ([]string, error)
+}
+
+// StaticResolver reads servers from the routing table's endpoints: local mode, where the
+// one-command SET writes them into routing.json. Reloading the file updates them.
+type StaticResolver struct{}
+
+// Servers returns the endpoints the table lists for cell.
+func (StaticResolver) Servers(_ context.Context, table *routing.Table, cell string) ([]string, error) {
+	return slices.Clone(table.Endpoints[cell]), nil
+}
+
+// DNSResolver finds a cell's servers through the headless Service the operator creates for it,
+// "<cell>-server" in Namespace: one A record per ready pod. With Port 0 it reads SRV records
+// instead, which carry the port.
+type DNSResolver struct {
+	Namespace string
+	Port      int
+	Resolver  *net.Resolver // nil: net.DefaultResolver
+	Scheme    string        // "" means http
+}
+
+// ServiceName is the headless Service of a cell's servers; the operator names it the same way.
+func ServiceName(cell string) string { return cell + "-server" }
+
+// Servers resolves the cell's Service.
+func (d DNSResolver) Servers(ctx context.Context, _ *routing.Table, cell string) ([]string, error) {
+	r := d.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	scheme := d.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	host := ServiceName(cell)
+	if d.Namespace != "" {
+		host += "." + d.Namespace + ".svc"
+	}
+	var out []string
+	if d.Port == 0 {
+		_, srvs, err := r.LookupSRV(ctx, "", "", host)
+		if err != nil {
+			return nil, fmt.Errorf("resolve SRV %s: %w", host, err)
+		}
+		for _, s := range srvs {
+			out = append(out, scheme+"://"+net.JoinHostPort(trimDot(s.Target), strconv.Itoa(int(s.Port))))
+		}
+	} else {
+		addrs, err := r.LookupHost(ctx, host)
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", host, err)
+		}
+		for _, a := range addrs {
+			out = append(out, scheme+"://"+net.JoinHostPort(a, strconv.Itoa(d.Port)))
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func trimDot(s string) string {
+	if len(s) > 0 && s[len(s)-1] == '.' {
+		return s[:len(s)-1]
+	}
+	return s
+}
+
+// readiness tracks which servers of each cell answered their last /readyz probe. Routing only
+// ever picks among ready servers, so rendezvous keeps each packet on one server for as long as
+// the ready set is stable, and a server that stops answering loses only its own packets.
+type readiness struct {
+	resolver Resolver
+	client   *http.Client
+	signer   *signing.Signer
+	timeout  time.Duration
+	onProbe  func(cell string, ready, total int)
+	logf     func(msg string, args ...any)
+
+	mu    sync.RWMutex
+	ready map[string][]string // cell -> sorted ready base URLs
+	known map[string][]string // cell -> sorted resolved base URLs
+}
+
+// Ready lists the ready servers of a cell. The slice is shared: do not modify it.
+func (r *readiness) Ready(cell string) []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.ready[cell]
+}
+
+// probe resolves and probes every server of every cell the table names, concurrently, then
+// swaps in the new picture at once.
+func (r *readiness) probe(ctx context.Context, table *routing.Table) {
+	cells := table.AllCells()
+	type result struct {
+		cell         string
+		known, ready []string
+	}
+	results := make(chan result, len(cells))
+	var wg sync.WaitGroup
+	for _, cell := range cells {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			servers, err := r.resolver.Servers(ctx, table, cell)
+			if err != nil {
+				r.logf("resolve cell servers failed", "cell", cell, "err", err)
+				results <- result{cell: cell}
+				return
+			}
+			ok := make([]bool, len(servers))
+			var swg sync.WaitGroup
+			for i, s := range servers {
+				swg.Add(1)
+				go func() {
+					defer swg.Done()
+					ok[i] = r.probeOne(ctx, s)
+				}()
+			}
+			swg.Wait()
+			var ready []string
+			for i, s := range servers {
+				if ok[i] {
+					ready = append(ready, s)
+				}
+			}
+			slices.Sort(ready)
+			slices.Sort(servers)
+			results <- result{cell: cell, known: servers, ready: ready}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	ready := make(map[string][]string, len(cells))
+	known := make(map[string][]string, len(cells))
+	for res := range results {
+		ready[res.cell], known[res.cell] = res.ready, res.known
+		if r.onProbe != nil {
+			r.onProbe(res.cell, len(res.ready), len(res.known))
+		}
+	}
+	r.mu.Lock()
+	for cell, servers := range ready {
+		if !slices.Equal(servers, r.ready[cell]) {
+			r.logf("cell servers changed", "cell", cell, "ready", servers, "known", known[cell])
+		}
+	}
+	r.ready, r.known = ready, known
+	r.mu.Unlock()
+}
+
+func (r *readiness) probeOne(ctx context.Context, base string) bool {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/readyz", nil)
+	if err != nil {
+		return false
+	}
+	// Probes are signed like any call, so a cell may put its whole mux behind the verifier.
+	if err := r.signer.Sign(req, nil); err != nil {
+		return false
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // lets the connection be reused
+	return resp.StatusCode == http.StatusOK
+}

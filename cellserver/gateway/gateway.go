@@ -1,0 +1,513 @@
+// Package gateway owns the access layer of a SET: it routes every packet request to the one
+// cell server that must answer it, and fans a user's history out to every cell.
+//
+// Routing is a pure function of the packet ID and the routing table (DESIGN.md §2, §4.4): the ID
+// gives the slot (its last three digits) and the creation second; the table gives the cell that
+// owned that slot at that second; rendezvous hashing of the ID over the cell's ready servers
+// gives the server. So every request about one packet meets one per-packet queue, and a server
+// leaving moves only its own packets. Creates have no ID yet: the gateway picks the slot itself,
+// uniformly over the owned, unmasked slots of the epoch in force, and tells the cell with the
+// X-Redpacket-Slot header; when the cell refuses the slot (409 slot_unavailable: masked, tripped
+// or no longer owned) it retries once with another. The slot is chosen by rendezvous over the
+// sender and request ID, so a client retrying a create lands on the same slot and cell, where
+// the cell's idempotency on (sender, request ID) returns the first packet.
+//
+// Every call to a cell is signed (cellserver/signing). The routing table reloads without a
+// restart (routing.Watcher); servers come from the table (local mode) or from DNS (Kubernetes)
+// and are used only once their /readyz answers.
+//
+// This package must never decide anything about money or packet state: it forwards bodies
+// unchanged, and it never retries a call that may have reached a cell except the create whose
+// slot the cell explicitly refused.
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/signing"
+)
+
+// HeaderSlot tells a cell in which slot to create a packet.
+const HeaderSlot = "X-Redpacket-Slot"
+
+// HeaderCell names, in responses, the cell that answered (for operators and tests).
+const HeaderCell = "X-Redpacket-Cell"
+
+// TableSource gives the routing table in force; *routing.Watcher is one.
+type TableSource interface{ Current() *routing.Table }
+
+// Config wires a Gateway.
+type Config struct {
+	Routing  TableSource     // required
+	Signer   *signing.Signer // required
+	Resolver Resolver        // nil: StaticResolver (endpoints from the table)
+	Client   *http.Client    // nil: a pooled client with UpstreamTimeout
+	// Registerer receives the gateway's metrics; nil registers them nowhere.
+	Registerer      prometheus.Registerer
+	Log             *slog.Logger
+	ProbeInterval   time.Duration // default 1s
+	ProbeTimeout    time.Duration // default 1s
+	UpstreamTimeout time.Duration // default 10s
+	MaxBody         int64         // request bodies; default 1 MiB
+	Region          int           // the region this gateway serves (ids.Region)
+	HistoryLimit    int           // default page size; default 20
+	MaxHistoryLimit int           // default 100
+	Now             func() time.Time
+}
+
+// Gateway routes requests to cells. Create it with New, serve Handler, and keep Run going.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	client  *http.Client
+	ready   *readiness
+	metrics *metrics
+	probed  atomic.Bool
+}
+
+// New checks cfg and builds a Gateway. No server is ready until the first Probe.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Routing == nil {
+		return nil, errors.New("gateway: routing table source required")
+	}
+	if cfg.Signer == nil {
+		return nil, errors.New("gateway: signer required")
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = StaticResolver{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	cfg.ProbeInterval = orDefault(cfg.ProbeInterval, time.Second)
+	cfg.ProbeTimeout = orDefault(cfg.ProbeTimeout, time.Second)
+	cfg.UpstreamTimeout = orDefault(cfg.UpstreamTimeout, 10*time.Second)
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 1 << 20
+	}
+	if cfg.HistoryLimit <= 0 {
+		cfg.HistoryLimit = 20
+	}
+	if cfg.MaxHistoryLimit <= 0 {
+		cfg.MaxHistoryLimit = 100
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	client := cfg.Client
+	if client == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConns = 1024
+		tr.MaxIdleConnsPerHost = 256 // one gateway talks to few servers, hard
+		client = &http.Client{Transport: tr, Timeout: cfg.UpstreamTimeout}
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Log, client: client}
+	g.metrics = newMetrics(cfg.Registerer, g)
+	g.ready = &readiness{
+		resolver: cfg.Resolver,
+		client:   client,
+		signer:   cfg.Signer,
+		timeout:  cfg.ProbeTimeout,
+		onProbe:  g.metrics.observeCell,
+		logf:     func(msg string, args ...any) { g.log.Info(msg, args...) },
+		ready:    map[string][]string{},
+	}
+	return g, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Run probes cell servers every ProbeInterval until ctx ends.
+func (g *Gateway) Run(ctx context.Context) {
+	tick := time.NewTicker(g.cfg.ProbeInterval)
+	defer tick.Stop()
+	for {
+		g.Probe(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Probe resolves and probes every cell's servers once.
+func (g *Gateway) Probe(ctx context.Context) {
+	if t := g.cfg.Routing.Current(); t != nil {
+		g.ready.probe(ctx, t)
+		g.probed.Store(true)
+	}
+}
+
+// ReadyServers lists the servers of cell that answered their last probe.
+func (g *Gateway) ReadyServers(cell string) []string { return g.ready.Ready(cell) }
+
+// Ready is nil when the gateway can route: a table is loaded and every cell of the epoch in
+// force has a ready server.
+func (g *Gateway) Ready() error {
+	t := g.cfg.Routing.Current()
+	if t == nil {
+		return errors.New("no routing table loaded")
+	}
+	if !g.probed.Load() {
+		return errors.New("cell servers not probed yet")
+	}
+	e, ok := t.EpochAt(g.cfg.Now())
+	if !ok {
+		return errors.New("routing table has no epoch")
+	}
+	for _, cell := range e.Cells() {
+		if len(g.ready.Ready(cell)) == 0 {
+			return fmt.Errorf("cell %s has no ready server", cell)
+		}
+	}
+	return nil
+}
+
+// Handler serves the public API, /healthz and /readyz.
+func (g *Gateway) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := g.Ready(); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "not_ready", "", err.Error())
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/v1/packets", g.instrument("create", http.MethodPost, g.serveCreate))
+	mux.Handle("/v1/packets/{id}", g.instrument("details", http.MethodGet, func(w http.ResponseWriter, r *http.Request) {
+		g.servePacket(w, r, "details")
+	}))
+	mux.HandleFunc("/v1/packets/{id}/{verb}", func(w http.ResponseWriter, r *http.Request) {
+		verb := r.PathValue("verb")
+		switch verb {
+		case "pay", "grab", "open":
+			g.instrument(verb, http.MethodPost, func(w http.ResponseWriter, r *http.Request) { g.servePacket(w, r, verb) }).ServeHTTP(w, r)
+		default:
+			g.instrument("unknown", "", notFound).ServeHTTP(w, r)
+		}
+	})
+	mux.HandleFunc("/v1/users/{user}/{role}", func(w http.ResponseWriter, r *http.Request) {
+		role := r.PathValue("role")
+		switch role {
+		case "sent", "received":
+			g.instrument("history_"+role, http.MethodGet, func(w http.ResponseWriter, r *http.Request) { g.serveHistory(w, r, role) }).ServeHTTP(w, r)
+		default:
+			g.instrument("unknown", "", notFound).ServeHTTP(w, r)
+		}
+	})
+	mux.Handle("/", g.instrument("unknown", "", notFound))
+	return mux
+}
+
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, http.StatusNotFound, "not_found", "", "no such endpoint: "+r.URL.Path)
+}
+
+// servePacket forwards a request about one existing packet to its server.
+func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb string) {
+	id, err := ParsePacketID(r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "id", err.Error())
+		return
+	}
+	cell, server, status, err := g.route(id)
+	if err != nil {
+		code := "not_found"
+		if status == http.StatusServiceUnavailable {
+			code = "cell_unavailable"
+		} else if status == http.StatusMisdirectedRequest {
+			code = "wrong_region"
+		}
+		writeError(w, status, code, "id", err.Error())
+		return
+	}
+	body, ok := g.readBody(w, r)
+	if !ok {
+		return
+	}
+	resp, err := g.call(r.Context(), verb, cell, server, r.Method, r.URL.RequestURI(), r.Header, body, nil)
+	if err != nil {
+		g.upstreamFailed(w, verb, cell, err)
+		return
+	}
+	resp.write(w, cell)
+}
+
+// route finds the cell and server for a packet. The HTTP status says how to refuse.
+func (g *Gateway) route(id int64) (cell, server string, status int, err error) {
+	if region := ids.Region(id); region != g.cfg.Region {
+		return "", "", http.StatusMisdirectedRequest, fmt.Errorf("packet %d belongs to region %d, this gateway serves region %d", id, region, g.cfg.Region)
+	}
+	t := g.cfg.Routing.Current()
+	if t == nil {
+		return "", "", http.StatusServiceUnavailable, errors.New("no routing table loaded")
+	}
+	cell, _, err = t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+	if err != nil {
+		return "", "", http.StatusNotFound, fmt.Errorf("packet %d: %w", id, err)
+	}
+	servers := g.ready.Ready(cell)
+	if len(servers) == 0 {
+		return cell, "", http.StatusServiceUnavailable, fmt.Errorf("cell %s has no ready server", cell)
+	}
+	return cell, routing.Rendezvous(id, servers), 0, nil
+}
+
+// serveCreate picks a slot, forwards the create, and retries once with another slot when the
+// cell refuses the first.
+func (g *Gateway) serveCreate(w http.ResponseWriter, r *http.Request) {
+	body, ok := g.readBody(w, r)
+	if !ok {
+		return
+	}
+	key, keyed := createKey(body)
+	if !keyed {
+		// Malformed or anonymous creates still reach a cell, whose validation answers them.
+		key = rand.Int64()
+	}
+	refused := -1
+	for attempt := 0; ; attempt++ {
+		t := g.cfg.Routing.Current()
+		if t == nil {
+			writeError(w, http.StatusServiceUnavailable, "not_ready", "", "no routing table loaded")
+			return
+		}
+		slot, cell, ok := g.pickSlot(t, g.cfg.Now(), key, refused)
+		if !ok {
+			writeError(w, http.StatusServiceUnavailable, "no_slot_available", "", "no unmasked slot with a ready cell server")
+			return
+		}
+		server := routing.Rendezvous(key, g.ready.Ready(cell))
+		if server == "" { // the cell lost its last ready server since pickSlot looked
+			writeError(w, http.StatusServiceUnavailable, "cell_unavailable", "", fmt.Sprintf("cell %s has no ready server", cell))
+			return
+		}
+		extra := http.Header{HeaderSlot: []string{strconv.Itoa(slot)}}
+		resp, err := g.call(r.Context(), "create", cell, server, r.Method, r.URL.RequestURI(), r.Header, body, extra)
+		if err != nil {
+			g.upstreamFailed(w, "create", cell, err)
+			return
+		}
+		if attempt == 0 && resp.slotUnavailable() {
+			g.metrics.createRetries.Inc()
+			g.log.Debug("cell refused create slot; retrying with another", "cell", cell, "slot", slot)
+			refused = slot
+			continue
+		}
+		resp.write(w, cell)
+		return
+	}
+}
+
+// pickSlot chooses, by highest random weight over key, one unmasked slot of the epoch in force
+// at now whose cell has a ready server, leaving out slot exclude. Weighing every slot alike
+// makes a cell's share of creates proportional to its creatable slots.
+func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, exclude int) (slot int, cell string, ok bool) {
+	e, found := t.EpochAt(now)
+	if !found {
+		return 0, "", false
+	}
+	var best uint64
+	slot = -1
+	for _, r := range e.Ranges {
+		if len(g.ready.Ready(r.Cell)) == 0 {
+			continue
+		}
+		for s := r.Start; s <= r.End; s++ {
+			if s == exclude || t.IsMasked(s) {
+				continue
+			}
+			if w := slotWeight(key, s); slot < 0 || w > best {
+				best, slot, cell = w, s, r.Cell
+			}
+		}
+	}
+	return slot, cell, slot >= 0
+}
+
+func slotWeight(key int64, slot int) uint64 {
+	return mix64(uint64(key) ^ mix64(uint64(slot)+0x632be59bd9b4e019))
+}
+
+func mix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// createKey derives the slot-choice key from the create's idempotency identity, so a client's
+// retry of the same create goes to the same slot. ok is false when the body lacks it.
+func createKey(body []byte) (key int64, ok bool) {
+	var req struct {
+		Sender    string `json:"sender"`
+		RequestID string `json:"requestId"`
+	}
+	if json.Unmarshal(body, &req) != nil || req.Sender == "" || req.RequestID == "" {
+		return 0, false
+	}
+	return hashString(req.Sender + "\x00" + req.RequestID), true
+}
+
+func hashString(s string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return int64(h.Sum64())
+}
+
+// ParsePacketID parses a packet ID as it appears in a path: a positive decimal without sign or
+// leading zeros, so one packet has one spelling.
+func ParsePacketID(s string) (int64, error) {
+	if s == "" || len(s) > 19 || s[0] == '0' {
+		return 0, fmt.Errorf("packet id %q: must be a positive decimal integer", s)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, fmt.Errorf("packet id %q: must be a positive decimal integer", s)
+		}
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("packet id %q: out of range", s)
+	}
+	if _, err := ids.Decompose(id); err != nil {
+		return 0, err
+	}
+	return id, nil
+}
+
+func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, true
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.cfg.MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "", fmt.Sprintf("body larger than %d bytes", g.cfg.MaxBody))
+		} else {
+			writeError(w, http.StatusBadRequest, "invalid_argument", "", "cannot read body")
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+// upstream is a cell's buffered answer. Cell answers are small JSON documents, and buffering
+// lets the gateway look at them (slot refusals, history merging) before answering.
+type upstream struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (u *upstream) slotUnavailable() bool {
+	if u.status != http.StatusConflict {
+		return false
+	}
+	var e struct {
+		Code string `json:"code"`
+	}
+	return json.Unmarshal(u.body, &e) == nil && e.Code == "slot_unavailable"
+}
+
+func (u *upstream) write(w http.ResponseWriter, cell string) {
+	for k, vs := range u.header {
+		if hopByHop(k) || k == "Content-Length" {
+			continue
+		}
+		w.Header()[k] = vs
+	}
+	w.Header().Set(HeaderCell, cell)
+	w.WriteHeader(u.status)
+	w.Write(u.body)
+}
+
+// maxUpstreamBody bounds what the gateway buffers from a cell.
+const maxUpstreamBody = 8 << 20
+
+// call sends one signed request to a cell server.
+func (g *Gateway) call(ctx context.Context, verb, cell, server, method, requestURI string, in http.Header, body []byte, extra http.Header) (*upstream, error) {
+	req, err := http.NewRequestWithContext(ctx, method, server+requestURI, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("%s to cell %s: build request: %w", verb, cell, err)
+	}
+	for k, vs := range in {
+		if hopByHop(k) || strings.HasPrefix(k, "X-Rp-") || k == HeaderSlot || k == "Content-Length" {
+			continue // signing headers and the slot are the gateway's to set, never the client's
+		}
+		req.Header[k] = vs
+	}
+	for k, vs := range extra {
+		req.Header[k] = vs
+	}
+	if err := g.cfg.Signer.Sign(req, body); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	resp, err := g.client.Do(req)
+	if err != nil {
+		g.metrics.upstream.WithLabelValues(verb, cell).Observe(time.Since(start).Seconds())
+		return nil, fmt.Errorf("%s to cell %s server %s: %w", verb, cell, server, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody))
+	g.metrics.upstream.WithLabelValues(verb, cell).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("%s to cell %s server %s: read answer: %w", verb, cell, server, err)
+	}
+	return &upstream{status: resp.StatusCode, header: resp.Header, body: data}, nil
+}
+
+func (g *Gateway) upstreamFailed(w http.ResponseWriter, verb, cell string, err error) {
+	g.log.Warn("cell call failed", "verb", verb, "cell", cell, "err", err)
+	if errors.Is(err, context.Canceled) {
+		// The client went away; nobody reads this answer, but the metric should not say 502.
+		writeError(w, 499, "cancelled", "", "client closed the request")
+		return
+	}
+	writeError(w, http.StatusBadGateway, "upstream_unavailable", "", fmt.Sprintf("cell %s did not answer", cell))
+}
+
+func hopByHop(k string) bool {
+	switch k {
+	case "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host":
+		return true
+	}
+	return false
+}
+
+// writeError answers with the project's JSON error shape.
+func writeError(w http.ResponseWriter, status int, code, field, message string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Field   string `json:"field"`
+	}{code, message, field})
+}

@@ -1,0 +1,250 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/routing"
+)
+
+// Cursor is a position in a user's history: items strictly before (At, PacketID) in the order
+// newest first. Its text form is "<atMillis>:<packetId>".
+type Cursor struct {
+	AtMillis int64
+	PacketID int64
+}
+
+func (c Cursor) String() string {
+	return strconv.FormatInt(c.AtMillis, 10) + ":" + strconv.FormatInt(c.PacketID, 10)
+}
+
+// ParseCursor parses "<atMillis>:<packetId>".
+func ParseCursor(s string) (Cursor, error) {
+	at, id, ok := strings.Cut(s, ":")
+	if !ok {
+		return Cursor{}, fmt.Errorf("cursor %q: want <atMillis>:<packetId>", s)
+	}
+	a, err1 := strconv.ParseInt(at, 10, 64)
+	p, err2 := strconv.ParseInt(id, 10, 64)
+	if err1 != nil || err2 != nil || a < 0 || p < 0 {
+		return Cursor{}, fmt.Errorf("cursor %q: want <atMillis>:<packetId> with non-negative integers", s)
+	}
+	return Cursor{AtMillis: a, PacketID: p}, nil
+}
+
+// newerThan orders history newest first: a comes before b when it is newer, or as new with the
+// larger packet ID.
+func (c Cursor) newerThan(o Cursor) bool {
+	if c.AtMillis != o.AtMillis {
+		return c.AtMillis > o.AtMillis
+	}
+	return c.PacketID > o.PacketID
+}
+
+// historyPage is a cell's (and the gateway's) answer to a history query.
+type historyPage struct {
+	Items []json.RawMessage `json:"items"`
+	Next  string            `json:"next"`
+}
+
+type historyItem struct {
+	raw json.RawMessage
+	pos Cursor
+}
+
+// serveHistory fans a user's history query out to every cell that may hold some of it (every
+// cell of every epoch: a draining cell still holds old packets) and merges the pages.
+//
+// Each cell answers at most limit items strictly before the cursor, newest first. The merged
+// page is the limit newest of all of them, and its cursor is the last item it shows: anything a
+// cell did not send is older than the last item that cell sent, which is either on the page or
+// older than the page's last item. So paging with the merged cursor misses and repeats nothing.
+func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role string) {
+	user := r.PathValue("user")
+	if user == "" {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "user", "user must not be empty")
+		return
+	}
+	q := r.URL.Query()
+	limit := g.cfg.HistoryLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > g.cfg.MaxHistoryLimit {
+			writeError(w, http.StatusBadRequest, "invalid_argument", "limit", fmt.Sprintf("limit must be an integer in 1..%d", g.cfg.MaxHistoryLimit))
+			return
+		}
+		limit = n
+	}
+	before := q.Get("before")
+	if before != "" {
+		if _, err := ParseCursor(before); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid_argument", "before", err.Error())
+			return
+		}
+	}
+	t := g.cfg.Routing.Current()
+	if t == nil {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "", "no routing table loaded")
+		return
+	}
+	cells := t.AllCells()
+	// A missing cell would silently drop part of the history, and the cursor would then skip
+	// it for good; refusing the whole query is the honest answer.
+	for _, cell := range cells {
+		if len(g.ready.Ready(cell)) == 0 {
+			writeError(w, http.StatusServiceUnavailable, "cell_unavailable", "", fmt.Sprintf("cell %s has no ready server; history incomplete", cell))
+			return
+		}
+	}
+
+	query := url.Values{"limit": {strconv.Itoa(limit)}}
+	if before != "" {
+		query.Set("before", before)
+	}
+	uri := "/v1/users/" + url.PathEscape(user) + "/" + role + "?" + query.Encode()
+	userKey := hashString(user)
+	verb := "history_" + role
+
+	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.UpstreamTimeout)
+	defer cancel()
+	answers := make([]*upstream, len(cells))
+	errs := make([]error, len(cells))
+	var wg sync.WaitGroup
+	for i, cell := range cells {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			server := routing.Rendezvous(userKey, g.ready.Ready(cell))
+			answers[i], errs[i] = g.call(ctx, verb, cell, server, http.MethodGet, uri, r.Header, nil, nil)
+		}()
+	}
+	wg.Wait()
+
+	var items []historyItem
+	more := false
+	for i, cell := range cells {
+		if errs[i] != nil {
+			g.upstreamFailed(w, verb, cell, errs[i])
+			return
+		}
+		a := answers[i]
+		if a.status != http.StatusOK {
+			// A refusal (bad user, say) is the same from every cell: pass the first one on.
+			a.write(w, cell)
+			return
+		}
+		page, err := decodeHistory(a.body)
+		if err != nil {
+			g.log.Warn("cell sent an unreadable history page", "cell", cell, "err", err)
+			writeError(w, http.StatusBadGateway, "upstream_invalid", "", fmt.Sprintf("cell %s sent an unreadable history page", cell))
+			return
+		}
+		items = append(items, page.items...)
+		more = more || page.next != ""
+	}
+	slices.SortFunc(items, func(a, b historyItem) int {
+		switch {
+		case a.pos.newerThan(b.pos):
+			return -1
+		case b.pos.newerThan(a.pos):
+			return 1
+		}
+		return 0
+	})
+	out := historyPage{Items: make([]json.RawMessage, 0, min(limit, len(items)))}
+	if len(items) > limit {
+		items, more = items[:limit], true
+	}
+	for _, it := range items {
+		out.Items = append(out.Items, it.raw)
+	}
+	if more && len(items) > 0 {
+		out.Next = items[len(items)-1].pos.String()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+type decodedPage struct {
+	items []historyItem
+	next  string
+}
+
+// decodeHistory reads a cell's page, keeping each item's JSON as the cell wrote it and
+// extracting only its position: "packetId" (a decimal string, or a number) and "at" (epoch
+// milliseconds, or an RFC 3339 time) or "atMillis".
+func decodeHistory(body []byte) (decodedPage, error) {
+	var page historyPage
+	if err := json.Unmarshal(body, &page); err != nil {
+		return decodedPage{}, fmt.Errorf("decode history page: %w", err)
+	}
+	out := decodedPage{next: page.Next}
+	for i, raw := range page.Items {
+		var f struct {
+			PacketID json.RawMessage `json:"packetId"`
+			At       json.RawMessage `json:"at"`
+			AtMillis json.RawMessage `json:"atMillis"`
+		}
+		if err := json.Unmarshal(raw, &f); err != nil {
+			return decodedPage{}, fmt.Errorf("history item %d: %w", i, err)
+		}
+		id, err := jsonInt(f.PacketID)
+		if err != nil {
+			return decodedPage{}, fmt.Errorf("history item %d: packetId: %w", i, err)
+		}
+		atRaw := f.AtMillis
+		if len(atRaw) == 0 {
+			atRaw = f.At
+		}
+		at, err := jsonMillis(atRaw)
+		if err != nil {
+			return decodedPage{}, fmt.Errorf("history item %d: at: %w", i, err)
+		}
+		out.items = append(out.items, historyItem{raw: raw, pos: Cursor{AtMillis: at, PacketID: id}})
+	}
+	return out, nil
+}
+
+// jsonInt reads an integer sent as a JSON string (how packet IDs travel, since JavaScript
+// loses int64 precision) or as a plain number.
+func jsonInt(raw json.RawMessage) (int64, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return 0, errors.New("missing")
+	}
+	s := string(raw)
+	if raw[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, err
+		}
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+func jsonMillis(raw json.RawMessage) (int64, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return 0, errors.New("missing")
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, err
+		}
+		if ts, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			return ts.UnixMilli(), nil
+		}
+		return strconv.ParseInt(s, 10, 64)
+	}
+	return strconv.ParseInt(string(raw), 10, 64)
+}

@@ -1,0 +1,131 @@
+// Command gateway is the access layer of a SET: it routes every red packet request by packet ID
+// to the cell server that owns it (cellserver/gateway) and serves Prometheus metrics beside the
+// API. It reads the routing table from a file it reloads on change (the routing ConfigMap in
+// Kubernetes, routing.json in a local SET) and signs every call to a cell with the key in
+// -signing-key-file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/redpacketset/redpacket/cellserver/gateway"
+	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/signing"
+)
+
+func main() {
+	if err := run(); err != nil {
+		slog.Error("gateway stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		listen        = flag.String("listen", ":8080", "address to serve the API, /healthz, /readyz and /metrics on")
+		routingFile   = flag.String("routing-file", "", "routing table file (routing.json); required")
+		keyFile       = flag.String("signing-key-file", "", "file holding the key that signs calls to cells (≥ 32 bytes); required")
+		endpoints     = flag.String("endpoints", "static", "where cell servers come from: static (the routing table's endpoints) or dns (the cell's headless Service)")
+		namespace     = flag.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the cells' Services (dns endpoints)")
+		serverPort    = flag.Int("server-port", 8080, "cell server port (dns endpoints; 0 reads SRV records)")
+		region        = flag.Int("region", 0, "region this gateway serves; packets of other regions are refused with 421")
+		probeInterval = flag.Duration("probe-interval", time.Second, "how often cell servers' /readyz are probed")
+		watchInterval = flag.Duration("routing-interval", time.Second, "how often the routing file is checked for changes")
+		upstream      = flag.Duration("upstream-timeout", 10*time.Second, "timeout of one call to a cell")
+		logLevel      = flag.String("log-level", "info", "debug, info, warn or error")
+	)
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	if *routingFile == "" {
+		return errors.New("-routing-file is required")
+	}
+	if *keyFile == "" {
+		return errors.New("-signing-key-file is required")
+	}
+	key, err := signing.LoadKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	var resolver gateway.Resolver
+	switch *endpoints {
+	case "static":
+		resolver = gateway.StaticResolver{}
+	case "dns":
+		resolver = gateway.DNSResolver{Namespace: *namespace, Port: *serverPort}
+	default:
+		return fmt.Errorf("-endpoints: %q, want static or dns", *endpoints)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	watcher, err := routing.NewWatcher(*routingFile, *watchInterval, log)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gw, err := gateway.New(gateway.Config{
+		Routing:         watcher,
+		Signer:          signing.NewSigner(key),
+		Resolver:        resolver,
+		Registerer:      reg,
+		Log:             log,
+		ProbeInterval:   *probeInterval,
+		UpstreamTimeout: *upstream,
+		Region:          *region,
+	})
+	if err != nil {
+		return err
+	}
+	go watcher.Run(ctx)
+	go gw.Run(ctx)
+
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/", gw.Handler())
+	srv := &http.Server{
+		Addr:              *listen,
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Info("gateway listening", "addr", *listen, "routing_file", *routingFile, "endpoints", *endpoints, "epoch", watcher.LoadedEpoch())
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", *listen, err)
+	case <-ctx.Done():
+	}
+	// Finish requests in flight: a dropped open would leave its caller unsure whether the money
+	// moved (the cell's idempotency makes a retry safe, but a clean answer is better).
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("gateway stopped cleanly")
+	return nil
+}
