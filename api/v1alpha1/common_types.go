@@ -79,7 +79,7 @@ type MySQLSpec struct {
 	// Storage is the size of each database volume.
 	// +kubebuilder:default="10Gi"
 	// +optional
-	Storage resource.Quantity `json:"storage,omitempty"`
+	Storage *resource.Quantity `json:"storage,omitempty"`
 
 	// StorageClassName of the database volumes; empty uses the cluster default.
 	// +optional
@@ -156,8 +156,8 @@ type ShardSpec struct {
 }
 
 // MaskingPolicy decides when slots served by a failing logical table are masked.
-// +kubebuilder:validation:XValidation:rule="duration(self.window) > duration('0s')",message="spec.masking.window must be a positive duration"
-// +kubebuilder:validation:XValidation:rule="duration(self.coolDown) >= duration('0s')",message="spec.masking.coolDown must not be negative"
+// +kubebuilder:validation:XValidation:rule="!has(self.window) || duration(self.window) > duration('0s')",message="spec.masking.window must be a positive duration"
+// +kubebuilder:validation:XValidation:rule="!has(self.coolDown) || duration(self.coolDown) >= duration('0s')",message="spec.masking.coolDown must not be negative"
 type MaskingPolicy struct {
 	// ErrorThreshold is the number of errors of one logical table within Window, summed over
 	// the cell's servers, at which its slots are masked.
@@ -169,12 +169,12 @@ type MaskingPolicy struct {
 	// Window is the span over which errors are counted.
 	// +kubebuilder:default="1m"
 	// +optional
-	Window metav1.Duration `json:"window,omitempty"`
+	Window *metav1.Duration `json:"window,omitempty"`
 
 	// CoolDown is how long a masked table must stay quiet before its mask is lifted.
 	// +kubebuilder:default="5m"
 	// +optional
-	CoolDown metav1.Duration `json:"coolDown,omitempty"`
+	CoolDown *metav1.Duration `json:"coolDown,omitempty"`
 
 	// MaxMaskedPercent is the mask budget: the most slots of the set, in percent, that may
 	// be masked at once. Past it the operator stops masking and reports SlotsMasked with
@@ -187,8 +187,8 @@ type MaskingPolicy struct {
 }
 
 // PacketLimits bounds what a sender may wrap.
-// +kubebuilder:validation:XValidation:rule="self.maxTotalCents >= self.maxCount",message="spec.limits.maxTotalCents must be at least spec.limits.maxCount: every share is at least one cent"
-// +kubebuilder:validation:XValidation:rule="duration(self.expiry) > duration('0s')",message="spec.limits.expiry must be a positive duration"
+// +kubebuilder:validation:XValidation:rule="!has(self.maxTotalCents) || !has(self.maxCount) || self.maxTotalCents >= self.maxCount",message="spec.limits.maxTotalCents must be at least spec.limits.maxCount: every share is at least one cent"
+// +kubebuilder:validation:XValidation:rule="!has(self.expiry) || duration(self.expiry) > duration('0s')",message="spec.limits.expiry must be a positive duration"
 type PacketLimits struct {
 	// MaxTotalCents is the largest packet, in cents.
 	// +kubebuilder:default=20000
@@ -207,7 +207,7 @@ type PacketLimits struct {
 	// refunded to the sender.
 	// +kubebuilder:default="24h"
 	// +optional
-	Expiry metav1.Duration `json:"expiry,omitempty"`
+	Expiry *metav1.Duration `json:"expiry,omitempty"`
 }
 
 // SlotRange is an inclusive range of slots.

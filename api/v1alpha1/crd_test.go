@@ -10,6 +10,7 @@ import (
 
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -97,7 +98,7 @@ func TestCRDs(t *testing.T) {
 			{"template.server.image", s.Template.Server.Image, "ghcr.io/redpacketset/cellserver:v0.1.0"},
 			{"template.mysql.image", s.Template.MySQL.Image, "mariadb:10.11"},
 			{"template.mysql.replicas", s.Template.MySQL.Replicas, int32(1)},
-			{"template.mysql.storage", s.Template.MySQL.Storage.String(), "10Gi"},
+			{"template.mysql.storage", qtyOf(s.Template.MySQL.Storage), "10Gi"},
 			{"template.memcached.memoryMB", s.Template.Memcached.MemoryMB, int32(64)},
 			{"template.queue.workers", s.Template.Queue.Workers, int32(64)},
 			{"template.queue.depth", s.Template.Queue.Depth, int32(1024)},
@@ -107,13 +108,13 @@ func TestCRDs(t *testing.T) {
 			{"template.shards.tablesPerDatabase", s.Template.Shards.TablesPerDatabase, int32(10)},
 			{"gateway.replicas", s.Gateway.Replicas, int32(2)},
 			{"masking.errorThreshold", s.Masking.ErrorThreshold, int32(50)},
-			{"masking.window", s.Masking.Window.Duration, time.Minute},
-			{"masking.coolDown", s.Masking.CoolDown.Duration, 5 * time.Minute},
+			{"masking.window", durOf(s.Masking.Window), time.Minute},
+			{"masking.coolDown", durOf(s.Masking.CoolDown), 5 * time.Minute},
 			{"masking.maxMaskedPercent", s.Masking.MaxMaskedPercent, int32(10)},
 			{"limits.maxTotalCents", s.Limits.MaxTotalCents, int64(20000)},
 			{"limits.maxCount", s.Limits.MaxCount, int32(100)},
-			{"limits.expiry", s.Limits.Expiry.Duration, 24 * time.Hour},
-			{"rebalanceDelay", s.RebalanceDelay.Duration, 2 * time.Minute},
+			{"limits.expiry", durOf(s.Limits.Expiry), 24 * time.Hour},
+			{"rebalanceDelay", durOf(s.RebalanceDelay), 2 * time.Minute},
 		}
 		for _, ch := range checks {
 			if ch.got != ch.want {
@@ -153,9 +154,9 @@ func TestCRDs(t *testing.T) {
 			{"negative max count", func(s *rpv1.RedPacketSet) { s.Spec.Limits.MaxCount = -1 }, "spec.limits.maxCount"},
 			{"max count too large", func(s *rpv1.RedPacketSet) { s.Spec.Limits.MaxCount = 10001 }, "spec.limits.maxCount"},
 			{"total below count", func(s *rpv1.RedPacketSet) { s.Spec.Limits.MaxTotalCents = 50; s.Spec.Limits.MaxCount = 100 }, "spec.limits.maxTotalCents must be at least spec.limits.maxCount"},
-			{"zero expiry", func(s *rpv1.RedPacketSet) { s.Spec.Limits.Expiry = metav1.Duration{Duration: -time.Hour} }, "spec.limits.expiry must be a positive duration"},
-			{"zero masking window", func(s *rpv1.RedPacketSet) { s.Spec.Masking.Window = metav1.Duration{Duration: -time.Second} }, "spec.masking.window must be a positive duration"},
-			{"negative cool-down", func(s *rpv1.RedPacketSet) { s.Spec.Masking.CoolDown = metav1.Duration{Duration: -time.Second} }, "spec.masking.coolDown must not be negative"},
+			{"zero expiry", func(s *rpv1.RedPacketSet) { s.Spec.Limits.Expiry = &metav1.Duration{Duration: -time.Hour} }, "spec.limits.expiry must be a positive duration"},
+			{"zero masking window", func(s *rpv1.RedPacketSet) { s.Spec.Masking.Window = &metav1.Duration{Duration: -time.Second} }, "spec.masking.window must be a positive duration"},
+			{"negative cool-down", func(s *rpv1.RedPacketSet) { s.Spec.Masking.CoolDown = &metav1.Duration{Duration: -time.Second} }, "spec.masking.coolDown must not be negative"},
 			{"mask budget above 100", func(s *rpv1.RedPacketSet) { s.Spec.Masking.MaxMaskedPercent = 101 }, "spec.masking.maxMaskedPercent"},
 			{"negative error threshold", func(s *rpv1.RedPacketSet) { s.Spec.Masking.ErrorThreshold = -1 }, "spec.masking.errorThreshold"},
 			{"zero queue workers", func(s *rpv1.RedPacketSet) { s.Spec.Template.Queue.Workers = -1 }, "spec.template.queue.workers"},
@@ -308,4 +309,19 @@ func TestCRDs(t *testing.T) {
 			t.Fatal("scaling beyond the slot count was accepted")
 		}
 	})
+}
+
+// durOf tells an unset duration (-1) apart from any value the API server could default to.
+func durOf(d *metav1.Duration) time.Duration {
+	if d == nil {
+		return -1
+	}
+	return d.Duration
+}
+
+func qtyOf(q *resource.Quantity) string {
+	if q == nil {
+		return "<unset>"
+	}
+	return q.String()
 }

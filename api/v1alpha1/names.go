@@ -1,6 +1,11 @@
 package v1alpha1
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
 
 // Labels put on every object the operator creates.
 const (
@@ -67,3 +72,26 @@ func (c *RedPacketCell) RoutingConfigMapName() string { return c.Spec.SetName + 
 
 // SigningSecretName names the signing key Secret of the cell's set.
 func (c *RedPacketCell) SigningSecretName() string { return c.Spec.SetName + "-signing" }
+
+// durationOr is d's value, or def when the field is unset (only possible for objects that
+// did not pass through the API server's defaulting, such as in-memory test objects).
+func durationOr(d *metav1.Duration, def time.Duration) time.Duration {
+	if d == nil {
+		return def
+	}
+	return d.Duration
+}
+
+// ExpiryOrDefault is how long after payment a packet may be opened.
+func (l PacketLimits) ExpiryOrDefault() time.Duration { return durationOr(l.Expiry, 24*time.Hour) }
+
+// WindowOrDefault is the error-counting window.
+func (m MaskingPolicy) WindowOrDefault() time.Duration { return durationOr(m.Window, time.Minute) }
+
+// CoolDownOrDefault is the quiet time before a mask lifts.
+func (m MaskingPolicy) CoolDownOrDefault() time.Duration { return durationOr(m.CoolDown, 5*time.Minute) }
+
+// RebalanceDelayOrDefault is how far ahead a new routing epoch takes effect.
+func (s *RedPacketSet) RebalanceDelayOrDefault() time.Duration {
+	return durationOr(s.Spec.RebalanceDelay, 2*time.Minute)
+}

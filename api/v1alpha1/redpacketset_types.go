@@ -79,7 +79,7 @@ type RedPacketSetSpec struct {
 	// gateway and server has loaded it before packets are created under it.
 	// +kubebuilder:default="2m"
 	// +optional
-	RebalanceDelay metav1.Duration `json:"rebalanceDelay,omitempty"`
+	RebalanceDelay *metav1.Duration `json:"rebalanceDelay,omitempty"`
 }
 
 // CapacitySpec is the load the set is sized for.
