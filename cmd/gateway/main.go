@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -27,27 +28,34 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], nil); err != nil {
 		slog.Error("gateway stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run serves until ctx ends. listening, when set, is told the address once the listener is up
+// (tests listen on port 0).
+func run(ctx context.Context, args []string, listening func(addr string)) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	var (
-		listen        = flag.String("listen", ":8080", "address to serve the API, /healthz, /readyz and /metrics on")
-		routingFile   = flag.String("routing-file", "", "routing table file (routing.json); required")
-		keyFile       = flag.String("signing-key-file", "", "file holding the key that signs calls to cells (≥ 32 bytes); required")
-		endpoints     = flag.String("endpoints", "static", "where cell servers come from: static (the routing table's endpoints) or dns (the cell's headless Service)")
-		namespace     = flag.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the cells' Services (dns endpoints)")
-		serverPort    = flag.Int("server-port", 8080, "cell server port (dns endpoints; 0 reads SRV records)")
-		region        = flag.Int("region", 0, "region this gateway serves; packets of other regions are refused with 421")
-		probeInterval = flag.Duration("probe-interval", time.Second, "how often cell servers' /readyz are probed")
-		watchInterval = flag.Duration("routing-interval", time.Second, "how often the routing file is checked for changes")
-		upstream      = flag.Duration("upstream-timeout", 10*time.Second, "timeout of one call to a cell")
-		logLevel      = flag.String("log-level", "info", "debug, info, warn or error")
+		listen        = fs.String("listen", ":8080", "address to serve the API, /healthz, /readyz and /metrics on")
+		routingFile   = fs.String("routing-file", "", "routing table file (routing.json); required")
+		keyFile       = fs.String("signing-key-file", "", "file holding the key that signs calls to cells (≥ 32 bytes); required")
+		endpoints     = fs.String("endpoints", "static", "where cell servers come from: static (the routing table's endpoints) or dns (the cell's headless Service)")
+		namespace     = fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the cells' Services (dns endpoints)")
+		serverPort    = fs.Int("server-port", 8080, "cell server port (dns endpoints; 0 reads SRV records)")
+		region        = fs.Int("region", 0, "region this gateway serves; packets of other regions are refused with 421")
+		probeInterval = fs.Duration("probe-interval", time.Second, "how often cell servers' /readyz are probed")
+		watchInterval = fs.Duration("routing-interval", time.Second, "how often the routing file is checked for changes")
+		upstream      = fs.Duration("upstream-timeout", 10*time.Second, "timeout of one call to a cell")
+		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
 	)
-	flag.Parse()
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -75,9 +83,6 @@ func run() error {
 	default:
 		return fmt.Errorf("-endpoints: %q, want static or dns", *endpoints)
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 
 	watcher, err := routing.NewWatcher(*routingFile, *watchInterval, log)
 	if err != nil {
@@ -110,9 +115,16 @@ func run() error {
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", *listen, err)
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("gateway listening", "addr", *listen, "routing_file", *routingFile, "endpoints", *endpoints, "epoch", watcher.LoadedEpoch())
+	go func() { errc <- srv.Serve(ln) }()
+	if listening != nil {
+		listening(ln.Addr().String())
+	}
+	log.Info("gateway listening", "addr", ln.Addr().String(), "routing_file", *routingFile, "endpoints", *endpoints, "epoch", watcher.LoadedEpoch())
 
 	select {
 	case err := <-errc:
