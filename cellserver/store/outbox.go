@@ -86,13 +86,24 @@ func (s *Store) PurgeDelivered(ctx context.Context, before time.Time, batch int)
 	}
 }
 
-// RecordHistory stores one history line; it is idempotent on (user, role, packet), which is
-// what a redelivered outbox row repeats.
-func (s *Store) RecordHistory(ctx context.Context, h HistoryItem) error {
-	_, err := s.db.ExecContext(ctx, "INSERT IGNORE INTO "+s.cellTable("history")+" (user_id, role, packet_id, at_ms, amount_cents, share_count, grp) VALUES (?, ?, ?, ?, ?, ?, ?)",
-		h.User, int(h.Role), h.PacketID, ms(h.At), h.AmountCents, h.Count, h.Group)
-	if err != nil {
-		return fmt.Errorf("record history of %s for packet %d: %w", h.User, h.PacketID, err)
+// RecordHistory stores history lines in one statement; it is idempotent on (user, role,
+// packet), which is what a redelivered outbox row repeats.
+func (s *Store) RecordHistory(ctx context.Context, hs ...HistoryItem) error {
+	if len(hs) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("INSERT IGNORE INTO " + s.cellTable("history") + " (user_id, role, packet_id, at_ms, amount_cents, share_count, grp) VALUES ")
+	args := make([]any, 0, 7*len(hs))
+	for i, h := range hs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?,?)")
+		args = append(args, h.User, int(h.Role), h.PacketID, ms(h.At), h.AmountCents, h.Count, h.Group)
+	}
+	if _, err := s.db.ExecContext(ctx, b.String(), args...); err != nil {
+		return fmt.Errorf("record %d history lines: %w", len(hs), err)
 	}
 	return nil
 }

@@ -1,0 +1,229 @@
+// Package wallet owns what happens after the money path commits: the outbox relay that
+// delivers each committed effect (escrow transfer on pay, credit on open, refund at expiry,
+// history lines) to its consumer until acknowledged, and a reference wallet in MySQL — a
+// double-entry ledger, idempotent by the outbox row's key — with an Audit that checks
+// DESIGN.md §4 end to end.
+//
+// The relay gives at-least-once delivery; the consumer's unique key on the idempotency key
+// turns it into exactly-once effect. Nothing here may ever change a packet row: the cell's
+// records are the truth the ledger is audited against.
+package wallet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/redpacketset/redpacket/cellserver/store"
+)
+
+// Transfer is one wallet effect of a committed packet transaction.
+type Transfer struct {
+	Key         string // the outbox row's idempotency key (e.g. credit:<packet>:<user>)
+	Kind        store.OutboxKind
+	PacketID    int64
+	Account     string // the user credited, or the sender paying / refunded
+	AmountCents int64
+	At          time.Time
+}
+
+// Wallet applies transfers all or nothing, each at most once per key: applying a key again
+// is a success that changes nothing.
+type Wallet interface {
+	Apply(ctx context.Context, ts []Transfer) error
+}
+
+// History stores history lines idempotently; *store.Store satisfies it.
+type History interface {
+	RecordHistory(ctx context.Context, hs ...store.HistoryItem) error
+}
+
+// RelayConfig tunes the relay; zero fields take the defaults.
+type RelayConfig struct {
+	Interval    time.Duration // poll period when idle; default 200ms
+	Batch       int           // rows per pass; default 500
+	BaseBackoff time.Duration // first retry delay; default 500ms
+	MaxBackoff  time.Duration // default 1m
+	Now         func() time.Time
+	Log         *slog.Logger
+	Registerer  prometheus.Registerer
+}
+
+// Relay moves outbox rows to the wallet and history.
+type Relay struct {
+	st        *store.Store
+	wallet    Wallet
+	hist      History
+	cfg       RelayConfig
+	delivered *prometheus.CounterVec
+	failed    prometheus.Counter
+}
+
+// NewRelay builds a relay over a store's outbox.
+func NewRelay(st *store.Store, w Wallet, h History, cfg RelayConfig) (*Relay, error) {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 200 * time.Millisecond
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 500
+	}
+	if cfg.BaseBackoff <= 0 {
+		cfg.BaseBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	r := &Relay{st: st, wallet: w, hist: h, cfg: cfg,
+		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "redpacket_outbox_delivered_total", Help: "Outbox rows acknowledged by their consumer.",
+		}, []string{"kind"}),
+		failed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "redpacket_outbox_delivery_failures_total", Help: "Failed outbox deliveries (retried with backoff).",
+		}),
+	}
+	if cfg.Registerer != nil {
+		backlog := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "redpacket_outbox_backlog", Help: "Undelivered outbox rows.",
+		}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			n, _ := st.OutboxBacklog(ctx)
+			return float64(n)
+		})
+		for _, c := range []prometheus.Collector{r.delivered, r.failed, backlog} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("relay: register metrics: %w", err)
+			}
+		}
+	}
+	return r, nil
+}
+
+// Run relays until ctx ends.
+func (r *Relay) Run(ctx context.Context) {
+	t := time.NewTicker(r.cfg.Interval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := r.Pass(ctx)
+			if err != nil && ctx.Err() == nil {
+				r.cfg.Log.Error("outbox relay pass", "err", err)
+			}
+			if err != nil || n < r.cfg.Batch {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Drain relays until no due row is left or ctx ends; rows waiting out a backoff are retried
+// as soon as they are due. Shutdown and tests use it.
+func (r *Relay) Drain(ctx context.Context) error {
+	for {
+		if _, err := r.Pass(ctx); err != nil {
+			return err
+		}
+		n, err := r.st.OutboxBacklog(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain outbox (%d rows left): %w", n, ctx.Err())
+		case <-time.After(r.cfg.Interval):
+		}
+	}
+}
+
+// Pass delivers one batch of due rows and returns how many it looked at. The batch goes to
+// each consumer in one call; when that fails, rows are retried one by one so a single bad
+// row backs off alone instead of holding the others back.
+func (r *Relay) Pass(ctx context.Context) (int, error) {
+	rows, err := r.st.PendingOutbox(ctx, r.cfg.Now(), r.cfg.Batch)
+	if err != nil || len(rows) == 0 {
+		return 0, err
+	}
+	if err := r.deliver(ctx, rows); err == nil {
+		return len(rows), r.ack(ctx, rows)
+	}
+	for _, row := range rows {
+		if err := r.deliver(ctx, []store.OutboxRow{row}); err != nil {
+			r.failed.Inc()
+			next := r.cfg.Now().Add(r.backoff(row.Attempts))
+			r.cfg.Log.Warn("outbox delivery failed", "key", row.Key, "attempt", row.Attempts+1, "retryAt", next, "err", err)
+			if err := r.st.MarkFailed(ctx, row.ID, next, err); err != nil {
+				return len(rows), err
+			}
+			continue
+		}
+		if err := r.ack(ctx, []store.OutboxRow{row}); err != nil {
+			return len(rows), err
+		}
+	}
+	return len(rows), nil
+}
+
+func (r *Relay) ack(ctx context.Context, rows []store.OutboxRow) error {
+	ids := make([]int64, len(rows))
+	for i, row := range rows {
+		ids[i] = row.ID
+		r.delivered.WithLabelValues(row.Kind.String()).Inc()
+	}
+	return r.st.MarkDelivered(ctx, ids)
+}
+
+func (r *Relay) backoff(attempts int) time.Duration {
+	d := r.cfg.BaseBackoff
+	for i := 0; i < attempts && d < r.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, r.cfg.MaxBackoff)
+}
+
+var errUnknownKind = errors.New("unknown outbox kind")
+
+func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) error {
+	var ts []Transfer
+	var hs []store.HistoryItem
+	for _, row := range rows {
+		switch row.Kind {
+		case store.OutboxPay, store.OutboxCredit, store.OutboxRefund:
+			ts = append(ts, Transfer{Key: row.Key, Kind: row.Kind, PacketID: row.PacketID, Account: row.Account, AmountCents: row.AmountCents, At: row.At})
+		case store.OutboxHistorySent:
+			hs = append(hs, store.HistoryItem{User: row.Account, Role: store.RoleSent, PacketID: row.PacketID, At: row.At, AmountCents: row.AmountCents, Count: row.Count, Group: row.Group})
+		case store.OutboxHistoryRecv:
+			hs = append(hs, store.HistoryItem{User: row.Account, Role: store.RoleReceived, PacketID: row.PacketID, At: row.At, AmountCents: row.AmountCents})
+		default:
+			return fmt.Errorf("outbox row %d kind %d: %w", row.ID, row.Kind, errUnknownKind)
+		}
+	}
+	if len(ts) > 0 {
+		if err := r.wallet.Apply(ctx, ts); err != nil {
+			return fmt.Errorf("apply %d transfers: %w", len(ts), err)
+		}
+	}
+	if len(hs) > 0 {
+		if err := r.hist.RecordHistory(ctx, hs...); err != nil {
+			return err
+		}
+	}
+	return nil
+}

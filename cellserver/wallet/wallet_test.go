@@ -1,0 +1,167 @@
+package wallet_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/packet"
+	"github.com/redpacketset/redpacket/cellserver/queue"
+	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/cellserver/store/storetest"
+	"github.com/redpacketset/redpacket/cellserver/wallet"
+	"github.com/redpacketset/redpacket/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+type clock struct{ ns atomic.Int64 }
+
+func (c *clock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+type fixture struct {
+	svc    *packet.Service
+	st     *store.Store
+	ledger *wallet.Ledger
+	clock  *clock
+	prefix string
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	c := &clock{}
+	c.ns.Store(time.Now().UnixNano())
+	env := storetest.New(t, storetest.Options{Now: c.Now()})
+	l, err := wallet.NewLedger(env.DB, env.Prefix+"_wallet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.EnsureSchema(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = env.DB.Exec("DROP DATABASE IF EXISTS " + env.Prefix + "_wallet") })
+	svc := packet.New(env.Store, &storetest.IDs{Now: c.Now}, packet.Config{Now: c.Now, Expiry: time.Hour})
+	return &fixture{svc: svc, st: env.Store, ledger: l, clock: c, prefix: env.Prefix}
+}
+
+// flaky fails the first n Apply calls, as a wallet service that is briefly down.
+type flaky struct {
+	wallet.Wallet
+	left atomic.Int64
+}
+
+func (f *flaky) Apply(ctx context.Context, ts []wallet.Transfer) error {
+	if f.left.Add(-1) >= 0 {
+		return errors.New("wallet unavailable")
+	}
+	return f.Wallet.Apply(ctx, ts)
+}
+
+func TestRelayAndAuditEndToEnd(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	q, err := queue.New(f.svc, queue.Config{Workers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close(ctx)
+	var ids []int64
+	for i := 0; i < 10; i++ {
+		p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: fmt.Sprintf("s%d", i%3), RequestID: fmt.Sprintf("r%d", i), TotalCents: 1000 + int64(i), Count: 5, Kind: packet.KindRandom}, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i < 9 { // the last stays unpaid and is cancelled
+			if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: fmt.Sprintf("t%d", i), AmountCents: p.TotalCents}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ids = append(ids, p.ID)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := q.Open(ctx, ids[i%9], fmt.Sprintf("u%d", i%7))
+			if err != nil && !errors.Is(err, packet.ErrExhausted) {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	f.clock.Advance(time.Hour)
+	if _, err := f.svc.ExpireDue(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	w := &flaky{Wallet: f.ledger}
+	w.left.Store(3)
+	relay, err := wallet.NewRelay(f.st, w, f.st, wallet.RelayConfig{Interval: 10 * time.Millisecond, BaseBackoff: 10 * time.Millisecond, Batch: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := relay.Drain(dctx); err != nil {
+		t.Fatal(err)
+	}
+	from := f.clock.Now().Add(-2 * time.Hour)
+	rep, err := wallet.Audit(ctx, f.st, f.ledger, from, f.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() || rep.Packets != 10 || rep.Receipts == 0 {
+		t.Fatalf("audit: %+v", rep)
+	}
+	// Redelivery after a crash between apply and ack changes nothing.
+	if _, err := f.st.DB().Exec("UPDATE " + cellOf(f) + ".outbox SET delivered = 0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Drain(dctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := wallet.Audit(ctx, f.st, f.ledger, from, f.clock.Now()); err != nil || !rep.OK() {
+		t.Fatalf("audit after redelivery: %+v %v", rep, err)
+	}
+	// History was written through the outbox.
+	items, _, err := f.svc.History(ctx, "s0", packet.RoleSent, packet.Cursor{}, 10)
+	if err != nil || len(items) != 3 {
+		t.Fatalf("sent history of s0: %+v %v", items, err)
+	}
+	// The audit catches drift: a lost credit.
+	if _, err := f.st.DB().Exec("DELETE FROM "+walletOf(f)+".transfers WHERE kind = ? LIMIT 1", int(store.OutboxCredit)); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := wallet.Audit(ctx, f.st, f.ledger, from, f.clock.Now()); err != nil || rep.OK() {
+		t.Fatalf("audit missed a deleted credit: %+v %v", rep, err)
+	}
+}
+
+func TestLedgerIdempotentAndConflicting(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	tr := wallet.Transfer{Key: "credit:1:bob", Kind: store.OutboxCredit, PacketID: 1, Account: "bob", AmountCents: 42, At: time.Now()}
+	for i := 0; i < 3; i++ {
+		if err := f.ledger.Apply(ctx, []wallet.Transfer{tr}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := f.ledger.Balance(ctx, wallet.UserAccount("bob")); b != 42 {
+		t.Fatalf("bob has %d after three deliveries of one credit, want 42", b)
+	}
+	tr.AmountCents = 43
+	if err := f.ledger.Apply(ctx, []wallet.Transfer{tr}); !errors.Is(err, wallet.ErrKeyConflict) {
+		t.Fatalf("conflicting reuse of a key: %v", err)
+	}
+	if b, p, err := f.ledger.Imbalance(ctx); err != nil || b != 0 || p != 0 {
+		t.Fatalf("imbalance %d %d %v", b, p, err)
+	}
+}
+
+func cellOf(f *fixture) string   { return f.prefix + "_cell" }
+func walletOf(f *fixture) string { return f.prefix + "_wallet" }
