@@ -16,6 +16,19 @@
 // restart (routing.Watcher); servers come from the table (local mode) or from DNS (Kubernetes)
 // and are used only once their /readyz answers.
 //
+// What the gateway expects of the cell API (cellserver/httpapi):
+//
+//   - POST /v1/packets with HeaderSlot: issue the packet's ID in that slot, or answer 409
+//     {"code":"slot_unavailable"} without creating anything. The body is the client's, with
+//     "sender" and "requestId" (the create's idempotency key).
+//   - POST /v1/packets/{id}/pay|grab|open and GET /v1/packets/{id}: IDs as decimal strings.
+//   - GET /v1/users/{user}/sent|received?before=<atMillis>:<packetId>&limit=N: at most N items
+//     strictly older than the cursor, newest first (at desc, packetId desc), as
+//     {"items":[{"packetId":"<decimal>","at":<epoch millis>, ...}],"next":"<cursor>"|""}, next
+//     non-empty when more items exist. "at" may also be an RFC 3339 string.
+//   - GET /readyz: 200 when the server can take requests.
+//   - Every route behind signing.Verifier.Middleware with the gateway's key.
+//
 // This package must never decide anything about money or packet state: it forwards bodies
 // unchanged, and it never retries a call that may have reached a cell except the create whose
 // slot the cell explicitly refused.
@@ -45,7 +58,7 @@ import (
 )
 
 // HeaderSlot tells a cell in which slot to create a packet.
-const HeaderSlot = "X-Redpacket-Slot"
+const HeaderSlot = routing.HeaderSlot
 
 // HeaderCell names, in responses, the cell that answered (for operators and tests).
 const HeaderCell = "X-Redpacket-Cell"
@@ -432,7 +445,7 @@ func (u *upstream) slotUnavailable() bool {
 	var e struct {
 		Code string `json:"code"`
 	}
-	return json.Unmarshal(u.body, &e) == nil && e.Code == "slot_unavailable"
+	return json.Unmarshal(u.body, &e) == nil && e.Code == routing.CodeSlotUnavailable
 }
 
 func (u *upstream) write(w http.ResponseWriter, cell string) {
