@@ -309,3 +309,39 @@ func (t *Table) AllCells() []string {
 	slices.Sort(out)
 	return out
 }
+
+// Pruned returns a copy of t without the epochs no unsettled packet can belong to. An epoch
+// covers packets created from its EffectiveTime until the next epoch's; once the next epoch took
+// effect at or before settledBefore (every packet created before settledBefore is expired,
+// refunded and reconciled), the older epoch routes nothing anyone will ask about. The epoch in
+// force at settledBefore and every later one are kept, so t always keeps at least one.
+func (t *Table) Pruned(settledBefore time.Time) *Table {
+	out := *t
+	keepFrom := 0
+	for i := 1; i < len(t.Epochs); i++ {
+		if !t.Epochs[i].EffectiveTime.After(settledBefore) {
+			keepFrom = i
+		}
+	}
+	out.Epochs = slices.Clone(t.Epochs[keepFrom:])
+	out.Masked = slices.Clone(t.Masked)
+	return &out
+}
+
+// DrainingCells lists, sorted, the cells that own no slot in the epoch in force at now but
+// still appear in an older epoch: they get no new packets and must not be deleted while the
+// table names them (DESIGN.md §2, scale-in).
+func (t *Table) DrainingCells(now time.Time) []string {
+	e, ok := t.EpochAt(now)
+	if !ok {
+		return nil
+	}
+	current := e.Cells()
+	var out []string
+	for _, c := range t.AllCells() {
+		if !slices.Contains(current, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}

@@ -143,3 +143,48 @@ func TestParseRefusesInvalidTables(t *testing.T) {
 		t.Error("Parse accepted malformed JSON")
 	}
 }
+
+func TestPrunedAndDraining(t *testing.T) {
+	t2 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	tab := twoEpochs()
+	// Epoch 3: scale back in to cells 0 and 1; cell 2 drains.
+	tab.Epochs = append(tab.Epochs, Epoch{Number: 3, EffectiveTime: t2, Ranges: []SlotRange{{0, 5, "rp-cell-0"}, {6, 11, "rp-cell-1"}}})
+	if err := tab.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := tab.DrainingCells(t2.Add(time.Hour)); !slices.Equal(got, []string{"rp-cell-2"}) {
+		t.Errorf("draining after scale-in = %v", got)
+	}
+	if got := tab.DrainingCells(t1.Add(time.Hour)); len(got) != 0 {
+		t.Errorf("draining while epoch 2 in force = %v", got)
+	}
+	cases := []struct {
+		settledBefore time.Time
+		want          []int64
+	}{
+		{t0.Add(-time.Hour), []int64{1, 2, 3}},
+		{t1.Add(-time.Second), []int64{1, 2, 3}}, // packets of epoch 1 may still be open
+		{t1, []int64{2, 3}},
+		{t2.Add(time.Hour), []int64{3}},
+	}
+	for _, c := range cases {
+		p := tab.Pruned(c.settledBefore)
+		var got []int64
+		for _, e := range p.Epochs {
+			got = append(got, e.Number)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("Pruned(%s) kept epochs %v, want %v", c.settledBefore, got, c.want)
+		}
+		if err := p.Validate(); err != nil {
+			t.Errorf("pruned table invalid: %v", err)
+		}
+	}
+	if len(tab.Epochs) != 3 {
+		t.Error("Pruned modified the original")
+	}
+	// Once epoch 2 is pruned, cell 2 is no longer named anywhere: it may go.
+	if got := tab.Pruned(t2).AllCells(); slices.Contains(got, "rp-cell-2") {
+		t.Errorf("cells after pruning = %v", got)
+	}
+}
