@@ -37,6 +37,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,7 +72,8 @@ type Config struct {
 	Routing  TableSource     // required
 	Signer   *signing.Signer // required
 	Resolver Resolver        // nil: StaticResolver (endpoints from the table)
-	Client   *http.Client    // nil: a pooled client with UpstreamTimeout
+	Client   *http.Client    // nil: a pooled client with UpstreamTimeout and TLS
+	TLS      *tls.Config     // for https cell servers when Client is nil; nil: system roots
 	// Registerer receives the gateway's metrics; nil registers them nowhere.
 	Registerer      prometheus.Registerer
 	Log             *slog.Logger
@@ -129,6 +131,9 @@ func New(cfg Config) (*Gateway, error) {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConns = 1024
 		tr.MaxIdleConnsPerHost = 256 // one gateway talks to few servers, hard
+		if cfg.TLS != nil {
+			tr.TLSClientConfig = cfg.TLS.Clone()
+		}
 		client = &http.Client{Transport: tr, Timeout: cfg.UpstreamTimeout}
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Log, client: client}

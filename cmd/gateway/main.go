@@ -7,6 +7,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -52,6 +54,10 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 		watchInterval = fs.Duration("routing-interval", time.Second, "how often the routing file is checked for changes")
 		upstream      = fs.Duration("upstream-timeout", 10*time.Second, "timeout of one call to a cell")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
+		serverScheme  = fs.String("server-scheme", "http", "scheme of cell servers found by dns endpoints: http or https")
+		serverCA      = fs.String("server-ca-file", "", "PEM CA bundle that signs cell servers' certificates (https cells); empty: system roots")
+		tlsCert       = fs.String("tls-cert-file", "", "PEM certificate to serve HTTPS with (with -tls-key-file); empty: plain HTTP")
+		tlsKey        = fs.String("tls-key-file", "", "PEM private key for -tls-cert-file")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -79,9 +85,27 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	case "static":
 		resolver = gateway.StaticResolver{}
 	case "dns":
-		resolver = gateway.DNSResolver{Namespace: *namespace, Port: *serverPort}
+		if *serverScheme != "http" && *serverScheme != "https" {
+			return fmt.Errorf("-server-scheme: %q, want http or https", *serverScheme)
+		}
+		resolver = gateway.DNSResolver{Namespace: *namespace, Port: *serverPort, Scheme: *serverScheme}
 	default:
 		return fmt.Errorf("-endpoints: %q, want static or dns", *endpoints)
+	}
+	var clientTLS *tls.Config
+	if *serverCA != "" {
+		pem, err := os.ReadFile(*serverCA)
+		if err != nil {
+			return fmt.Errorf("-server-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("-server-ca-file %s: no PEM certificate found", *serverCA)
+		}
+		clientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return errors.New("-tls-cert-file and -tls-key-file go together")
 	}
 
 	watcher, err := routing.NewWatcher(*routingFile, *watchInterval, log)
@@ -99,6 +123,7 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 		ProbeInterval:   *probeInterval,
 		UpstreamTimeout: *upstream,
 		Region:          *region,
+		TLS:             clientTLS,
 	})
 	if err != nil {
 		return err
@@ -120,7 +145,12 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 		return fmt.Errorf("listen %s: %w", *listen, err)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	if *tlsCert != "" {
+		// TLS where traffic leaves the pod (DESIGN.md §2, Security); the Secret is mounted.
+		go func() { errc <- srv.ServeTLS(ln, *tlsCert, *tlsKey) }()
+	} else {
+		go func() { errc <- srv.Serve(ln) }()
+	}
 	if listening != nil {
 		listening(ln.Addr().String())
 	}
