@@ -12,6 +12,11 @@
 // cache of the request IDs already seen refuses replays. A request ID is remembered only after
 // its signature verified, so unsigned junk cannot fill the cache.
 //
+// The cache is per server process. A request captured on its way to one server could be
+// replayed once to a sibling server of the same cell within the window; that is tolerable
+// because every mutating call is idempotent in the cell's database (DESIGN.md §2, Idempotency),
+// so the replay returns the first answer and moves no money.
+//
 // This package must never log or return key material, and never accept a request whose
 // signature it has not compared in constant time.
 package signing

@@ -269,3 +269,30 @@ func TestLoadKey(t *testing.T) {
 		t.Fatal("missing key file accepted")
 	}
 }
+
+func TestExemptPathsAndRejectHook(t *testing.T) {
+	var reasons []string
+	var mu sync.Mutex
+	v := NewVerifier(testKey, 0, WithExempt("/readyz", "/metrics"), WithOnReject(func(r string) {
+		mu.Lock()
+		reasons = append(reasons, r)
+		mu.Unlock()
+	}))
+	srv := httptest.NewServer(v.Middleware(echo))
+	defer srv.Close()
+	for path, want := range map[string]int{"/readyz": 200, "/metrics": 200, "/readyz/x": 401, "/v1/packets/1": 401} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("unsigned %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reasons) != 2 || reasons[0] != ReasonMissing {
+		t.Errorf("reject hook saw %v", reasons)
+	}
+}

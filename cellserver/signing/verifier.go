@@ -29,6 +29,8 @@ type Verifier struct {
 	maxBody int64
 	now     func() time.Time
 	nonces  nonceCache
+	exempt  map[string]bool
+	reject  func(reason string)
 }
 
 // Option adjusts a Verifier.
@@ -42,6 +44,20 @@ func WithNonceCapacity(n int) Option { return func(v *Verifier) { v.nonces.capac
 // WithMaxBody bounds the body the middleware reads to verify it.
 func WithMaxBody(n int64) Option { return func(v *Verifier) { v.maxBody = n } }
 
+// WithExempt lets requests for exactly these paths through unverified: the kubelet's probes
+// (/healthz, /readyz) and Prometheus' scrape (/metrics) cannot sign. Exempt nothing that reads
+// or moves money.
+func WithExempt(paths ...string) Option {
+	return func(v *Verifier) {
+		for _, p := range paths {
+			v.exempt[p] = true
+		}
+	}
+}
+
+// WithOnReject is called with the Reason of every refused request, for a metric.
+func WithOnReject(f func(reason string)) Option { return func(v *Verifier) { v.reject = f } }
+
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
 
@@ -51,7 +67,7 @@ func NewVerifier(key []byte, window time.Duration, opts ...Option) *Verifier {
 	if window <= 0 {
 		window = DefaultWindow
 	}
-	v := &Verifier{key: bytes.Clone(key), window: window, maxBody: DefaultMaxBody, now: time.Now}
+	v := &Verifier{key: bytes.Clone(key), window: window, maxBody: DefaultMaxBody, now: time.Now, exempt: map[string]bool{}}
 	v.nonces.capacity = DefaultNonceCapacity
 	for _, o := range opts {
 		o(v)
@@ -117,6 +133,10 @@ func (v *Verifier) Verify(req *http.Request, body []byte) error {
 // limit) and put back, so handlers read it as usual.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v.exempt[r.URL.Path] {
+			next.ServeHTTP(w, r)
+			return
+		}
 		var body []byte
 		if r.Body != nil && r.Body != http.NoBody {
 			var err error
@@ -124,11 +144,11 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			if err != nil {
 				var tooBig *http.MaxBytesError
 				if errors.As(err, &tooBig) {
-					writeError(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Reason: ReasonTooLarge,
+					v.refuse(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Reason: ReasonTooLarge,
 						Message: fmt.Sprintf("body larger than %d bytes", v.maxBody)})
 					return
 				}
-				writeError(w, &Error{Status: http.StatusBadRequest, Code: "bad_request", Reason: ReasonMalformed, Message: "cannot read body"})
+				v.refuse(w, &Error{Status: http.StatusBadRequest, Code: "bad_request", Reason: ReasonMalformed, Message: "cannot read body"})
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
@@ -141,7 +161,7 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			if e.Status == http.StatusServiceUnavailable {
 				w.Header().Set("Retry-After", "1")
 			}
-			writeError(w, e)
+			v.refuse(w, e)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -150,6 +170,13 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 
 // Nonces is how many request IDs are remembered now (for metrics and tests).
 func (v *Verifier) Nonces() int { return v.nonces.len() }
+
+func (v *Verifier) refuse(w http.ResponseWriter, e *Error) {
+	if v.reject != nil {
+		v.reject(e.Reason)
+	}
+	writeError(w, e)
+}
 
 func writeError(w http.ResponseWriter, e *Error) {
 	w.Header().Set("Content-Type", "application/json")
