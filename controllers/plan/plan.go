@@ -39,6 +39,9 @@ type Input struct {
 	PerServerOpensPerSecond int64    // what one cell server sustains
 	Headroom                *float64 // nil: 1/len(Zones) (0 with one zone)
 	MinServersPerZone       int      // 0: 1
+	// PerCellOpensPerSecond is what one cell (its database, really) sustains at peak. With
+	// Cells 0 the cell count is derived from it: ⌈peak / perCell⌉, at least 1.
+	PerCellOpensPerSecond int64
 }
 
 // Cell is one planned cell.
@@ -75,6 +78,9 @@ func CellName(set string, i int) string { return fmt.Sprintf("%s-cell-%d", set, 
 // Compute sizes a set. Errors name the offending field so the operator can put them in a
 // condition message as is.
 func Compute(in Input) (Plan, error) {
+	if in.Cells == 0 && in.PerCellOpensPerSecond > 0 {
+		in.Cells = int(max(1, ceilDiv(in.PeakOpensPerSecond, in.PerCellOpensPerSecond)))
+	}
 	if err := validate(in); err != nil {
 		return Plan{}, err
 	}
@@ -150,8 +156,10 @@ func validate(in Input) error {
 		return errors.New("set: must not be empty")
 	case len(in.Zones) == 0:
 		return errors.New("zones: must not be empty")
+	case in.PerCellOpensPerSecond < 0:
+		return fmt.Errorf("perCellOpensPerSecond: %d, must not be negative", in.PerCellOpensPerSecond)
 	case in.Cells < 1:
-		return fmt.Errorf("cells: %d, must be at least 1", in.Cells)
+		return fmt.Errorf("cells: %d, must be at least 1 (or set perCellOpensPerSecond to derive it)", in.Cells)
 	case in.SlotCount < 1 || in.SlotCount > routing.MaxSlotCount:
 		return fmt.Errorf("slotCount: %d outside 1..%d", in.SlotCount, routing.MaxSlotCount)
 	case in.Cells > in.SlotCount:

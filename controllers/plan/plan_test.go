@@ -359,6 +359,33 @@ func sumExcess(cells []string, prev *routing.Epoch, counts map[string]int) int {
 	return n
 }
 
+func TestComputeDerivesCellsFromPeak(t *testing.T) {
+	in := Input{Set: "rp", Zones: []string{"a", "b", "c"}, SlotCount: 1000, PeakOpensPerSecond: 760_000, PerServerOpensPerSecond: 5000, PerCellOpensPerSecond: 50_000}
+	p, err := Compute(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Cells) != 16 || p.CellPeakOpensPerSec != 47_500 {
+		t.Errorf("760k/s at 50k per cell: %d cells with peak %d, want 16 cells of 47500", len(p.Cells), p.CellPeakOpensPerSec)
+	}
+	in.Cells = 3 // an explicit count wins
+	if p, _ := Compute(in); len(p.Cells) != 3 {
+		t.Errorf("explicit cells ignored: %d", len(p.Cells))
+	}
+	in.Cells, in.PeakOpensPerSecond = 0, 0
+	if p, err := Compute(in); err != nil || len(p.Cells) != 1 {
+		t.Errorf("zero peak: %d cells, %v", len(p.Cells), err)
+	}
+	in.PeakOpensPerSecond, in.PerCellOpensPerSecond = 10_000_000, 1 // more cells than slots
+	if _, err := Compute(in); err == nil || !strings.Contains(err.Error(), "exceeds slotCount") {
+		t.Errorf("derived cells over slot count: %v", err)
+	}
+	in.PerCellOpensPerSecond = -1
+	if _, err := Compute(in); err == nil || !strings.HasPrefix(err.Error(), "perCellOpensPerSecond") {
+		t.Errorf("negative per-cell rate: %v", err)
+	}
+}
+
 func TestCellName(t *testing.T) {
 	if got := CellName("festival", 3); got != "festival-cell-3" {
 		t.Errorf("CellName = %q", got)
