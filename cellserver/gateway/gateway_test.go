@@ -72,7 +72,7 @@ func (s *fakeServer) Calls() []call {
 	return slices.Clone(s.calls)
 }
 
-func newFakeServer(t *testing.T, c *fakeCell) *fakeServer {
+func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 	t.Helper()
 	s := &fakeServer{cell: c.name, fakeCell: c}
 	mux := http.NewServeMux()
@@ -169,7 +169,7 @@ func sortItems(items []histItem) {
 
 // harness is a gateway in front of fake cells, routed by a real routing file.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	path    string
 	watcher *routing.Watcher
 	gw      *Gateway
@@ -186,7 +186,7 @@ var (
 
 // newHarness starts serversPerCell fake servers for each cell and a gateway routing by table,
 // whose endpoints it fills in.
-func newHarness(t *testing.T, table *routing.Table, serversPerCell int, cells ...*fakeCell) *harness {
+func newHarness(t testing.TB, table *routing.Table, serversPerCell int, cells ...*fakeCell) *harness {
 	t.Helper()
 	h := &harness{t: t, path: filepath.Join(t.TempDir(), "routing.json"), cells: map[string]*fakeCell{}, servers: map[string][]*fakeServer{}}
 	table.Endpoints = map[string][]string{}
@@ -257,7 +257,7 @@ func (h *harness) do(method, path, body string) answer {
 	return a
 }
 
-func packetID(t *testing.T, created time.Time, slot, seq int) int64 {
+func packetID(t testing.TB, created time.Time, slot, seq int) int64 {
 	t.Helper()
 	id, err := ids.Compose(ids.Parts{Created: created, Slot: slot, Seq: seq})
 	if err != nil {
