@@ -46,9 +46,12 @@ type Input struct {
 
 // Cell is one planned cell.
 type Cell struct {
-	Index                  int
-	Name                   string
-	Start, End             int // inclusive slots of the initial, equal split
+	Index int
+	Name  string
+	// Start, End are the inclusive slots of the initial, equal split (what the first epoch
+	// gives). After a rebalance a cell owns what NextEpoch gave it: read that from the routing
+	// table (CellRanges), not from here.
+	Start, End             int
 	ServersPerZone         map[string]int
 	Servers                int
 	CapacityOpensPerSecond int64
@@ -284,6 +287,18 @@ func targets(cells []string, holding map[string][]int, slotCount int) map[string
 			out[c]++
 		}
 	}
+	return out
+}
+
+// CellRanges lists the ranges cell owns in e, ascending.
+func CellRanges(e *routing.Epoch, cell string) []routing.SlotRange {
+	var out []routing.SlotRange
+	for _, r := range e.Ranges {
+		if r.Cell == cell {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, func(a, b routing.SlotRange) int { return a.Start - b.Start })
 	return out
 }
 

@@ -212,6 +212,9 @@ func TestNextEpochScaleOutMovesOnlyWhatNewCellsTake(t *testing.T) {
 			t.Errorf("%s keeps %d slots", c, n)
 		}
 	}
+	if got := CellRanges(&e2, "rp-cell-0"); len(got) != 1 || got[0].Start != 0 || got[0].End != 166 {
+		t.Errorf("cell 0 after scale-out owns %+v, want 0..166", got)
+	}
 	tab := &routing.Table{Set: "rp", SlotCount: 1000, Epochs: []routing.Epoch{e1, e2}}
 	if _, err := tab.Marshal(); err != nil {
 		t.Fatalf("planned epochs are not a valid routing table: %v", err)
