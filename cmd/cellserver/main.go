@@ -1,0 +1,307 @@
+// Command cellserver is the server of one SET cell: it issues packet IDs in the cell's slots,
+// runs the packet lifecycle on the cell's MariaDB through the per-packet queue, guards
+// overflow with the memcached beside it, relays the outbox to the wallet, settles expired
+// packets, and serves the JSON API under /v1.
+//
+// Every flag has a default that runs against a local MariaDB, so `cellserver` alone serves a
+// one-cell development setup. SIGTERM drains: readiness turns false, in-flight requests
+// finish, queued opens commit, and the outbox is relayed before the process exits.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/redpacketset/redpacket/cellserver/breaker"
+	"github.com/redpacketset/redpacket/cellserver/control"
+	"github.com/redpacketset/redpacket/cellserver/httpapi"
+	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/packet"
+	"github.com/redpacketset/redpacket/cellserver/queue"
+	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/shard"
+	"github.com/redpacketset/redpacket/cellserver/signing"
+	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/cellserver/wallet"
+)
+
+// Config is everything the flags set.
+type Config struct {
+	Listen         string
+	MySQLDSN       string
+	MySQLMaxConns  int
+	Memcached      string
+	RoutingFile    string
+	Cell           string
+	ServerName     string
+	Region         int
+	Slots          int
+	ShardDatabases int
+	ShardTables    int
+	ShardDBPrefix  string
+	CellSchema     string
+	ControlSchema  string
+	WalletSchema   string
+	QueueWorkers   int
+	QueueDepth     int
+	BatchMax       int
+	GuardLimit     int
+	Expiry         time.Duration
+	Retention      time.Duration
+	MaxTotalCents  int64
+	MaxCount       int
+	SigningKeyFile string
+	SigningWindow  time.Duration
+	DrainTimeout   time.Duration
+	SweepEvery     time.Duration
+}
+
+func parseFlags(args []string) (Config, error) {
+	host, _ := os.Hostname()
+	var c Config
+	fs := flag.NewFlagSet("cellserver", flag.ContinueOnError)
+	fs.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
+	fs.StringVar(&c.MySQLDSN, "mysql-dsn", "root@tcp(127.0.0.1:3306)/", "the cell's MariaDB (go-sql-driver DSN, no default database needed)")
+	fs.IntVar(&c.MySQLMaxConns, "mysql-max-conns", 64, "connection pool size; bounds this server's share of the cell DB")
+	fs.StringVar(&c.Memcached, "memcached", "127.0.0.1:11211", "the memcached beside this server (guard counters, remaining-count cache); empty = local guard only")
+	fs.StringVar(&c.RoutingFile, "routing-file", "", "routing.json from the routing ConfigMap; empty = this cell owns every slot")
+	fs.StringVar(&c.Cell, "cell", "cell-0", "this cell's name in the routing table")
+	fs.StringVar(&c.ServerName, "server-name", host, "this server's name (worker lease holder, error-count publisher)")
+	fs.IntVar(&c.Region, "region", 0, "home region encoded in packet IDs (0..3)")
+	fs.IntVar(&c.Slots, "slots", ids.MaxSlots, "slot count of the set when no routing file gives it")
+	fs.IntVar(&c.ShardDatabases, "shard-databases", shard.Default.Databases, "logical databases (db_xx) per cell")
+	fs.IntVar(&c.ShardTables, "shard-tables", shard.Default.TablesPerDB, "tables (t_y) per logical database")
+	fs.StringVar(&c.ShardDBPrefix, "shard-db-prefix", "db_", "name prefix of the logical databases")
+	fs.StringVar(&c.CellSchema, "cell-schema", "rp_cell", "per-cell schema: idempotency keys, expiry index, outbox, history")
+	fs.StringVar(&c.ControlSchema, "control-schema", control.DefaultSchema, "control schema: worker leases, masks, error counts")
+	fs.StringVar(&c.WalletSchema, "wallet-schema", "rp_wallet", "schema of the reference wallet ledger the outbox relays to")
+	fs.IntVar(&c.QueueWorkers, "queue-workers", 32, "per-packet FIFO workers (each holds at most one DB connection)")
+	fs.IntVar(&c.QueueDepth, "queue-depth", 1024, "requests waiting per worker before overflow takes the guarded path")
+	fs.IntVar(&c.BatchMax, "batch-max", 128, "most opens of one packet committed in one transaction")
+	fs.IntVar(&c.GuardLimit, "guard-limit", 8, "concurrent direct DB transactions per packet on the overflow path")
+	fs.DurationVar(&c.Expiry, "expiry", 24*time.Hour, "how long a paid packet stays open (and an unpaid one waits for payment)")
+	fs.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "settled packets move to cold tables after this")
+	fs.Int64Var(&c.MaxTotalCents, "max-total-cents", packet.DefaultLimits.MaxTotalCents, "largest packet total")
+	fs.IntVar(&c.MaxCount, "max-count", packet.DefaultLimits.MaxCount, "most shares in one packet")
+	fs.StringVar(&c.SigningKeyFile, "signing-key-file", "", "HMAC key file; when set every /v1 request must be signed")
+	fs.DurationVar(&c.SigningWindow, "signing-window", signing.DefaultWindow, "accepted clock skew of signed requests")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 25*time.Second, "how long shutdown waits for queues and outbox")
+	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Second, "expiry sweeper period")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if c.ServerName == "" {
+		return Config{}, errors.New("-server-name is required (no hostname)")
+	}
+	return c, nil
+}
+
+func main() {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	slog.SetDefault(log)
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := Run(ctx, cfg, log, nil); err != nil {
+		log.Error("cellserver failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// Run serves until ctx ends, then drains. ready, when not nil, receives the bound address once
+// the server accepts requests (tests listen on :0).
+func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string) error {
+	layout := shard.Layout{Databases: cfg.ShardDatabases, TablesPerDB: cfg.ShardTables, DatabasePrefix: cfg.ShardDBPrefix}
+	if err := layout.Validate(); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	db, err := store.OpenDB(cfg.MySQLDSN, cfg.MySQLMaxConns)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancelStart()
+	if err := waitDB(startCtx, db, log); err != nil {
+		return err
+	}
+	if err := control.EnsureSchema(startCtx, db, cfg.ControlSchema); err != nil {
+		return fmt.Errorf("control schema: %w", err)
+	}
+
+	var watcher *routing.Watcher
+	var routes func() *routing.Table
+	if cfg.RoutingFile != "" {
+		if watcher, err = routing.NewWatcher(cfg.RoutingFile, 0, log); err != nil {
+			return fmt.Errorf("routing: %w", err)
+		}
+		routes = watcher.Current
+	}
+	brk, err := breaker.New(breaker.Config{Layout: layout, DB: db, Schema: cfg.ControlSchema, Server: cfg.ServerName, Registerer: reg, Logger: log})
+	if err != nil {
+		return err
+	}
+	st, err := store.New(db, store.Config{Layout: layout, CellSchema: cfg.CellSchema, Retention: cfg.Retention, Observer: brk, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	if err := st.EnsureSchema(startCtx, time.Now()); err != nil {
+		return err
+	}
+	ledger, err := wallet.NewLedger(db, cfg.WalletSchema)
+	if err != nil {
+		return err
+	}
+	if err := ledger.EnsureSchema(startCtx); err != nil {
+		return err
+	}
+	alloc, err := ids.NewAllocator(startCtx, ids.AllocatorConfig{DB: db, Control: cfg.ControlSchema, Server: cfg.ServerName,
+		Region: cfg.Region, Layout: layout, SlotCount: cfg.Slots, Cell: cfg.Cell, Routing: routes, Breaker: brk,
+		Registerer: reg, Logger: log})
+	if err != nil {
+		return fmt.Errorf("id allocator: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := alloc.Close(cctx); err != nil {
+			log.Warn("release id lease", "err", err)
+		}
+	}()
+
+	g, cache, closeGuard, err := newGuard(cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeGuard()
+	limits := packet.DefaultLimits
+	limits.MaxTotalCents, limits.MaxCount = cfg.MaxTotalCents, cfg.MaxCount
+	svc := packet.New(st, alloc, packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region})
+	q, err := queue.New(svc, queue.Config{Workers: cfg.QueueWorkers, Depth: cfg.QueueDepth, BatchMax: cfg.BatchMax, Guard: g, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	relay, err := wallet.NewRelay(st, ledger, st, wallet.RelayConfig{Log: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+
+	var draining atomic.Bool
+	apiCfg := httpapi.Config{Service: svc, Queue: q, Registerer: reg, Gatherer: reg, Log: log,
+		Ready: func(ctx context.Context) error {
+			if draining.Load() {
+				return errors.New("draining")
+			}
+			if err := db.PingContext(ctx); err != nil {
+				return fmt.Errorf("database: %w", err)
+			}
+			return nil
+		}}
+	if cfg.SigningKeyFile != "" {
+		key, err := signing.LoadKey(cfg.SigningKeyFile)
+		if err != nil {
+			return fmt.Errorf("signing key: %w", err)
+		}
+		apiCfg.V1Middleware = signing.NewVerifier(key, cfg.SigningWindow).Middleware
+	}
+	api, err := httpapi.New(apiCfg)
+	if err != nil {
+		return err
+	}
+
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	spawn := func(f func(context.Context)) { wg.Add(1); go func() { defer wg.Done(); f(bg) }() }
+	if watcher != nil {
+		spawn(watcher.Run)
+	}
+	spawn(brk.Run)
+	spawn(func(ctx context.Context) { svc.RunSweeper(ctx, cfg.SweepEvery) })
+	spawn(func(ctx context.Context) { st.Maintain(ctx, time.Hour, time.Now, log) })
+	relayCtx, stopRelay := context.WithCancel(context.Background())
+	relayDone := make(chan struct{})
+	go func() { defer close(relayDone); relay.Run(relayCtx) }()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		stopBG()
+		stopRelay()
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("cellserver serving", "addr", ln.Addr().String(), "cell", cfg.Cell, "server", cfg.ServerName, "worker", alloc.Worker())
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		stopBG()
+		stopRelay()
+		return fmt.Errorf("serve: %w", err)
+	}
+
+	// Drain: stop being ready, finish in-flight requests, commit what is queued, relay.
+	log.Info("draining")
+	draining.Store(true)
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(dctx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	if err := q.Close(dctx); err != nil {
+		log.Warn("queue drain", "err", err)
+	}
+	stopBG()
+	wg.Wait()
+	stopRelay()
+	<-relayDone
+	if err := relay.Drain(dctx); err != nil {
+		log.Warn("outbox drain incomplete; the next server relays the rest", "err", err)
+	}
+	if err := brk.Publish(dctx); err != nil {
+		log.Warn("publish error counts", "err", err)
+	}
+	log.Info("drained")
+	return nil
+}
+
+// waitDB polls the database until it answers: in a pod the server may start before MySQL.
+func waitDB(ctx context.Context, db interface{ PingContext(context.Context) error }, log *slog.Logger) error {
+	for {
+		err := db.PingContext(ctx)
+		if err == nil {
+			return nil
+		}
+		log.Warn("waiting for database", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("database not reachable: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
+}

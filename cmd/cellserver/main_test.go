@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/signing"
+	"github.com/redpacketset/redpacket/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+func testConfig(t *testing.T, m *testenv.MariaDB) Config {
+	t.Helper()
+	cfg, err := parseFlags([]string{"-listen", "127.0.0.1:0", "-shard-databases", "2", "-shard-tables", "2", "-memcached", ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testenv.UniqueName("cmd")
+	cfg.MySQLDSN = m.DSN("")
+	cfg.ShardDBPrefix, cfg.CellSchema, cfg.ControlSchema, cfg.WalletSchema = p+"_db_", p+"_cell", p+"_ctl", p+"_wallet"
+	cfg.ServerName = "test-" + p
+	cfg.DrainTimeout = 20 * time.Second
+	return cfg
+}
+
+func post(t *testing.T, client *http.Client, url string, body any) (int, map[string]any) {
+	t.Helper()
+	j, _ := json.Marshal(body)
+	resp, err := client.Post(url, "application/json", bytes.NewReader(j))
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	return resp.StatusCode, m
+}
+
+// TestServeAndDrain runs the real wiring (allocator with a worker lease, breaker, queue,
+// relay) and checks that shutdown commits queued opens and drains the outbox.
+func TestServeAndDrain(t *testing.T) {
+	m := testenv.SharedMariaDB(t)
+	cfg := testConfig(t, m)
+	dir := t.TempDir()
+	key := []byte(strings.Repeat("k", 32))
+	if err := os.WriteFile(dir+"/key", key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.SigningKeyFile = dir + "/key"
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.Default(), ready) }()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("server did not start")
+	}
+	base := "http://" + addr
+	if code, _ := post(t, http.DefaultClient, base+"/v1/packets", map[string]any{}); code != http.StatusUnauthorized {
+		t.Fatalf("unsigned request: %d, want 401", code)
+	}
+	loadKey, err := signing.LoadKey(cfg.SigningKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: signing.NewSigner(loadKey).RoundTripper(http.DefaultTransport)}
+	code, p := post(t, client, base+"/v1/packets", map[string]any{"sender": "a", "requestId": "r", "totalCents": 5000, "count": 50, "kind": "random"})
+	if code != 201 {
+		t.Fatalf("wrap: %d %v", code, p)
+	}
+	id := p["packetId"].(string)
+	if code, p := post(t, client, base+"/v1/packets/"+id+"/pay", map[string]any{"paymentTxnId": "t", "amountCents": 5000}); code != 200 {
+		t.Fatalf("pay: %d %v", code, p)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if code, p := post(t, client, base+"/v1/packets/"+id+"/open", map[string]any{"user": fmt.Sprintf("u%d", i)}); code != 200 {
+				t.Errorf("open: %d %v", code, p)
+			}
+		}(i)
+	}
+	wg.Wait()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after drain: %v", err)
+	}
+	db := m.OpenDB(t, "")
+	var backlog, receipts int
+	if err := db.QueryRow("SELECT COUNT(*) FROM " + cfg.CellSchema + ".outbox WHERE delivered = 0").Scan(&backlog); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow("SELECT COUNT(*) FROM " + cfg.WalletSchema + ".transfers WHERE kind = 2").Scan(&receipts); err != nil {
+		t.Fatal(err)
+	}
+	if backlog != 0 || receipts != 50 {
+		t.Fatalf("after drain: %d undelivered outbox rows, %d credits; want 0 and 50", backlog, receipts)
+	}
+	for _, s := range []string{cfg.CellSchema, cfg.ControlSchema, cfg.WalletSchema, cfg.ShardDBPrefix + "00", cfg.ShardDBPrefix + "01"} {
+		_, _ = db.Exec("DROP DATABASE IF EXISTS " + s)
+	}
+}
