@@ -1,0 +1,239 @@
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+)
+
+// CellReconciler provisions one cell's MySQL, servers (with memcached beside each), Services,
+// credentials and PodDisruptionBudget, and derives the cell's conditions from them. A cell
+// never looks at other cells or at its set's spec: everything it needs is in its own spec.
+type CellReconciler struct {
+	Client   client.Client
+	Scheme   *runtime.Scheme
+	Recorder events.EventRecorder
+}
+
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=statefulsets;deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=services;configmaps;secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+
+// SetupWithManager registers the reconciler and the children it owns.
+func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&rpv1.RedPacketCell{}).
+		Owns(&appsv1.StatefulSet{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.Secret{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		Named("redpacketcell").
+		Complete(r)
+}
+
+// Reconcile applies the cell's children in dependency order, then reports conditions.
+func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	cell := &rpv1.RedPacketCell{}
+	if err := r.Client.Get(ctx, req.NamespacedName, cell); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !cell.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	orig := cell.DeepCopy()
+	phases := []struct {
+		name string
+		run  func() error
+	}{
+		{"credentials secret", func() error { return r.ensureCredentials(ctx, cell) }},
+		{"cell configmap", func() error {
+			cm, err := cellConfigMap(cell)
+			if err != nil {
+				return err
+			}
+			return r.Client.Apply(ctx, cm, FieldOwner, client.ForceOwnership)
+		}},
+		{"mysql service", func() error { return r.Client.Apply(ctx, mysqlService(cell), FieldOwner, client.ForceOwnership) }},
+		{"mysql statefulset", func() error { return r.Client.Apply(ctx, mysqlStatefulSet(cell), FieldOwner, client.ForceOwnership) }},
+		{"server deployment", func() error { return r.Client.Apply(ctx, serverDeployment(cell), FieldOwner, client.ForceOwnership) }},
+		{"server service", func() error { return r.Client.Apply(ctx, serverService(cell), FieldOwner, client.ForceOwnership) }},
+		{"server pdb", func() error { return r.Client.Apply(ctx, serverPDB(cell), FieldOwner, client.ForceOwnership) }},
+	}
+	for _, ph := range phases {
+		if err := ph.run(); err != nil {
+			return ctrl.Result{}, fmt.Errorf("reconcile cell %s: %s: %w", req.NamespacedName, ph.name, err)
+		}
+	}
+	obs, err := r.observe(ctx, cell)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("observe cell %s: %w", req.NamespacedName, err)
+	}
+	decideCellStatus(cell, obs)
+	if equalStatus(orig.Status, cell.Status) {
+		return ctrl.Result{}, nil
+	}
+	if err := r.Client.Status().Patch(ctx, cell, client.MergeFrom(orig)); err != nil {
+		return ctrl.Result{}, fmt.Errorf("patch status of cell %s: %w", req.NamespacedName, err)
+	}
+	return ctrl.Result{}, nil
+}
+
+// ensureCredentials creates the cell's database credentials once. They are never logged and
+// never overwritten: the database keeps the password it was initialised with.
+func (r *CellReconciler) ensureCredentials(ctx context.Context, cell *rpv1.RedPacketCell) error {
+	s := &corev1.Secret{}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLSecretName()}, s)
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("get credentials: %w", err)
+	}
+	root, err := randomPassword()
+	if err != nil {
+		return err
+	}
+	app, err := randomPassword()
+	if err != nil {
+		return err
+	}
+	s = &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: cell.MySQLSecretName(), Namespace: cell.Namespace, Labels: cellLabels(cell, rpv1.ComponentMySQL)},
+		Type:       corev1.SecretTypeOpaque,
+		Data: map[string][]byte{
+			"root-password": []byte(root),
+			"user":          []byte("cellserver"),
+			"password":      []byte(app),
+		},
+	}
+	if err := ctrl.SetControllerReference(cell, s, r.Scheme); err != nil {
+		return err
+	}
+	if err := r.Client.Create(ctx, s); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create credentials: %w", err)
+	}
+	EventSecretGenerated.emit(r.Recorder, cell, s.Name)
+	return nil
+}
+
+func randomPassword() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate password: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// cellObservation is what the cell's children report.
+type cellObservation struct {
+	mysql   *appsv1.StatefulSet // nil: not found
+	servers *appsv1.Deployment  // nil: not found
+}
+
+func (r *CellReconciler) observe(ctx context.Context, cell *rpv1.RedPacketCell) (cellObservation, error) {
+	var obs cellObservation
+	sts := &appsv1.StatefulSet{}
+	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLName()}, sts); {
+	case err == nil:
+		obs.mysql = sts
+	case !apierrors.IsNotFound(err):
+		return obs, err
+	}
+	dep := &appsv1.Deployment{}
+	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.ServerName()}, dep); {
+	case err == nil:
+		obs.servers = dep
+	case !apierrors.IsNotFound(err):
+		return obs, err
+	}
+	return obs, nil
+}
+
+// decideCellStatus derives the cell's conditions from its children. It is pure. A pod is
+// Ready only when both the server and its memcached sidecar are, so a ready server implies a
+// ready cache beside it.
+func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
+	st := &cell.Status
+	gen := cell.Generation
+	set := func(typ string, ok bool, reason, msg string) {
+		s := metav1.ConditionFalse
+		if ok {
+			s = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: typ, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+
+	var dbReady bool
+	switch {
+	case obs.mysql == nil:
+		set(rpv1.CellDatabaseReady, false, rpv1.ReasonDatabaseMissing, "database StatefulSet not created yet")
+	case obs.mysql.Status.ReadyReplicas < 1:
+		st.ReadyDatabases = 0
+		set(rpv1.CellDatabaseReady, false, rpv1.ReasonDatabaseNotReady, fmt.Sprintf("primary %s is not ready", cell.MySQLPodName(0)))
+	default:
+		dbReady = true
+		st.ReadyDatabases = obs.mysql.Status.ReadyReplicas
+		set(rpv1.CellDatabaseReady, true, rpv1.ReasonReady, fmt.Sprintf("%d/%d database pods ready", obs.mysql.Status.ReadyReplicas, ptrOr(obs.mysql.Spec.Replicas, 1)))
+	}
+
+	want := cell.Spec.Servers
+	var serversReady bool
+	switch {
+	case obs.servers == nil:
+		st.Servers, st.ReadyServers = 0, 0
+		set(rpv1.CellServersReady, false, rpv1.ReasonServersMissing, "server Deployment not created yet")
+		set(rpv1.CellCacheReady, false, rpv1.ReasonServersMissing, "memcached runs beside the servers, which do not exist yet")
+	default:
+		st.Servers, st.ReadyServers = obs.servers.Status.Replicas, obs.servers.Status.ReadyReplicas
+		serversReady = st.ReadyServers >= want && want > 0 && obs.servers.Status.ObservedGeneration >= obs.servers.Generation
+		if serversReady {
+			set(rpv1.CellServersReady, true, rpv1.ReasonReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want))
+		} else {
+			set(rpv1.CellServersReady, false, rpv1.ReasonServersNotReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want))
+		}
+		if st.ReadyServers > 0 {
+			set(rpv1.CellCacheReady, true, rpv1.ReasonReady, fmt.Sprintf("memcached ready beside %d servers", st.ReadyServers))
+		} else {
+			set(rpv1.CellCacheReady, false, rpv1.ReasonCacheNotReady, "no server pod is ready, so no memcached sidecar is")
+		}
+	}
+
+	switch {
+	case dbReady && serversReady:
+		set(rpv1.CellAvailable, true, rpv1.ReasonReady, "database and servers ready")
+	case !dbReady && obs.mysql == nil, !serversReady && obs.servers == nil:
+		set(rpv1.CellAvailable, false, rpv1.ReasonDependenciesNotReady, "children are being created")
+	case !dbReady:
+		set(rpv1.CellAvailable, false, rpv1.ReasonDatabaseNotReady, fmt.Sprintf("database primary %s is not ready", cell.MySQLPodName(0)))
+	default:
+		set(rpv1.CellAvailable, false, rpv1.ReasonServersNotReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want))
+	}
+	st.ObservedGeneration = gen
+}
+
+func ptrOr(p *int32, def int32) int32 {
+	if p == nil {
+		return def
+	}
+	return *p
+}

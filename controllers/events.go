@@ -1,0 +1,38 @@
+package controllers
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+)
+
+// event is one kind of Kubernetes Event the operator emits, declared once so its type,
+// reason and wording stay the same everywhere it is raised.
+type event struct {
+	Type    string
+	Reason  string
+	Action  string
+	Message string // a fmt format
+}
+
+// The operator's events.
+var (
+	EventCellCreated         = event{corev1.EventTypeNormal, "CellCreated", "Create", "created cell %s owning slots %s"}
+	EventCellScaled          = event{corev1.EventTypeNormal, "CellScaled", "Scale", "cell %s servers %d -> %d"}
+	EventCellDraining        = event{corev1.EventTypeNormal, "CellDraining", "Drain", "cell %s owns no slot from epoch %d on; it keeps serving older packets until they settle"}
+	EventCellDeleted         = event{corev1.EventTypeNormal, "CellDeleted", "Delete", "deleted cell %s: no routing epoch names it any more"}
+	EventRebalanceScheduled  = event{corev1.EventTypeNormal, "RebalanceScheduled", "Rebalance", "routing epoch %d takes effect at %s and moves %d slots"}
+	EventEpochPruned         = event{corev1.EventTypeNormal, "EpochPruned", "Prune", "routing epoch %d pruned: every packet created under it is settled"}
+	EventInvalidSpec         = event{corev1.EventTypeWarning, "InvalidSpec", "Plan", "%s"}
+	EventSecretGenerated     = event{corev1.EventTypeNormal, "SecretGenerated", "Create", "generated secret %s"}
+	EventZoneTolerance       = event{corev1.EventTypeWarning, "ZoneFailureIntolerant", "Plan", "%s"}
+	EventCellChildrenApplied = event{corev1.EventTypeNormal, "CellProvisioned", "Apply", "applied %s"}
+)
+
+// emit records the event on obj; a nil recorder (unit tests) drops it.
+func (e event) emit(rec events.EventRecorder, obj runtime.Object, args ...any) {
+	if rec == nil {
+		return
+	}
+	rec.Eventf(obj, nil, e.Type, e.Reason, e.Action, e.Message, args...)
+}

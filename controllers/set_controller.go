@@ -1,0 +1,479 @@
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/controllers/plan"
+)
+
+// FieldOwner is the server-side apply field manager of everything the operator writes.
+const FieldOwner = client.FieldOwner("redpacket-operator")
+
+// SetReconciler expands a RedPacketSet into its cells, routing ConfigMap, signing Secret and
+// gateway, and reports the set's conditions.
+type SetReconciler struct {
+	Client   client.Client
+	Scheme   *runtime.Scheme
+	Recorder events.EventRecorder
+	// Now is the clock; tests move it to let routing epochs take effect.
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets/finalizers,verbs=update
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps;secrets;services,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// SetupWithManager registers the reconciler; it watches its cells and owned children.
+func (r *SetReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Now == nil {
+		r.Now = time.Now
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&rpv1.RedPacketSet{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&rpv1.RedPacketCell{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.Secret{}).
+		Owns(&corev1.Service{}).
+		Owns(&appsv1.Deployment{}).
+		Named("redpacketset").
+		Complete(r)
+}
+
+// setObservation is everything the set reconciler reads before deciding.
+type setObservation struct {
+	published *routing.Table
+	cells     map[string]*rpv1.RedPacketCell
+}
+
+// Reconcile runs the set's phases in order; each wraps its error with what failed.
+func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	set := &rpv1.RedPacketSet{}
+	if err := r.Client.Get(ctx, req.NamespacedName, set); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !set.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // owner references collect the children
+	}
+	now := r.Now()
+	orig := set.DeepCopy()
+
+	p, err := plan.Compute(planInput(set))
+	if err != nil {
+		EventInvalidSpec.emit(r.Recorder, set, err.Error())
+		r.markInvalid(set, err)
+		return ctrl.Result{}, r.patchStatus(ctx, orig, set)
+	}
+
+	obs, err := r.gather(ctx, set)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("gather set %s: %w", req.NamespacedName, err)
+	}
+
+	names := make([]string, len(p.Cells))
+	for i, c := range p.Cells {
+		names[i] = c.Name
+	}
+	d := decideRouting(set, obs.published, names, masksFromStatus(set.Status.MaskedSlots), now)
+
+	phases := []struct {
+		name string
+		run  func() error
+	}{
+		{"signing secret", func() error { return r.ensureSigningSecret(ctx, set) }},
+		{"routing configmap", func() error { return r.applyRouting(ctx, set, d) }},
+		{"cells", func() error { return r.applyCells(ctx, set, p, d.Table, obs) }},
+		{"gateway", func() error { return r.applyGateway(ctx, set) }},
+	}
+	for _, ph := range phases {
+		if err := ph.run(); err != nil {
+			meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetProgressing, Status: metav1.ConditionTrue,
+				Reason: rpv1.ReasonReconcileFailed, Message: fmt.Sprintf("%s: %v", ph.name, err), ObservedGeneration: set.Generation})
+			_ = r.patchStatus(ctx, orig, set)
+			return ctrl.Result{}, fmt.Errorf("reconcile set %s: %s: %w", req.NamespacedName, ph.name, err)
+		}
+	}
+
+	// Re-read cells: applyCells may have created some.
+	cells, err := r.listCells(ctx, set)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("list cells of %s: %w", req.NamespacedName, err)
+	}
+	r.summarise(set, p, d.Table, cells, now)
+	if err := r.patchStatus(ctx, orig, set); err != nil {
+		return ctrl.Result{}, err
+	}
+	logger.V(1).Info("reconciled set", "cells", len(p.Cells), "epoch", set.Status.Routing.CurrentEpoch)
+	if !d.RequeueAt.IsZero() {
+		return ctrl.Result{RequeueAfter: max(d.RequeueAt.Sub(now), time.Second)}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+func planInput(set *rpv1.RedPacketSet) plan.Input {
+	return plan.Input{
+		Set:                     set.Name,
+		Zones:                   set.Spec.Zones,
+		Cells:                   int(set.Spec.Cells),
+		SlotCount:               int(set.Spec.SlotCount),
+		PeakOpensPerSecond:      set.Spec.Capacity.PeakOpensPerSecond,
+		PerServerOpensPerSecond: set.Spec.Capacity.PerServerOpensPerSecond,
+		Headroom:                set.Spec.Headroom,
+		MinServersPerZone:       int(set.Spec.Capacity.MinServersPerZone),
+	}
+}
+
+func (r *SetReconciler) gather(ctx context.Context, set *rpv1.RedPacketSet) (*setObservation, error) {
+	obs := &setObservation{cells: map[string]*rpv1.RedPacketCell{}}
+	cm := &corev1.ConfigMap{}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: set.RoutingConfigMapName()}, cm)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return nil, fmt.Errorf("get routing configmap: %w", err)
+	default:
+		if data, ok := cm.Data[rpv1.RoutingFile]; ok {
+			t, err := routing.Parse([]byte(data))
+			if err != nil {
+				// The published table is the source of truth for epochs; never overwrite a table
+				// we cannot read, or packets created under its epochs would lose their owner.
+				return nil, fmt.Errorf("routing configmap %s holds an unreadable table (fix or delete it): %w", cm.Name, err)
+			}
+			obs.published = t
+		}
+	}
+	cells, err := r.listCells(ctx, set)
+	if err != nil {
+		return nil, err
+	}
+	for i := range cells {
+		obs.cells[cells[i].Name] = &cells[i]
+	}
+	return obs, nil
+}
+
+func (r *SetReconciler) listCells(ctx context.Context, set *rpv1.RedPacketSet) ([]rpv1.RedPacketCell, error) {
+	list := &rpv1.RedPacketCellList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(set.Namespace), client.MatchingLabels{rpv1.LabelSet: set.Name}); err != nil {
+		return nil, fmt.Errorf("list cells: %w", err)
+	}
+	out := list.Items
+	slices.SortFunc(out, func(a, b rpv1.RedPacketCell) int { return int(a.Spec.Index - b.Spec.Index) })
+	return out, nil
+}
+
+// ensureSigningSecret creates the gateway→cell signing key once; an existing Secret is never
+// overwritten, or in-flight signed requests would start failing.
+func (r *SetReconciler) ensureSigningSecret(ctx context.Context, set *rpv1.RedPacketSet) error {
+	existing := &corev1.Secret{}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: set.SigningSecretName()}, existing)
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("get signing secret: %w", err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("generate signing key: %w", err)
+	}
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: set.SigningSecretName(), Namespace: set.Namespace, Labels: setLabels(set, "")},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{"key": []byte(hex.EncodeToString(key))},
+	}
+	if err := ctrl.SetControllerReference(set, s, r.Scheme); err != nil {
+		return err
+	}
+	if err := r.Client.Create(ctx, s); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create signing secret: %w", err)
+	}
+	EventSecretGenerated.emit(r.Recorder, set, s.Name)
+	return nil
+}
+
+func (r *SetReconciler) applyRouting(ctx context.Context, set *rpv1.RedPacketSet, d routingDecision) error {
+	data, err := d.Table.Marshal()
+	if err != nil {
+		return err
+	}
+	cm := corev1ac.ConfigMap(set.RoutingConfigMapName(), set.Namespace).
+		WithLabels(setLabels(set, "")).
+		WithOwnerReferences(ownerRef(set, rpv1.GroupVersion.WithKind("RedPacketSet"))).
+		WithData(map[string]string{rpv1.RoutingFile: string(data)})
+	if err := r.Client.Apply(ctx, cm, FieldOwner, client.ForceOwnership); err != nil {
+		return fmt.Errorf("apply routing configmap: %w", err)
+	}
+	if d.Scheduled != nil {
+		EventRebalanceScheduled.emit(r.Recorder, set, d.Scheduled.Number, d.Scheduled.EffectiveTime.UTC().Format(time.RFC3339), d.Moved)
+	}
+	for _, n := range d.Pruned {
+		EventEpochPruned.emit(r.Recorder, set, n)
+	}
+	return nil
+}
+
+// applyCells makes one RedPacketCell per cell any kept epoch names (so draining cells stay
+// until their packets settle) and deletes the cells no epoch names any more.
+func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, p plan.Plan, t *routing.Table, obs *setObservation) error {
+	latest := t.Latest()
+	sizing := map[string]plan.Cell{}
+	for _, c := range p.Cells {
+		sizing[c.Name] = c
+	}
+	wanted := map[string]bool{}
+	for _, name := range t.AllCells() {
+		wanted[name] = true
+		size, planned := sizing[name]
+		if !planned {
+			size = p.Cells[0] // a draining cell keeps the sizing every cell has
+		}
+		index, err := cellIndex(set.Name, name)
+		if err != nil {
+			return err
+		}
+		slots := cellSlots(latest, name)
+		cell := desiredCell(set, name, index, slots, size)
+		existing, exists := obs.cells[name]
+		if err := r.applyCell(ctx, set, cell); err != nil {
+			return err
+		}
+		switch {
+		case !exists:
+			EventCellCreated.emit(r.Recorder, set, name, formatSlots(slots))
+		case existing.Spec.Servers != cell.Spec.Servers:
+			EventCellScaled.emit(r.Recorder, set, name, existing.Spec.Servers, cell.Spec.Servers)
+		}
+		if exists && len(slots) == 0 && !existing.Spec.Draining {
+			EventCellDraining.emit(r.Recorder, set, name, latest.Number)
+		}
+	}
+	for name, c := range obs.cells {
+		if wanted[name] {
+			continue
+		}
+		if err := r.Client.Delete(ctx, c, client.Preconditions{UID: &c.UID}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete cell %s: %w", name, err)
+		}
+		EventCellDeleted.emit(r.Recorder, set, name)
+	}
+	return nil
+}
+
+func cellIndex(set, cell string) (int32, error) {
+	var i int32
+	if _, err := fmt.Sscanf(strings.TrimPrefix(cell, set+"-cell-"), "%d", &i); err != nil || !strings.HasPrefix(cell, set+"-cell-") {
+		return 0, fmt.Errorf("routing table names cell %q, which is not a cell of set %s", cell, set)
+	}
+	return i, nil
+}
+
+// desiredCell is the RedPacketCell the set wants for one cell.
+func desiredCell(set *rpv1.RedPacketSet, name string, index int32, slots []rpv1.SlotRange, size plan.Cell) *rpv1.RedPacketCell {
+	perZone := make([]rpv1.ZoneServers, 0, len(set.Spec.Zones))
+	total := int32(0)
+	for _, z := range set.Spec.Zones {
+		n := int32(size.ServersPerZone[z])
+		perZone = append(perZone, rpv1.ZoneServers{Zone: z, Servers: n})
+		total += n
+	}
+	return &rpv1.RedPacketCell{
+		TypeMeta:   metav1.TypeMeta{APIVersion: rpv1.GroupVersion.String(), Kind: "RedPacketCell"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: set.Namespace, Labels: setLabels(set, name)},
+		Spec: rpv1.RedPacketCellSpec{
+			SetName:        set.Name,
+			Index:          index,
+			Slots:          slots,
+			SlotCount:      set.Spec.SlotCount,
+			Region:         set.Spec.Region,
+			Zones:          set.Spec.Zones,
+			ServersPerZone: perZone,
+			Servers:        total,
+			Template:       set.Spec.Template,
+			Limits:         set.Spec.Limits,
+			Draining:       len(slots) == 0,
+		},
+	}
+}
+
+func (r *SetReconciler) applyCell(ctx context.Context, set *rpv1.RedPacketSet, cell *rpv1.RedPacketCell) error {
+	if err := ctrl.SetControllerReference(set, cell, r.Scheme); err != nil {
+		return err
+	}
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(cell)
+	if err != nil {
+		return fmt.Errorf("convert cell %s: %w", cell.Name, err)
+	}
+	delete(u, "status")
+	md := u["metadata"].(map[string]any)
+	delete(md, "creationTimestamp")
+	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(unstructuredOf(u)), FieldOwner, client.ForceOwnership); err != nil {
+		return fmt.Errorf("apply cell %s: %w", cell.Name, err)
+	}
+	return nil
+}
+
+func (r *SetReconciler) applyGateway(ctx context.Context, set *rpv1.RedPacketSet) error {
+	for _, obj := range gatewayObjects(set) {
+		if err := r.Client.Apply(ctx, obj, FieldOwner, client.ForceOwnership); err != nil {
+			return fmt.Errorf("apply gateway: %w", err)
+		}
+	}
+	return nil
+}
+
+func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
+	msg := err.Error()
+	for _, t := range []string{rpv1.SetAvailable, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked} {
+		if meta.FindStatusCondition(set.Status.Conditions, t) == nil {
+			meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: t, Status: metav1.ConditionUnknown, Reason: rpv1.ReasonInvalidSpec, Message: msg, ObservedGeneration: set.Generation})
+		}
+	}
+	meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetProgressing, Status: metav1.ConditionFalse, Reason: rpv1.ReasonInvalidSpec, Message: msg, ObservedGeneration: set.Generation})
+	meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetDegraded, Status: metav1.ConditionTrue, Reason: rpv1.ReasonInvalidSpec, Message: msg, ObservedGeneration: set.Generation})
+}
+
+// summarise fills the status from the plan, the table and the cells' own status. It sets
+// every condition on every reconcile, so a fresh set shows all six at once.
+func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routing.Table, cells []rpv1.RedPacketCell, now time.Time) {
+	st := &set.Status
+	gen := set.Generation
+	latest := t.Latest()
+	st.Routing = epochsToStatus(t)
+	st.Selector = metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: map[string]string{rpv1.LabelSet: set.Name}})
+	st.CellSummaries = nil
+	st.ReadyCells, st.Cells = 0, 0
+	var unavailable, progressing, draining []string
+	inLatest := map[string]bool{}
+	for _, c := range latest.Cells() {
+		inLatest[c] = true
+	}
+	for i := range cells {
+		c := &cells[i]
+		avail := meta.FindStatusCondition(c.Status.Conditions, rpv1.CellAvailable)
+		status := metav1.ConditionUnknown
+		if avail != nil {
+			status = avail.Status
+		}
+		slots := cellSlots(latest, c.Name)
+		st.CellSummaries = append(st.CellSummaries, rpv1.CellSummary{
+			Name: c.Name, Slots: formatSlots(slots), Servers: c.Spec.Servers, ReadyServers: c.Status.ReadyServers,
+			Available: status, Draining: len(slots) == 0,
+		})
+		if len(slots) == 0 {
+			draining = append(draining, c.Name)
+		}
+		if !inLatest[c.Name] {
+			continue
+		}
+		st.Cells++
+		switch {
+		case status == metav1.ConditionTrue:
+			st.ReadyCells++
+		case avail == nil || c.Status.ObservedGeneration != c.Generation:
+			progressing = append(progressing, c.Name)
+		default:
+			unavailable = append(unavailable, fmt.Sprintf("%s (%s: %s)", c.Name, avail.Reason, avail.Message))
+		}
+	}
+	want := len(latest.Cells())
+	missing := want - int(st.Cells)
+
+	cond := func(typ string, ok bool, reason, msg string) {
+		s := metav1.ConditionFalse
+		if ok {
+			s = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: typ, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+
+	if int(st.ReadyCells) == want {
+		cond(rpv1.SetAvailable, true, rpv1.ReasonAllCellsAvailable, fmt.Sprintf("%d/%d cells available", st.ReadyCells, want))
+	} else {
+		cond(rpv1.SetAvailable, false, rpv1.ReasonCellsUnavailable, fmt.Sprintf("%d/%d cells available", st.ReadyCells, want))
+	}
+	if len(unavailable) > 0 {
+		cond(rpv1.SetDegraded, true, rpv1.ReasonCellsUnavailable, "unavailable: "+strings.Join(unavailable, "; "))
+	} else {
+		cond(rpv1.SetDegraded, false, rpv1.ReasonAllCellsAvailable, "no cell reports a failure")
+	}
+	if len(progressing) > 0 || missing > 0 {
+		cond(rpv1.SetProgressing, true, rpv1.ReasonCellsProgressing, fmt.Sprintf("waiting for cells: %s", strings.Join(progressing, ", ")))
+	} else {
+		cond(rpv1.SetProgressing, false, rpv1.ReasonUpToDate, "every cell is provisioned")
+	}
+	reason := rpv1.ReasonHeadroomSufficient
+	switch p.ToleranceReason {
+	case plan.ReasonSingleZone:
+		reason = rpv1.ReasonSingleZone
+	case plan.ReasonInsufficientHeadroom:
+		reason = rpv1.ReasonHeadroomInsufficient
+	}
+	cond(rpv1.SetZoneFailureTolerant, p.ZoneFailureTolerant, reason, p.ToleranceMessage)
+
+	switch {
+	case latest.EffectiveTime.After(now):
+		cond(rpv1.SetRebalancing, true, rpv1.ReasonEpochPending, fmt.Sprintf("routing epoch %d takes effect at %s", latest.Number, latest.EffectiveTime.UTC().Format(time.RFC3339)))
+	case len(draining) > 0:
+		cond(rpv1.SetRebalancing, true, rpv1.ReasonDrainingCells, "draining until their packets settle: "+strings.Join(draining, ", "))
+	default:
+		cond(rpv1.SetRebalancing, false, rpv1.ReasonStable, fmt.Sprintf("routing epoch %d in force", latest.Number))
+	}
+
+	st.MaskedSlotCount = 0
+	for _, m := range st.MaskedSlots {
+		st.MaskedSlotCount += m.End - m.Start + 1
+	}
+	budget := int32(set.Spec.Masking.MaxMaskedPercent) * set.Spec.SlotCount / 100
+	switch {
+	case st.MaskedSlotCount == 0:
+		cond(rpv1.SetSlotsMasked, false, rpv1.ReasonNoMasks, "no slot is masked")
+	case st.MaskedSlotCount >= budget:
+		cond(rpv1.SetSlotsMasked, true, rpv1.ReasonMaskBudgetExhausted, fmt.Sprintf("%d slots masked, budget %d: no further masks", st.MaskedSlotCount, budget))
+	default:
+		cond(rpv1.SetSlotsMasked, true, rpv1.ReasonMasksActive, fmt.Sprintf("%d slots masked", st.MaskedSlotCount))
+	}
+	st.ObservedGeneration = gen
+}
+
+// patchStatus writes the status only when it changed.
+func (r *SetReconciler) patchStatus(ctx context.Context, orig, set *rpv1.RedPacketSet) error {
+	if equalStatus(orig.Status, set.Status) {
+		return nil
+	}
+	if err := r.Client.Status().Patch(ctx, set, client.MergeFrom(orig)); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return errors.Join(err) // requeued by the controller
+		}
+		return fmt.Errorf("patch status of set %s: %w", set.Name, err)
+	}
+	return nil
+}
