@@ -478,6 +478,9 @@ func (g *Gateway) call(ctx context.Context, verb, cell, server, method, requestU
 		if hopByHop(k) || strings.HasPrefix(k, "X-Rp-") || k == HeaderSlot || k == "Content-Length" {
 			continue // signing headers and the slot are the gateway's to set, never the client's
 		}
+		if k == "Accept-Encoding" {
+			continue // the transport negotiates compression itself, so answers arrive readable
+		}
 		req.Header[k] = vs
 	}
 	for k, vs := range extra {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -136,6 +137,14 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 			items = items[:limit]
 		}
 		page.Items = append(page.Items, items...)
+		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			// Like a real server behind a compressing middleware.
+			w.Header().Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			defer zw.Close()
+			json.NewEncoder(zw).Encode(page)
+			return
+		}
 		json.NewEncoder(w).Encode(page)
 	})
 	v := signing.NewVerifier(key, 0)
@@ -677,5 +686,24 @@ func waitUntil(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached before the deadline")
 		}
 		time.Sleep(5 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func TestHistoryWithClientAskingForGzip(t *testing.T) {
+	cells := cellsABC()
+	for i, c := range cells {
+		c.history = map[string][]histItem{"u": {{PacketID: strconv.Itoa(1000 + i), At: int64(i), Cell: c.name}}}
+	}
+	h := newHarness(t, twoEpochTable(), 1, cells...)
+	req, _ := http.NewRequest("GET", h.front.URL+"/v1/users/u/sent", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page historyPageOut
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil || resp.StatusCode != http.StatusOK || len(page.Items) != 3 {
+		t.Fatalf("history with gzip asked: %d %v %+v", resp.StatusCode, err, page)
 	}
 }
