@@ -235,6 +235,11 @@ func (h *harness) write(table *routing.Table) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.writeRaw(data)
+}
+
+func (h *harness) writeRaw(data []byte) {
+	h.t.Helper()
 	tmp := h.path + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o644); err != nil {
 		h.t.Fatal(err)
@@ -675,6 +680,22 @@ func TestRoutingFileReloadChangesRouting(t *testing.T) {
 	}
 	if n, _ := testutil.GatherAndCount(h.reg, "rp_gateway_routing_epoch"); n != 1 {
 		t.Errorf("epoch gauge missing")
+	}
+	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(`
+# HELP rp_gateway_routing_epoch Number of the newest epoch in the loaded routing table.
+# TYPE rp_gateway_routing_epoch gauge
+rp_gateway_routing_epoch 2
+# HELP rp_gateway_routing_file_refused 1 while the routing file's current content is refused and the last good table is in force.
+# TYPE rp_gateway_routing_file_refused gauge
+rp_gateway_routing_file_refused 0
+`), "rp_gateway_routing_epoch", "rp_gateway_routing_file_refused"); err != nil {
+		t.Error(err)
+	}
+	// A broken file keeps routing as it was and raises the gauge.
+	h.writeRaw([]byte("{broken"))
+	waitUntil(t, h.watcher.Failing)
+	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", id), "{}"); a.status != http.StatusOK || a.cell != "c" {
+		t.Fatalf("after a broken file: %d cell %q", a.status, a.cell)
 	}
 }
 

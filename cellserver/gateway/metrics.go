@@ -60,6 +60,15 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 				return 0
 			}),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "rp_gateway_routing_file_refused",
+				Help: "1 while the routing file's current content is refused and the last good table is in force.",
+			}, func() float64 {
+				if f, ok := g.cfg.Routing.(interface{ Failing() bool }); ok && f.Failing() {
+					return 1
+				}
+				return 0
+			}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "rp_gateway_routing_epoch_in_force",
 				Help: "Number of the routing epoch in force now.",
 			}, func() float64 {
