@@ -5,12 +5,16 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -104,8 +108,12 @@ func SharedMariaDB(tb testing.TB) *MariaDB {
 		tb.Fatal("testenv: SharedMariaDB needs the package's TestMain to call testenv.Main(m)")
 	}
 	sharedOnce.Do(func() {
-		sharedDir, sharedErr = os.MkdirTemp("", "rp-shared-mariadb-")
+		sweepAbandonedShared()
+		sharedDir, sharedErr = os.MkdirTemp("", sharedPrefix)
 		if sharedErr != nil {
+			return
+		}
+		if sharedErr = os.WriteFile(filepath.Join(sharedDir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); sharedErr != nil {
 			return
 		}
 		sharedDB, sharedErr = startMariaDB(sharedDir, nil)
@@ -117,6 +125,31 @@ func SharedMariaDB(tb testing.TB) *MariaDB {
 		tb.Fatalf("testenv: shared mariadb: %v", sharedErr)
 	}
 	return sharedDB
+}
+
+const (
+	sharedPrefix = "rp-shared-mariadb-"
+	ownerFile    = "owner.pid"
+)
+
+// sweepAbandonedShared removes shared server dirs whose test binary died without running
+// Main's cleanup (a test timeout, a kill): their mariadbd already got SIGTERM through
+// Pdeathsig, but the datadir copies would pile up in the temp dir.
+func sweepAbandonedShared() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), sharedPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue // being created right now, or not ours
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(d)
+		}
+	}
 }
 
 // Main runs the tests of a package that uses SharedMariaDB and stops the shared server
