@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/redpacketset/redpacket/cellserver/guard"
 	"github.com/redpacketset/redpacket/cellserver/httpapi"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
@@ -34,12 +35,19 @@ type server struct {
 	ledger *wallet.Ledger
 }
 
-func start(t *testing.T) *server {
+func start(t *testing.T) *server { return startWith(t, nil, queue.Config{Workers: 4}) }
+
+func startWith(t *testing.T, g *guard.Guard, qc queue.Config) *server {
 	t.Helper()
 	env := storetest.New(t, storetest.Options{})
-	svc := packet.New(env.Store, &storetest.IDs{}, packet.Config{Limits: packet.Limits{MaxTotalCents: 2_000_000, MaxCount: 500, MaxIDLength: 64, MaxGroupLength: 64, MaxGreeting: 128}})
+	pc := packet.Config{Limits: packet.Limits{MaxTotalCents: 2_000_000, MaxCount: 500, MaxIDLength: 64, MaxGroupLength: 64, MaxGreeting: 128}}
+	if g != nil {
+		pc.Cache, qc.Guard = g, g
+	}
+	svc := packet.New(env.Store, &storetest.IDs{}, pc)
 	reg := prometheus.NewRegistry()
-	q, err := queue.New(svc, queue.Config{Workers: 4, Registerer: reg})
+	qc.Registerer = reg
+	q, err := queue.New(svc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,6 +377,111 @@ func TestConcurrentOpensOverHTTP(t *testing.T) {
 	}
 	rep, err := wallet.Audit(ctx, s.env.Store, s.ledger, time.Now().Add(-time.Hour), time.Now())
 	if err != nil || !rep.OK() || rep.Receipts != 100 {
+		t.Fatalf("audit: %+v %v", rep, err)
+	}
+}
+
+// TestKillingMemcachedChangesNoResult runs opens and grabs through tiny queues, so most
+// requests overflow onto the memcached-guarded path, and kills memcached halfway. Every
+// money result must be what it would have been: each packet fully opened exactly once per
+// share, Σ exact, nobody twice, grab answers consistent with the DB, and a clean audit.
+func TestKillingMemcachedChangesNoResult(t *testing.T) {
+	mc := testenv.StartMemcached(t)
+	g, err := guard.New(guard.Config{Addr: mc.Addr(), Limit: 2, Timeout: 50 * time.Millisecond, ProbeEvery: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startWith(t, g, queue.Config{Workers: 2, Depth: 2})
+	const packets, shares, users = 5, 40, 60
+	var ids []string
+	for i := 0; i < packets; i++ {
+		id := s.do(t, "POST", "/v1/packets", wrapBody(fmt.Sprintf("mc%d", i), 40_00, shares)).str("packetId")
+		if p := s.do(t, "POST", "/v1/packets/"+id+"/pay", map[string]any{"paymentTxnId": "pm" + id, "amountCents": 40_00}); p.status != 200 {
+			t.Fatalf("pay: %d %s", p.status, p.raw)
+		}
+		ids = append(ids, id)
+	}
+	type key struct{ id, user string }
+	var mu sync.Mutex
+	got := map[key]int64{}
+	exhausted := map[key]bool{}
+	answered := 0
+	var wg sync.WaitGroup
+	for i := 0; i < packets*users; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			k := key{ids[i%packets], fmt.Sprintf("u%d", i/packets)}
+			s.do(t, "POST", "/v1/packets/"+k.id+"/grab", map[string]any{"user": k.user})
+			for attempt := 0; ; attempt++ {
+				a := s.do(t, "POST", "/v1/packets/"+k.id+"/open", map[string]any{"user": k.user})
+				mu.Lock()
+				switch {
+				case a.status == 200:
+					if prev, ok := got[k]; ok && prev != a.num("amountCents") {
+						t.Errorf("%v: repeat gave %d, first %d", k, a.num("amountCents"), prev)
+					}
+					got[k] = a.num("amountCents")
+				case a.status == 409 && a.str("code") == "exhausted":
+					exhausted[k] = true
+				case a.status == 429 && a.header.Get("Retry-After") != "" && attempt < 500:
+					mu.Unlock()
+					time.Sleep(5 * time.Millisecond) // a client's backoff, not synchronisation
+					continue
+				default:
+					t.Errorf("%v: %d %s", k, a.status, a.raw)
+				}
+				answered++
+				mu.Unlock()
+				return
+			}
+		}(i)
+	}
+	// Kill memcached once about half the opens are answered.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		mu.Lock()
+		n := answered
+		mu.Unlock()
+		if n >= packets*users/2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	mc.Kill()
+	wg.Wait()
+	perPacket := map[string]int64{}
+	count := map[string]int{}
+	for k, amt := range got {
+		perPacket[k.id] += amt
+		count[k.id]++
+	}
+	for _, id := range ids {
+		if count[id] != shares || perPacket[id] != 40_00 {
+			t.Errorf("packet %s: %d opened, Σ %d; want %d, 4000", id, count[id], perPacket[id], shares)
+		}
+	}
+	if len(exhausted) != packets*(users-shares) {
+		t.Errorf("%d refused as exhausted, want %d", len(exhausted), packets*(users-shares))
+	}
+	// Grab after the kill (and after memcached comes back empty) agrees with the DB.
+	for _, restart := range []bool{false, true} {
+		if restart {
+			mc.Restart()
+		}
+		for k := range got {
+			if a := s.do(t, "POST", "/v1/packets/"+k.id+"/grab", map[string]any{"user": k.user}); a.body["eligible"] != false || (a.str("reason") != "already_opened" && a.str("reason") != "exhausted") {
+				t.Fatalf("grab %v: %s", k, a.raw)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := s.relay.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := wallet.Audit(ctx, s.env.Store, s.ledger, time.Now().Add(-time.Hour), time.Now())
+	if err != nil || !rep.OK() || rep.Receipts != packets*shares {
 		t.Fatalf("audit: %+v %v", rep, err)
 	}
 }

@@ -117,8 +117,8 @@ func New(o Opener, cfg Config) (*Queue, error) {
 			Help: "Requests that found their worker's queue full and took the guarded path.",
 		}),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "redpacket_guard_rejections_total",
-			Help: "Requests refused with 429 because the guard's per-packet limit was reached.",
+			Name: "redpacket_queue_rejected_total",
+			Help: "Overflowing requests refused with 429 (the guard refused a direct transaction, or there is no guard).",
 		}),
 	}
 	q.workers = make([]*worker, cfg.Workers)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/redpacketset/redpacket/cellserver/guard"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
 	"github.com/redpacketset/redpacket/cellserver/store/storetest"
@@ -148,25 +149,12 @@ func TestThousandOpensOverFiftyPackets(t *testing.T) {
 	}
 }
 
-// gate is a guard that admits n concurrent holders per packet.
-type gate struct {
-	mu    sync.Mutex
-	n     int
-	inUse map[int64]int
-}
-
-func (g *gate) Acquire(_ context.Context, id int64) (func(), error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.inUse[id] >= g.n {
-		return nil, errors.New("over limit")
-	}
-	g.inUse[id]++
-	return func() { g.mu.Lock(); g.inUse[id]--; g.mu.Unlock() }, nil
-}
-
 func TestFullQueueTakesGuardedPathOrIsRefused(t *testing.T) {
-	svc, q := setup(t, queue.Config{Workers: 1, Depth: 1, Guard: &gate{n: 1, inUse: map[int64]int{}}})
+	g, err := guard.New(guard.Config{Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, q := setup(t, queue.Config{Workers: 1, Depth: 1, Guard: g})
 	id := newPacket(t, svc, "burst", 200_00, 200)
 	// Hold the only worker so the queue fills.
 	release := make(chan struct{})

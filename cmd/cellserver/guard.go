@@ -5,12 +5,17 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/redpacketset/redpacket/cellserver/guard"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
 )
 
-// newGuard builds the overflow guard and the remaining-count cache. Until the guard package
-// lands, overflow is refused with 429 at once (the safe side) and grab has no cache.
+// newGuard builds the overflow guard, which is also the remaining-count cache grab reads.
+// With -memcached empty it runs on local counts only.
 func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (queue.Guard, packet.RemainingCache, func(), error) {
-	return nil, nil, func() {}, nil
+	g, err := guard.New(guard.Config{Addr: cfg.Memcached, Limit: cfg.GuardLimit, KeyPrefix: "rp:" + cfg.Cell + ":", Registerer: reg, Logger: log})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return g, g, func() {}, nil
 }
