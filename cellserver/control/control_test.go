@@ -297,3 +297,27 @@ func TestParseTableInvertsName(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteSourceMasksLeavesOtherSourcesAlone(t *testing.T) {
+	db, schema := setup(t)
+	ctx := context.Background()
+	manual := control.Mask{Start: 1, End: 1, Reason: "hand", Source: control.SourceManual}
+	if err := control.WriteMasks(ctx, db, schema, []control.Mask{manual,
+		{Start: 2, End: 2, Reason: "policy", Source: control.SourceOperator}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := control.WriteSourceMasks(ctx, db, schema, control.SourceOperator, []control.Mask{
+		{Start: 3, End: 3, Reason: "policy", Source: control.SourceOperator}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := control.ReadMasks(ctx, db, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Start != 1 || got[0].Source != control.SourceManual || got[1].Start != 3 {
+		t.Fatalf("active masks %+v, want the manual 1 and the operator's 3", got)
+	}
+	if err := control.WriteSourceMasks(ctx, db, schema, control.SourceOperator, []control.Mask{manual}); err == nil {
+		t.Fatal("accepted a mask of another source")
+	}
+}

@@ -81,6 +81,25 @@ func ReadMaskHistory(ctx context.Context, db *sql.DB, schema string, since time.
 // same Start, End and Source — keep their original Since and take the new Reason. It runs in
 // one transaction, so a server never reads a half-written set.
 func WriteMasks(ctx context.Context, db *sql.DB, schema string, masks []Mask) error {
+	return writeMasks(ctx, db, schema, "", masks)
+}
+
+// WriteSourceMasks is WriteMasks limited to one source: only active masks from source are
+// lifted or kept, so the operator's policy never lifts a mask a human set by hand. Every
+// mask given must carry that source.
+func WriteSourceMasks(ctx context.Context, db *sql.DB, schema, source string, masks []Mask) error {
+	if source == "" {
+		return fmt.Errorf("write masks: empty source")
+	}
+	for _, m := range masks {
+		if m.Source != source {
+			return fmt.Errorf("write masks of source %s: range %d..%d has source %q", source, m.Start, m.End, m.Source)
+		}
+	}
+	return writeMasks(ctx, db, schema, source, masks)
+}
+
+func writeMasks(ctx context.Context, db *sql.DB, schema, onlySource string, masks []Mask) error {
 	tbl, err := qualify(schema, "masks")
 	if err != nil {
 		return err
@@ -99,7 +118,8 @@ func WriteMasks(ctx context.Context, db *sql.DB, schema string, masks []Mask) er
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit this is a no-op
 
-	// Locking read: two writers serialise instead of both inserting the same new mask.
+	// Locking read of every active mask, even when only one source is rewritten: two
+	// writers serialise instead of both inserting the same new mask.
 	rows, err := tx.QueryContext(ctx,
 		"SELECT id, slot_start, slot_end, source, reason FROM "+tbl+" WHERE lifted_at IS NULL FOR UPDATE")
 	if err != nil {
@@ -117,6 +137,9 @@ func WriteMasks(ctx context.Context, db *sql.DB, schema string, masks []Mask) er
 		if err := rows.Scan(&a.id, &k.start, &k.end, &k.source, &a.reason); err != nil {
 			rows.Close()
 			return fmt.Errorf("write masks: read active: %w", err)
+		}
+		if onlySource != "" && k.source != onlySource {
+			continue
 		}
 		if _, dup := current[k]; dup {
 			duplicates = append(duplicates, a.id)

@@ -54,10 +54,13 @@ var (
 
 // AllocatorConfig configures an Allocator.
 type AllocatorConfig struct {
-	DB      *sql.DB // the cell's MySQL, where the control schema lives
-	Control string  // control schema name, default control.DefaultSchema
-	Server  string  // this server's name, recorded as the lease holder
-	Region  int     // home region encoded in every ID
+	// DB is the cell's MySQL, where the control schema lives. A small pool of its own is
+	// best: lease renewals must not queue behind the money path's transactions, or a busy
+	// server fences itself.
+	DB      *sql.DB
+	Control string // control schema name, default control.DefaultSchema
+	Server  string // this server's name, recorded as the lease holder
+	Region  int    // home region encoded in every ID
 	Layout  shard.Layout
 	// SlotCount is the number of slots of the set; default: the routing table's, else
 	// MaxSlots.
@@ -235,6 +238,13 @@ func (a *Allocator) Worker() int {
 		return -1
 	}
 	return a.lease.Worker
+}
+
+// Ready is nil while the allocator can issue IDs, else why not (for /readyz).
+func (a *Allocator) Ready() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.issuingLocked()
 }
 
 // Next issues a new ID. With slot < 0 it picks uniformly among the slots open to new

@@ -465,6 +465,9 @@ func TestUnrenewableLeaseStopsIssuanceAndRecovers(t *testing.T) {
 	if stoppedAt.IsZero() {
 		t.Fatal("allocator kept issuing with its lease unrenewable")
 	}
+	if err := a.Ready(); !errors.Is(err, ErrNotIssuing) {
+		t.Fatalf("Ready while fenced: %v", err)
+	}
 	for i := 0; i < 50; i++ {
 		if err := issue(); !errors.Is(err, ErrNotIssuing) {
 			t.Fatalf("issued again while fenced: %v", err)
@@ -472,6 +475,9 @@ func TestUnrenewableLeaseStopsIssuanceAndRecovers(t *testing.T) {
 	}
 	srv.Restart()
 	waitFor(t, "issuing again after the database came back", func() bool { return issue() == nil })
+	if err := a.Ready(); err != nil {
+		t.Fatalf("Ready after recovery: %v", err)
+	}
 	for i := 0; i < 1000; i++ {
 		if err := issue(); err != nil {
 			t.Fatal(err)
