@@ -223,7 +223,7 @@ func TestMemcachedDeathFallsBackToLocalLimitAndRecovers(t *testing.T) {
 	if m := l.maxSeen.Load(); m > limit {
 		t.Fatalf("%d in flight at once, limit %d", m, limit)
 	}
-	if s := time.Duration(l.slowest.Load()); s > time.Second {
+	if s := time.Duration(l.slowest.Load()); s > 2*time.Second {
 		t.Errorf("slowest Acquire took %v: memcached failure blocked the caller", s)
 	}
 	if got := sumMetric(t, reg, "redpacket_guard_fallbacks_total"); got < 1 {

@@ -431,7 +431,9 @@ func TestUnrenewableLeaseStopsIssuanceAndRecovers(t *testing.T) {
 	a := newAllocator(t, AllocatorConfig{DB: db, LeaseTTL: ttl, RenewEvery: 100 * time.Millisecond,
 		MaskRefresh: 100 * time.Millisecond})
 	seen := map[int64]bool{}
-	issue := func() error {
+	// issue reports when the call started: a success proves the fence was still ahead then.
+	issue := func() (time.Time, error) {
+		start := time.Now()
 		id, err := a.Next(ctx, -1)
 		if err == nil {
 			if seen[id] {
@@ -439,20 +441,20 @@ func TestUnrenewableLeaseStopsIssuanceAndRecovers(t *testing.T) {
 			}
 			seen[id] = true
 		}
-		return err
+		return start, err
 	}
-	if err := issue(); err != nil {
+	if _, err := issue(); err != nil {
 		t.Fatal(err)
 	}
 	killedAt := time.Now()
 	srv.Kill()
-	// Keep asking: IDs may still come until the fence, never after the lease could lapse.
+	// Keep asking: IDs may still come until the fence, never once the lease could lapse.
 	var stoppedAt time.Time
 	for time.Since(killedAt) < 10*time.Second {
-		err := issue()
+		start, err := issue()
 		if err == nil {
-			if time.Since(killedAt) > ttl {
-				t.Fatalf("issued an id %v after the database died; the lease was %v", time.Since(killedAt), ttl)
+			if start.Sub(killedAt) > ttl {
+				t.Fatalf("issued an id asked for %v after the database died; the lease was %v", start.Sub(killedAt), ttl)
 			}
 			continue
 		}
@@ -469,17 +471,17 @@ func TestUnrenewableLeaseStopsIssuanceAndRecovers(t *testing.T) {
 		t.Fatalf("Ready while fenced: %v", err)
 	}
 	for i := 0; i < 50; i++ {
-		if err := issue(); !errors.Is(err, ErrNotIssuing) {
+		if _, err := issue(); !errors.Is(err, ErrNotIssuing) {
 			t.Fatalf("issued again while fenced: %v", err)
 		}
 	}
 	srv.Restart()
-	waitFor(t, "issuing again after the database came back", func() bool { return issue() == nil })
+	waitFor(t, "issuing again after the database came back", func() bool { _, err := issue(); return err == nil })
 	if err := a.Ready(); err != nil {
 		t.Fatalf("Ready after recovery: %v", err)
 	}
 	for i := 0; i < 1000; i++ {
-		if err := issue(); err != nil {
+		if _, err := issue(); err != nil {
 			t.Fatal(err)
 		}
 	}
