@@ -169,6 +169,17 @@ func (r *readiness) probe(ctx context.Context, table *routing.Table) {
 	r.mu.Unlock()
 }
 
+// markDown takes server out of cell's ready list until the next probe finds it ready again.
+// The list is replaced, not edited, because readers hold the old slice without the lock.
+func (r *readiness) markDown(cell, server string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur := r.ready[cell]
+	if i := slices.Index(cur, server); i >= 0 {
+		r.ready[cell] = slices.Delete(slices.Clone(cur), i, i+1)
+	}
+}
+
 func (r *readiness) probeOne(ctx context.Context, base string) bool {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()

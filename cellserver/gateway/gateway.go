@@ -45,6 +45,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -252,7 +253,7 @@ func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb strin
 		writeError(w, http.StatusBadRequest, "invalid_argument", "id", err.Error())
 		return
 	}
-	cell, server, status, err := g.route(id)
+	cell, _, status, err := g.route(id)
 	if err != nil {
 		code := "not_found"
 		if status == http.StatusServiceUnavailable {
@@ -267,7 +268,7 @@ func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb strin
 	if !ok {
 		return
 	}
-	resp, err := g.call(r.Context(), verb, cell, server, r.Method, r.URL.RequestURI(), r.Header, body, nil)
+	resp, err := g.callCell(r.Context(), verb, cell, id, r.Method, r.URL.RequestURI(), r.Header, body, nil)
 	if err != nil {
 		g.upstreamFailed(w, verb, cell, err)
 		return
@@ -319,13 +320,8 @@ func (g *Gateway) serveCreate(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, "no_slot_available", "", "no unmasked slot with a ready cell server")
 			return
 		}
-		server := routing.Rendezvous(key, g.ready.Ready(cell))
-		if server == "" { // the cell lost its last ready server since pickSlot looked
-			writeError(w, http.StatusServiceUnavailable, "cell_unavailable", "", fmt.Sprintf("cell %s has no ready server", cell))
-			return
-		}
 		extra := http.Header{HeaderSlot: []string{strconv.Itoa(slot)}}
-		resp, err := g.call(r.Context(), "create", cell, server, r.Method, r.URL.RequestURI(), r.Header, body, extra)
+		resp, err := g.callCell(r.Context(), "create", cell, key, r.Method, r.URL.RequestURI(), r.Header, body, extra)
 		if err != nil {
 			g.upstreamFailed(w, "create", cell, err)
 			return
@@ -468,6 +464,36 @@ func (u *upstream) write(w http.ResponseWriter, cell string) {
 // maxUpstreamBody bounds what the gateway buffers from a cell.
 const maxUpstreamBody = 8 << 20
 
+// errNoReadyServer is returned when a cell has no ready server left to call.
+var errNoReadyServer = errors.New("no ready server")
+
+// callCell sends a request to the server rendezvous picks for key among the cell's ready
+// servers. When the connection cannot even be opened, nothing reached the server, so the
+// gateway takes it out of rotation until its next good probe and tries the next server once:
+// safe for every verb, since no byte was sent. Any other failure is final, because a call that
+// may have reached a cell must not be repeated behind the caller's back.
+func (g *Gateway) callCell(ctx context.Context, verb, cell string, key int64, method, requestURI string, in http.Header, body []byte, extra http.Header) (*upstream, error) {
+	for attempt := 0; ; attempt++ {
+		server := routing.Rendezvous(key, g.ready.Ready(cell))
+		if server == "" {
+			return nil, fmt.Errorf("%s to cell %s: %w", verb, cell, errNoReadyServer)
+		}
+		resp, err := g.call(ctx, verb, cell, server, method, requestURI, in, body, extra)
+		if err != nil && attempt == 0 && isDialError(err) {
+			g.ready.markDown(cell, server)
+			g.metrics.failovers.WithLabelValues(cell).Inc()
+			g.log.Warn("cell server unreachable; taken out until its next good probe", "cell", cell, "server", server, "err", err)
+			continue
+		}
+		return resp, err
+	}
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
 // call sends one signed request to a cell server.
 func (g *Gateway) call(ctx context.Context, verb, cell, server, method, requestURI string, in http.Header, body []byte, extra http.Header) (*upstream, error) {
 	req, err := http.NewRequestWithContext(ctx, method, server+requestURI, bytes.NewReader(body))
@@ -506,6 +532,10 @@ func (g *Gateway) call(ctx context.Context, verb, cell, server, method, requestU
 
 func (g *Gateway) upstreamFailed(w http.ResponseWriter, verb, cell string, err error) {
 	g.log.Warn("cell call failed", "verb", verb, "cell", cell, "err", err)
+	if errors.Is(err, errNoReadyServer) {
+		writeError(w, http.StatusServiceUnavailable, "cell_unavailable", "", fmt.Sprintf("cell %s has no ready server", cell))
+		return
+	}
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody reads this answer, but the metric should not say 502.
 		writeError(w, 499, "cancelled", "", "client closed the request")

@@ -728,3 +728,59 @@ func TestHistoryWithClientAskingForGzip(t *testing.T) {
 		t.Fatalf("history with gzip asked: %d %v %+v", resp.StatusCode, err, page)
 	}
 }
+
+func TestDeadServerFailsOverWithoutWaitingForProbe(t *testing.T) {
+	table := &routing.Table{Set: "rp", SlotCount: 10, Epochs: []routing.Epoch{
+		{Number: 1, EffectiveTime: epoch1, Ranges: []routing.SlotRange{{Start: 0, End: 9, Cell: "a"}}},
+	}}
+	h := newHarness(t, table, 3, &fakeCell{name: "a"})
+	// A gateway of our own that probes only when told, so the probe cannot hide the failover.
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := prometheus.NewRegistry()
+	gw, err := New(Config{Routing: h.watcher, Signer: signing.NewSigner(key), Log: quiet, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.Probe(context.Background())
+	front := httptest.NewServer(gw.Handler())
+	defer front.Close()
+
+	dead := h.servers["a"][0]
+	var victims []int64
+	for i := 0; len(victims) < 5; i++ {
+		id := packetID(t, epoch2, i%10, i)
+		if _, s, _, _ := gw.route(id); s == dead.srv.URL {
+			victims = append(victims, id)
+		}
+	}
+	dead.srv.Close()
+	for _, id := range victims {
+		resp, err := http.Post(fmt.Sprintf("%s/v1/packets/%d/open", front.URL, id), "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("open of packet %d on a dead server: %d", id, resp.StatusCode)
+		}
+	}
+	if got := testutil.ToFloat64(gw.metrics.failovers.WithLabelValues("a")); got != 1 {
+		t.Errorf("failovers = %v, want 1 (the dead server leaves rotation at once)", got)
+	}
+	if slices.Contains(gw.ReadyServers("a"), dead.srv.URL) {
+		t.Error("dead server still in rotation")
+	}
+
+	// With every server dead the answer is a clean 503.
+	for _, s := range h.servers["a"] {
+		s.srv.Close()
+	}
+	resp, err := http.Post(fmt.Sprintf("%s/v1/packets/%d/open", front.URL, victims[0]), "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("all servers dead: %d", resp.StatusCode)
+	}
+}

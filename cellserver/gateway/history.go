@@ -13,8 +13,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // Cursor is a position in a user's history: items strictly before (At, PacketID) in the order
@@ -124,8 +122,7 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			server := routing.Rendezvous(userKey, g.ready.Ready(cell))
-			answers[i], errs[i] = g.call(ctx, verb, cell, server, http.MethodGet, uri, r.Header, nil, nil)
+			answers[i], errs[i] = g.callCell(ctx, verb, cell, userKey, http.MethodGet, uri, r.Header, nil, nil)
 		}()
 	}
 	wg.Wait()
