@@ -39,8 +39,10 @@ type Watcher struct {
 	changed  chan struct{} // closed and replaced on every successful reload
 	lastSize int64
 	lastMod  time.Time
-	lastHash [sha256.Size]byte
+	lastHash [sha256.Size]byte // of the last content read, good or bad
+	goodHash [sha256.Size]byte // of the content in force
 	polls    int
+	lostFile bool // the last poll could not stat or read the file
 }
 
 // NewWatcher loads path once and fails if that first load fails: a gateway or server without a
@@ -62,6 +64,7 @@ func NewWatcher(path string, interval time.Duration, log *slog.Logger) (*Watcher
 		return nil, fmt.Errorf("watch routing table %s: %w", path, err)
 	}
 	w.lastSize, w.lastMod, w.lastHash = info.Size(), info.ModTime(), sha256.Sum256(data)
+	w.goodHash = w.lastHash
 	w.install(t)
 	return w, nil
 }
@@ -113,13 +116,21 @@ func (w *Watcher) Poll() {
 		w.refuse(fmt.Errorf("stat: %w", err), false)
 		return
 	}
-	if info.Size() == w.lastSize && info.ModTime().Equal(w.lastMod) && w.polls%forceReadEvery != 0 {
+	// A file that comes back after vanishing is read even when its stat matches the last one.
+	if !w.lostFile && info.Size() == w.lastSize && info.ModTime().Equal(w.lastMod) && w.polls%forceReadEvery != 0 {
 		return
 	}
 	data, info, err := w.read()
 	if err != nil {
 		w.refuse(err, false)
 		return
+	}
+	if w.lostFile {
+		w.lostFile = false
+		if hash := sha256.Sum256(data); hash == w.lastHash && hash == w.goodHash {
+			// Back with the content in force: nothing to reload, but no longer failing.
+			w.failing.Store(false)
+		}
 	}
 	hash := sha256.Sum256(data)
 	w.lastSize, w.lastMod = info.Size(), info.ModTime()
@@ -134,6 +145,7 @@ func (w *Watcher) Poll() {
 		w.refuse(err, true)
 		return
 	}
+	w.goodHash = hash
 	w.install(t)
 	w.log.Info("routing table reloaded", "epoch", w.epoch.Load(), "epochs", len(t.Epochs), "masked_ranges", len(t.Masked))
 }
@@ -159,6 +171,9 @@ func (w *Watcher) read() ([]byte, os.FileInfo, error) {
 // content hash, so they are always logged; a missing or unreadable file is logged when it
 // starts failing, not at every poll.
 func (w *Watcher) refuse(err error, always bool) {
+	if !always {
+		w.lostFile = true
+	}
 	if !w.failing.Swap(true) || always {
 		w.log.Error("routing table refused; keeping the last good table", "epoch", w.epoch.Load(), "err", err)
 	}

@@ -146,3 +146,46 @@ func waitFor(t *testing.T, ch <-chan struct{}) {
 		t.Fatal("timed out waiting for a reload")
 	}
 }
+
+func TestWatcherFileComesBackUnchanged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routing.json")
+	writeTable(t, path, twoEpochs())
+	info, _ := os.Stat(path)
+	w, err := NewWatcher(path, time.Hour, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	os.Remove(path)
+	w.Poll()
+	if !w.Failing() {
+		t.Fatal("missing file not noticed")
+	}
+	// Restored byte for byte with the same mtime (a backup copy): no longer failing.
+	writeRaw(t, path, data)
+	os.Chtimes(path, info.ModTime(), info.ModTime())
+	w.Poll()
+	if w.Failing() || w.Reloads() != 1 {
+		t.Fatalf("restored file: failing=%v reloads=%d", w.Failing(), w.Reloads())
+	}
+}
+
+func TestWatcherBadFileComesBackBad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routing.json")
+	writeTable(t, path, twoEpochs())
+	w, err := NewWatcher(path, time.Hour, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRaw(t, path, []byte("{bad"))
+	w.Poll()
+	info, _ := os.Stat(path)
+	os.Remove(path)
+	w.Poll()
+	writeRaw(t, path, []byte("{bad"))
+	os.Chtimes(path, info.ModTime(), info.ModTime())
+	w.Poll()
+	if !w.Failing() {
+		t.Fatal("the same bad content came back and the watcher stopped reporting it")
+	}
+}
