@@ -90,13 +90,18 @@ type Config struct {
 
 // Gateway routes requests to cells. Create it with New, serve Handler, and keep Run going.
 type Gateway struct {
-	cfg     Config
-	log     *slog.Logger
-	client  *http.Client
-	ready   *readiness
-	metrics *metrics
-	probed  atomic.Bool
+	cfg      Config
+	log      *slog.Logger
+	client   *http.Client
+	ready    *readiness
+	metrics  *metrics
+	probed   atomic.Bool
+	draining atomic.Bool
 }
+
+// Drain makes /readyz fail from now on, so load balancers stop sending new requests before
+// the server shuts down; requests that still arrive are served.
+func (g *Gateway) Drain() { g.draining.Store(true) }
 
 // New checks cfg and builds a Gateway. No server is ready until the first Probe.
 func New(cfg Config) (*Gateway, error) {
@@ -186,6 +191,9 @@ func (g *Gateway) ReadyServers(cell string) []string { return g.ready.Ready(cell
 // Ready is nil when the gateway can route: a table is loaded and every cell of the epoch in
 // force has a ready server.
 func (g *Gateway) Ready() error {
+	if g.draining.Load() {
+		return errors.New("draining for shutdown")
+	}
 	t := g.cfg.Routing.Current()
 	if t == nil {
 		return errors.New("no routing table loaded")

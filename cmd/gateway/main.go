@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 		serverCA      = fs.String("server-ca-file", "", "PEM CA bundle that signs cell servers' certificates (https cells); empty: system roots")
 		tlsCert       = fs.String("tls-cert-file", "", "PEM certificate to serve HTTPS with (with -tls-key-file); empty: plain HTTP")
 		tlsKey        = fs.String("tls-key-file", "", "PEM private key for -tls-cert-file")
+		drainDelay    = fs.Duration("drain-delay", 5*time.Second, "on shutdown, how long /readyz fails before the listener closes, so endpoints stop routing here first")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -160,6 +161,15 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	case err := <-errc:
 		return fmt.Errorf("serve %s: %w", *listen, err)
 	case <-ctx.Done():
+	}
+	gw.Drain()
+	if *drainDelay > 0 {
+		log.Info("draining before shutdown", "delay", *drainDelay)
+		select {
+		case <-time.After(*drainDelay):
+		case err := <-errc:
+			return fmt.Errorf("serve %s: %w", *listen, err)
+		}
 	}
 	// Finish requests in flight: a dropped open would leave its caller unsure whether the money
 	// moved (the cell's idempotency makes a retry safe, but a clean answer is better).

@@ -48,7 +48,7 @@ func TestGatewayBinaryServes(t *testing.T) {
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-routing-file", routingFile, "-signing-key-file", keyFile, "-probe-interval", "20ms", "-log-level", "warn"},
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-routing-file", routingFile, "-signing-key-file", keyFile, "-probe-interval", "20ms", "-log-level", "warn", "-drain-delay", "300ms"},
 			func(addr string) { addrc <- addr })
 	}()
 	var base string
@@ -76,6 +76,17 @@ func TestGatewayBinaryServes(t *testing.T) {
 		t.Fatalf("metrics: %d\n%s", r.status, r.body)
 	}
 	cancel()
+	// While draining, readiness fails but requests are still served.
+	deadline = time.Now().Add(5 * time.Second)
+	for get(t, base+"/readyz").status != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("gateway stayed ready after shutdown began")
+		}
+		time.Sleep(5 * time.Millisecond) // polling with a deadline
+	}
+	if r := get(t, fmt.Sprintf("%s/v1/packets/%d", base, id)); r.status != http.StatusOK {
+		t.Fatalf("request during drain: %d", r.status)
+	}
 	select {
 	case err := <-done:
 		if err != nil {

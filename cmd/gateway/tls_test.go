@@ -62,7 +62,7 @@ func TestTLSBothWays(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-routing-file", routingFile, "-signing-key-file", keyFile,
-			"-server-ca-file", caFile, "-tls-cert-file", certFile, "-tls-key-file", tlsKeyFile, "-probe-interval", "20ms", "-log-level", "error"},
+			"-server-ca-file", caFile, "-tls-cert-file", certFile, "-tls-key-file", tlsKeyFile, "-probe-interval", "20ms", "-log-level", "error", "-drain-delay", "0"},
 			func(addr string) { addrc <- addr })
 	}()
 	var base string
