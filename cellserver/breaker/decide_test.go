@@ -20,7 +20,9 @@ func fail(at time.Duration) step { return step{at: at, op: "fail"} }
 func ask(at time.Duration, want bool) step {
 	return step{at: at, op: "tripped?", want: want}
 }
-func state(at time.Duration, s State) step { return step{at: at, op: "state", wantSt: s, checkSt: true} }
+func state(at time.Duration, s State) step {
+	return step{at: at, op: "state", wantSt: s, checkSt: true}
+}
 
 func repeat(n int, f func(time.Duration) step, at time.Duration) []step {
 	out := make([]step, n)
