@@ -326,14 +326,14 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 	for {
 		for {
 			done, err := s.ExpireDue(ctx, 200)
+			for _, st := range done {
+				s.cfg.Log.Info("packet settled", "packet", st.PacketID, "status", st.Status.String(), "refundedCents", st.RefundedCents)
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					s.cfg.Log.Error("expiry sweep", "err", err)
 				}
 				break
-			}
-			for _, st := range done {
-				s.cfg.Log.Info("packet settled", "packet", st.PacketID, "status", st.Status.String(), "refundedCents", st.RefundedCents)
 			}
 			if len(done) < 200 {
 				break

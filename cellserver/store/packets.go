@@ -466,18 +466,26 @@ func (s *Store) ExpireDue(ctx context.Context, now time.Time, limit int) ([]Sett
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list due packets: %w", err)
 	}
+	// One failing logical table must not hold back settlement everywhere else: its packets
+	// are retried on the next sweep (and refunded once the table recovers).
 	var out []Settlement
+	var errs []error
 	for _, id := range due {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
 		st, err := s.settle(ctx, id, now)
 		s.observe(s.TableOf(id), err)
 		if err != nil {
-			return out, fmt.Errorf("settle packet %d: %w", id, err)
+			errs = append(errs, fmt.Errorf("settle packet %d: %w", id, err))
+			continue
 		}
 		if st != nil {
 			out = append(out, *st)
 		}
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 func (s *Store) settle(ctx context.Context, id int64, now time.Time) (*Settlement, error) {
