@@ -249,6 +249,18 @@ func (g *Guard) Acquire(ctx context.Context, packetID int64) (release func(), er
 	}, nil
 }
 
+// Close drops the idle memcached connections. In-flight releases still work afterwards
+// (the client re-dials), so shutdown order does not matter.
+func (g *Guard) Close() error {
+	if g.mc == nil {
+		return nil
+	}
+	if err := g.mc.Close(); err != nil {
+		return fmt.Errorf("close guard: %w", err)
+	}
+	return nil
+}
+
 // InFlight is this process's count of admitted transactions for a packet.
 func (g *Guard) InFlight(packetID int64) int {
 	s := &g.local[uint64(packetID)%uint64(len(g.local))]

@@ -23,6 +23,7 @@ func newGuard(t *testing.T, cfg guard.Config) *guard.Guard {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = g.Close() })
 	return g
 }
 
