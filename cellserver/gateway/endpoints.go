@@ -151,6 +151,10 @@ func (r *readiness) probe(ctx context.Context, table *routing.Table) {
 	}
 	wg.Wait()
 	close(results)
+	if ctx.Err() != nil {
+		// Probes cut short by shutdown say nothing about the servers: keep the last picture.
+		return
+	}
 	ready := make(map[string][]string, len(cells))
 	known := make(map[string][]string, len(cells))
 	for res := range results {

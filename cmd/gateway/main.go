@@ -129,8 +129,11 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	if err != nil {
 		return err
 	}
-	go watcher.Run(ctx)
-	go gw.Run(ctx)
+	// Routing and probing outlive the shutdown signal: requests still arrive while draining.
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+	go watcher.Run(bgCtx)
+	go gw.Run(bgCtx)
 
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
