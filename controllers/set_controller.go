@@ -469,7 +469,9 @@ func (r *SetReconciler) patchStatus(ctx context.Context, orig, set *rpv1.RedPack
 	if equalStatus(orig.Status, set.Status) {
 		return nil
 	}
-	if err := r.Client.Status().Patch(ctx, set, client.MergeFrom(orig)); err != nil {
+	// A full update rather than a merge patch: zero values (0 masked slots) must be written
+	// for the printer columns to show them.
+	if err := r.Client.Status().Update(ctx, set); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			return errors.Join(err) // requeued by the controller
 		}

@@ -137,7 +137,7 @@ type RedPacketSetStatus struct {
 
 	// ReadyCells is the number of cells whose Available condition is True.
 	// +optional
-	ReadyCells int32 `json:"readyCells,omitempty"`
+	ReadyCells int32 `json:"readyCells"`
 
 	// Selector selects the set's cells (for the scale subresource).
 	// +optional
@@ -161,7 +161,7 @@ type RedPacketSetStatus struct {
 
 	// MaskedSlotCount is the number of masked slots.
 	// +optional
-	MaskedSlotCount int32 `json:"maskedSlotCount,omitempty"`
+	MaskedSlotCount int32 `json:"maskedSlotCount"`
 }
 
 // CellSummary is a set's one-line view of a cell.
