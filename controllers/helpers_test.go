@@ -178,4 +178,3 @@ func reconcileTotal(t *testing.T) float64 {
 	}
 	return sum
 }
-

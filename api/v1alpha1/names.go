@@ -89,7 +89,9 @@ func (l PacketLimits) ExpiryOrDefault() time.Duration { return durationOr(l.Expi
 func (m MaskingPolicy) WindowOrDefault() time.Duration { return durationOr(m.Window, time.Minute) }
 
 // CoolDownOrDefault is the quiet time before a mask lifts.
-func (m MaskingPolicy) CoolDownOrDefault() time.Duration { return durationOr(m.CoolDown, 5*time.Minute) }
+func (m MaskingPolicy) CoolDownOrDefault() time.Duration {
+	return durationOr(m.CoolDown, 5*time.Minute)
+}
 
 // RebalanceDelayOrDefault is how far ahead a new routing epoch takes effect.
 func (s *RedPacketSet) RebalanceDelayOrDefault() time.Duration {
