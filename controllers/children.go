@@ -264,6 +264,8 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 			fmt.Sprintf("-batch-max=%d", t.Queue.BatchMax),
 			fmt.Sprintf("-guard-limit=%d", t.Guard.Limit),
 			"-expiry="+cell.Spec.Limits.ExpiryOrDefault().String(),
+			fmt.Sprintf("-max-total-cents=%d", cell.Spec.Limits.MaxTotalCents),
+			fmt.Sprintf("-max-count=%d", cell.Spec.Limits.MaxCount),
 			"-signing-key-file="+signingMount+"/key",
 		).
 		WithEnv(
@@ -351,6 +353,7 @@ func gatewayObjects(set *rpv1.RedPacketSet) []runtime.ApplyConfiguration {
 		WithEnv(corev1ac.EnvVar().WithName("POD_NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.namespace")))).
 		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ServerPort)).
 		WithResources(resourcesAC(g.Resources)).
+		WithLivenessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("http"))).WithPeriodSeconds(10)).
 		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("http"))).WithPeriodSeconds(2)).
 		WithVolumeMounts(
 			corev1ac.VolumeMount().WithName("routing").WithMountPath(routingMount).WithReadOnly(true),
@@ -365,6 +368,8 @@ func gatewayObjects(set *rpv1.RedPacketSet) []runtime.ApplyConfiguration {
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(labels).
 				WithSpec(corev1ac.PodSpec().
+					// Longer than the gateway's -drain-delay (5 s) plus in-flight requests.
+					WithTerminationGracePeriodSeconds(30).
 					WithTopologySpreadConstraints(corev1ac.TopologySpreadConstraint().WithMaxSkew(1).
 						WithTopologyKey(rpv1.ZoneTopologyKey).WithWhenUnsatisfiable(corev1.ScheduleAnyway).
 						WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(sel))).

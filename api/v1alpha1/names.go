@@ -41,12 +41,13 @@ func (s *RedPacketSet) RoutingConfigMapName() string { return s.Name + "-routing
 // SigningSecretName names the Secret holding the gateway→cell request signing key.
 func (s *RedPacketSet) SigningSecretName() string { return s.Name + "-signing" }
 
-// HeadroomOrDefault is the headroom in force: the spec's, or 1/len(zones).
+// HeadroomOrDefault is the headroom in force: the spec's, or 1/len(zones). One zone has no
+// zone to lose, so it holds nothing in reserve (1/1 would leave no usable capacity).
 func (s *RedPacketSet) HeadroomOrDefault() float64 {
 	if s.Spec.Headroom != nil {
 		return *s.Spec.Headroom
 	}
-	if len(s.Spec.Zones) == 0 {
+	if len(s.Spec.Zones) < 2 {
 		return 0
 	}
 	return 1 / float64(len(s.Spec.Zones))
