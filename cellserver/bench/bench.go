@@ -22,7 +22,7 @@ var ErrConflict = errors.New("optimistic open: version changed on every attempt"
 
 // OpenOptimistic opens a packet the optimistic way: read without a lock, compute the share,
 // then write under a version check, retrying up to attempts times. It writes what the real
-// path writes (receive record, two outbox rows, the packet update), so only the concurrency
+// path writes (receive record, its outbox row, the packet update), so only the concurrency
 // control differs.
 func OpenOptimistic(ctx context.Context, st *store.Store, cellSchema string, id int64, user string, attempts int) (int64, error) {
 	packets, receipts := st.Tables(id)
@@ -82,9 +82,8 @@ func writeOptimistic(ctx context.Context, db *sql.DB, packets, receipts, cell st
 		return false, err
 	}
 	pid := strconv.FormatInt(id, 10)
-	if _, err := tx.ExecContext(ctx, "INSERT INTO "+cell+".outbox (kind, idem_key, packet_id, account, amount_cents, at_ms) VALUES (?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?)",
-		int(store.OutboxCredit), "credit:"+pid+":"+user, id, user, amt, now,
-		int(store.OutboxHistoryRecv), "recv:"+pid+":"+user, id, user, amt, now); err != nil {
+	if _, err := tx.ExecContext(ctx, "INSERT INTO "+cell+".outbox (kind, idem_key, packet_id, account, amount_cents, at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+		int(store.OutboxCredit), "credit:"+pid+":"+user, id, user, amt, now); err != nil {
 		return false, err
 	}
 	return true, tx.Commit()

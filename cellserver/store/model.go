@@ -129,10 +129,10 @@ type OutboxKind int
 
 const (
 	OutboxPay         OutboxKind = 1 // sender → escrow, on payment
-	OutboxCredit      OutboxKind = 2 // escrow → user, on open
+	OutboxCredit      OutboxKind = 2 // escrow → user, on open; also the receiver's history line
 	OutboxRefund      OutboxKind = 3 // escrow → sender, at expiry
 	OutboxHistorySent OutboxKind = 4 // sender's history entry
-	OutboxHistoryRecv OutboxKind = 5 // receiver's history entry
+	OutboxHistoryRecv OutboxKind = 5 // a receiver's history line alone (not written by opens)
 )
 
 func (k OutboxKind) String() string {

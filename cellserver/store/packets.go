@@ -280,12 +280,14 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	if err := insertReceipts(ctx, tx, receipts, fresh); err != nil {
 		return nil, Packet{}, err
 	}
-	rows := make([]OutboxRow, 0, 2*len(fresh))
+	// One outbox row per open carries both of its effects, the wallet credit and the
+	// receiver's history line: the relay hands it to both consumers, each idempotent on the
+	// row's key. Measured on the hot path, a second row per open cost ~30% of group-commit
+	// throughput (docs/benchmarks.md) for no gain in safety.
+	rows := make([]OutboxRow, 0, len(fresh))
 	pid := strconv.FormatInt(id, 10)
 	for _, r := range fresh {
-		rows = append(rows,
-			OutboxRow{Kind: OutboxCredit, Key: "credit:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now},
-			OutboxRow{Kind: OutboxHistoryRecv, Key: "recv:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now})
+		rows = append(rows, OutboxRow{Kind: OutboxCredit, Key: "credit:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now})
 	}
 	if err := s.insertOutbox(ctx, tx, rows); err != nil {
 		return nil, Packet{}, err

@@ -205,8 +205,12 @@ func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) error {
 	var hs []store.HistoryItem
 	for _, row := range rows {
 		switch row.Kind {
-		case store.OutboxPay, store.OutboxCredit, store.OutboxRefund:
+		case store.OutboxPay, store.OutboxRefund:
 			ts = append(ts, Transfer{Key: row.Key, Kind: row.Kind, PacketID: row.PacketID, Account: row.Account, AmountCents: row.AmountCents, At: row.At})
+		case store.OutboxCredit:
+			// An open's one row is both the credit and the receiver's history line.
+			ts = append(ts, Transfer{Key: row.Key, Kind: row.Kind, PacketID: row.PacketID, Account: row.Account, AmountCents: row.AmountCents, At: row.At})
+			hs = append(hs, store.HistoryItem{User: row.Account, Role: store.RoleReceived, PacketID: row.PacketID, At: row.At, AmountCents: row.AmountCents})
 		case store.OutboxHistorySent:
 			hs = append(hs, store.HistoryItem{User: row.Account, Role: store.RoleSent, PacketID: row.PacketID, At: row.At, AmountCents: row.AmountCents, Count: row.Count, Group: row.Group})
 		case store.OutboxHistoryRecv:
