@@ -79,87 +79,97 @@ func BenchmarkHotOpens(b *testing.B) {
 		{"c_fifo_queue", func(ctx context.Context, id int64, u string) error { _, err := single.Open(ctx, id, u); return err }},
 		{"d_queue_group_commit", func(ctx context.Context, id int64, u string) error { _, err := grouped.Open(ctx, id, u); return err }},
 	}
-	var seq atomic.Int64
 	for _, s := range strategies {
-		b.Run(s.name, func(b *testing.B) {
-			ctx := context.Background()
-			ids := make([]int64, hot)
-			for i := range ids {
-				req := fmt.Sprintf("bench-%d", seq.Add(1))
-				total := int64(b.N+Callers) * 100
-				p, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "bencher", RequestID: req, TotalCents: total, Count: b.N + Callers, Kind: packet.KindRandom}, -1)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: req, AmountCents: total}); err != nil {
-					b.Fatal(err)
-				}
-				ids[i] = p.ID
-			}
-			var failed, ok atomic.Int64
-			var lmu sync.Mutex
-			var lat []time.Duration
-			var worker atomic.Int64
-			cpu0 := readCPU()
-			b.SetParallelism((Callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
-			b.ResetTimer()
-			start := time.Now()
-			b.RunParallel(func(pb *testing.PB) {
-				w := worker.Add(1)
-				local := make([]time.Duration, 0, 1024)
-				n := 0
-				for pb.Next() {
-					n++
-					id := ids[(int(w)+n)%hot]
-					u := "w" + strconv.FormatInt(w, 10) + "-" + strconv.Itoa(n)
-					t0 := time.Now()
-					err := s.open(ctx, id, u)
-					local = append(local, time.Since(t0))
-					if err != nil {
-						failed.Add(1)
-						if !errors.Is(err, ErrConflict) && !errors.Is(err, context.Canceled) {
-							b.Errorf("%s: %v", s.name, err)
-						}
-						continue
-					}
-					ok.Add(1)
-				}
-				lmu.Lock()
-				lat = append(lat, local...)
-				lmu.Unlock()
-			})
-			elapsed := time.Since(start)
-			b.StopTimer()
-			cpu := cpuBusy(cpu0, readCPU())
-			slices.Sort(lat)
-			var p99 time.Duration
-			if len(lat) > 0 {
-				p99 = lat[min(len(lat)-1, len(lat)*99/100)]
-			}
-			r := result{opensPerSec: float64(ok.Load()) / elapsed.Seconds(), failed: failed.Load(), p99: p99, cpu: cpu}
-			b.ReportMetric(r.opensPerSec, "opens/s")
-			b.ReportMetric(float64(r.failed), "failed")
-			b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
-			b.ReportMetric(cpu*100, "cpu%")
-			resultsMu.Lock()
-			results[s.name] = r
-			resultsMu.Unlock()
-		})
+		b.Run(s.name, func(b *testing.B) { runStrategy(b, svc, hot, s) })
 	}
 	printRatios(b)
+}
+
+var packetSeq atomic.Int64
+
+// runStrategy opens fresh hot packets b.N times from Callers goroutines and reports opens/s,
+// failed opens, p99 latency and machine CPU.
+func runStrategy(b *testing.B, svc *packet.Service, hot int, s strategy) {
+	ctx := context.Background()
+	ids := make([]int64, hot)
+	for i := range ids {
+		req := fmt.Sprintf("bench-%d", packetSeq.Add(1))
+		total := int64(b.N+Callers) * 100
+		p, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "bencher", RequestID: req, TotalCents: total, Count: b.N + Callers, Kind: packet.KindRandom}, -1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: req, AmountCents: total}); err != nil {
+			b.Fatal(err)
+		}
+		ids[i] = p.ID
+	}
+	var failed, ok atomic.Int64
+	var lmu sync.Mutex
+	var lat []time.Duration
+	var worker atomic.Int64
+	cpu0 := readCPU()
+	b.SetParallelism((Callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		w := worker.Add(1)
+		local := make([]time.Duration, 0, 1024)
+		n := 0
+		for pb.Next() {
+			n++
+			id := ids[(int(w)+n)%hot]
+			u := "w" + strconv.FormatInt(w, 10) + "-" + strconv.Itoa(n)
+			t0 := time.Now()
+			err := s.open(ctx, id, u)
+			local = append(local, time.Since(t0))
+			if err != nil {
+				failed.Add(1)
+				if !errors.Is(err, ErrConflict) {
+					b.Errorf("%s: %v", s.name, err)
+				}
+				continue
+			}
+			ok.Add(1)
+		}
+		lmu.Lock()
+		lat = append(lat, local...)
+		lmu.Unlock()
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	cpu := cpuBusy(cpu0, readCPU())
+	slices.Sort(lat)
+	var p99 time.Duration
+	if len(lat) > 0 {
+		p99 = lat[min(len(lat)-1, len(lat)*99/100)]
+	}
+	r := result{opensPerSec: float64(ok.Load()) / elapsed.Seconds(), failed: failed.Load(), p99: p99, cpu: cpu}
+	b.ReportMetric(r.opensPerSec, "opens/s")
+	b.ReportMetric(float64(r.failed), "failed")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+	b.ReportMetric(cpu*100, "cpu%")
+	resultsMu.Lock()
+	results[s.name] = r
+	resultsMu.Unlock()
 }
 
 func printRatios(b *testing.B) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
-	base, ok := results["a_naive_for_update"]
+	printTable("hot-packet opens in process", []string{"a_naive_for_update", "b_optimistic_5_retries", "c_fifo_queue", "d_queue_group_commit"})
+}
+
+// printTable prints results of names with their ratio to the first.
+func printTable(title string, names []string) {
+	base, ok := results[names[0]]
 	if !ok || base.opensPerSec == 0 {
 		return
 	}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\nhot-packet opens, %d callers, GOMAXPROCS=%d\n", Callers, runtime.GOMAXPROCS(0))
-	fmt.Fprintf(&sb, "%-26s %12s %8s %10s %6s %8s\n", "strategy", "opens/s", "failed", "p99", "cpu%", "× naive")
-	for _, name := range []string{"a_naive_for_update", "b_optimistic_5_retries", "c_fifo_queue", "d_queue_group_commit"} {
+	fmt.Fprintf(&sb, "\n%s, %d callers, GOMAXPROCS=%d\n", title, Callers, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(&sb, "%-26s %12s %8s %10s %6s %8s\n", "strategy", "opens/s", "failed", "p99", "cpu%", "× first")
+	for _, name := range names {
 		r, ok := results[name]
 		if !ok {
 			continue
