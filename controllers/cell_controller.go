@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 )
@@ -28,6 +30,12 @@ type CellReconciler struct {
 	Client   client.Client
 	Scheme   *runtime.Scheme
 	Recorder events.EventRecorder
+	// OpenDB opens a cell's database for masking; nil dials the cell's MySQL Service.
+	OpenDB CellDBOpener
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+
+	dbs cellDBs
 }
 
 // +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch;update;patch
@@ -39,6 +47,10 @@ type CellReconciler struct {
 
 // SetupWithManager registers the reconciler and the children it owns.
 func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.dbs.open = r.OpenDB
+	if r.Now == nil {
+		r.Now = time.Now
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&rpv1.RedPacketCell{}).
 		Owns(&appsv1.StatefulSet{}).
@@ -89,13 +101,23 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		return ctrl.Result{}, fmt.Errorf("observe cell %s: %w", req.NamespacedName, err)
 	}
 	decideCellStatus(cell, obs)
+	var result ctrl.Result
+	if meta.IsStatusConditionTrue(cell.Status.Conditions, rpv1.CellDatabaseReady) {
+		// Masking needs the database; its failure must not stop provisioning, so it is
+		// reported and retried on the next poll.
+		if err := r.reconcileMasks(ctx, cell, r.Now()); err != nil {
+			log.FromContext(ctx).Error(err, "masking", "cell", cell.Name)
+			EventMaskingFailed.emit(r.Recorder, cell, err)
+		}
+		result.RequeueAfter = maskPollInterval
+	}
 	if equalStatus(orig.Status, cell.Status) {
-		return ctrl.Result{}, nil
+		return result, nil
 	}
-	if err := r.Client.Status().Patch(ctx, cell, client.MergeFrom(orig)); err != nil {
-		return ctrl.Result{}, fmt.Errorf("patch status of cell %s: %w", req.NamespacedName, err)
+	if err := r.Client.Status().Update(ctx, cell); err != nil {
+		return ctrl.Result{}, fmt.Errorf("update status of cell %s: %w", req.NamespacedName, err)
 	}
-	return ctrl.Result{}, nil
+	return result, nil
 }
 
 // ensureCredentials creates the cell's database credentials once. They are never logged and

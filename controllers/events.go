@@ -26,7 +26,10 @@ var (
 	EventInvalidSpec         = event{corev1.EventTypeWarning, "InvalidSpec", "Plan", "%s"}
 	EventSecretGenerated     = event{corev1.EventTypeNormal, "SecretGenerated", "Create", "generated secret %s"}
 	EventZoneTolerance       = event{corev1.EventTypeWarning, "ZoneFailureIntolerant", "Plan", "%s"}
-	EventCellChildrenApplied = event{corev1.EventTypeNormal, "CellProvisioned", "Apply", "applied %s"}
+	EventSlotsMasked         = event{corev1.EventTypeWarning, "SlotsMasked", "Mask", "masked the slots of logical table %s: its errors passed the threshold"}
+	EventSlotsUnmasked       = event{corev1.EventTypeNormal, "SlotsUnmasked", "Unmask", "lifted the mask of logical table %s after a quiet cool-down"}
+	EventMaskBudgetExhausted = event{corev1.EventTypeWarning, "MaskBudgetExhausted", "Mask", "mask budget of %d slots spent; tables left unmasked: %s"}
+	EventMaskingFailed       = event{corev1.EventTypeWarning, "MaskingFailed", "Mask", "cannot read or write the cell's control schema: %v"}
 )
 
 // emit records the event on obj; a nil recorder (unit tests) drops it.

@@ -61,7 +61,7 @@ func decideRouting(set *rpv1.RedPacketSet, published *routing.Table, cells []str
 		d.Scheduled = &t.Epochs[len(t.Epochs)-1]
 	}
 
-	keep := time.Duration(set.Spec.Limits.ExpiryOrDefault()) + settleWindow
+	keep := set.Spec.Limits.ExpiryOrDefault() + settleWindow
 	for len(t.Epochs) > 1 {
 		succ := t.Epochs[1]
 		if now.Before(succ.EffectiveTime.Add(keep)) {

@@ -102,6 +102,7 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	for i, c := range p.Cells {
 		names[i] = c.Name
 	}
+	set.Status.MaskedSlots = collectMasks(obs.cells)
 	d := decideRouting(set, obs.published, names, masksFromStatus(set.Status.MaskedSlots), now)
 
 	phases := []struct {
@@ -319,6 +320,7 @@ func desiredCell(set *rpv1.RedPacketSet, name string, index int32, slots []rpv1.
 			Servers:        total,
 			Template:       set.Spec.Template,
 			Limits:         set.Spec.Limits,
+			Masking:        set.Spec.Masking,
 			Draining:       len(slots) == 0,
 		},
 	}
@@ -448,16 +450,30 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routin
 		cond(rpv1.SetRebalancing, false, rpv1.ReasonStable, fmt.Sprintf("routing epoch %d in force", latest.Number))
 	}
 
+	// The budget is a fraction of each cell's slots (cells decide their masks on their own),
+	// so it is spent when any cell has reached its share.
 	st.MaskedSlotCount = 0
+	maskedPerCell := map[string]int32{}
 	for _, m := range st.MaskedSlots {
 		st.MaskedSlotCount += m.End - m.Start + 1
+		maskedPerCell[m.Cell] += m.End - m.Start + 1
 	}
-	budget := int32(set.Spec.Masking.MaxMaskedPercent) * set.Spec.SlotCount / 100
+	var spent []string
+	for cell, n := range maskedPerCell {
+		owned := int32(0)
+		for _, r := range cellSlots(latest, cell) {
+			owned += r.End - r.Start + 1
+		}
+		if n >= set.Spec.Masking.MaxMaskedPercent*owned/100 {
+			spent = append(spent, cell)
+		}
+	}
+	slices.Sort(spent)
 	switch {
 	case st.MaskedSlotCount == 0:
 		cond(rpv1.SetSlotsMasked, false, rpv1.ReasonNoMasks, "no slot is masked")
-	case st.MaskedSlotCount >= budget:
-		cond(rpv1.SetSlotsMasked, true, rpv1.ReasonMaskBudgetExhausted, fmt.Sprintf("%d slots masked, budget %d: no further masks", st.MaskedSlotCount, budget))
+	case len(spent) > 0:
+		cond(rpv1.SetSlotsMasked, true, rpv1.ReasonMaskBudgetExhausted, fmt.Sprintf("%d slots masked; mask budget (%d%% of a cell's slots) spent in %s: no further masks there", st.MaskedSlotCount, set.Spec.Masking.MaxMaskedPercent, strings.Join(spent, ", ")))
 	default:
 		cond(rpv1.SetSlotsMasked, true, rpv1.ReasonMasksActive, fmt.Sprintf("%d slots masked", st.MaskedSlotCount))
 	}
@@ -478,4 +494,15 @@ func (r *SetReconciler) patchStatus(ctx context.Context, orig, set *rpv1.RedPack
 		return fmt.Errorf("patch status of set %s: %w", set.Name, err)
 	}
 	return nil
+}
+
+// collectMasks gathers the masks every cell reports, in slot order: the set's view of what the
+// gateways must not create packets in.
+func collectMasks(cells map[string]*rpv1.RedPacketCell) []rpv1.MaskedSlotRange {
+	var out []rpv1.MaskedSlotRange
+	for _, c := range cells {
+		out = append(out, c.Status.MaskedSlots...)
+	}
+	slices.SortFunc(out, func(a, b rpv1.MaskedSlotRange) int { return int(a.Start - b.Start) })
+	return out
 }

@@ -46,7 +46,7 @@ func eventually(t *testing.T, what string, cond func() error) {
 }
 
 // startManager runs the operator's controllers against env until the returned stop is called.
-func startManager(t *testing.T, env *envtestutil.Env) (stop func()) {
+func startManager(t *testing.T, env *envtestutil.Env, opts ...controllers.Options) (stop func()) {
 	t.Helper()
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
@@ -60,7 +60,7 @@ func startManager(t *testing.T, env *envtestutil.Env) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(mgr); err != nil {
+	if err := controllers.Setup(mgr, opts...); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

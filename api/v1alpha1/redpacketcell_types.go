@@ -59,6 +59,11 @@ type RedPacketCellSpec struct {
 	// +optional
 	Limits PacketLimits `json:"limits,omitempty"`
 
+	// Masking is the set's masking policy, applied to this cell's logical tables.
+	// +kubebuilder:default={}
+	// +optional
+	Masking MaskingPolicy `json:"masking,omitempty"`
+
 	// Draining is true when the cell owns no slot in the current epoch.
 	// +optional
 	Draining bool `json:"draining,omitempty"`

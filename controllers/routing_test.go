@@ -1,0 +1,127 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/routing"
+)
+
+func testSet() *rpv1.RedPacketSet {
+	return &rpv1.RedPacketSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "s"},
+		Spec: rpv1.RedPacketSetSpec{
+			SlotCount:      1000,
+			RebalanceDelay: &metav1.Duration{Duration: 2 * time.Minute},
+			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: 24 * time.Hour}},
+		},
+	}
+}
+
+func TestDecideRouting(t *testing.T) {
+	now := time.Date(2026, 2, 17, 20, 0, 0, 0, time.UTC)
+	set := testSet()
+	two := []string{"s-cell-0", "s-cell-1"}
+	three := []string{"s-cell-0", "s-cell-1", "s-cell-2"}
+
+	first := decideRouting(set, nil, two, nil, now)
+	if len(first.Table.Epochs) != 1 || !first.Table.Epochs[0].EffectiveTime.Equal(ids.Epoch) || first.Scheduled != nil {
+		t.Fatalf("a new set must start with one epoch from the ID clock's zero: %+v", first.Table.Epochs)
+	}
+	if err := first.Table.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	same := decideRouting(set, first.Table, two, nil, now)
+	if same.Scheduled != nil || len(same.Table.Epochs) != 1 {
+		t.Fatalf("unchanged cells scheduled an epoch: %+v", same.Table.Epochs)
+	}
+
+	out := decideRouting(set, first.Table, three, nil, now)
+	if out.Scheduled == nil || out.Scheduled.Number != 2 || len(out.Table.Epochs) != 2 {
+		t.Fatalf("scale-out did not schedule epoch 2: %+v", out.Table.Epochs)
+	}
+	if want := now.Add(2*time.Minute + time.Second); !out.Scheduled.EffectiveTime.Equal(want) {
+		t.Fatalf("epoch 2 effective %s, want %s (rebalance delay ahead, whole second)", out.Scheduled.EffectiveTime, want)
+	}
+	if out.Moved != 333 {
+		t.Fatalf("moved %d slots; the new cell's share is 333", out.Moved)
+	}
+	if !out.RequeueAt.Equal(out.Scheduled.EffectiveTime) {
+		t.Fatalf("requeue at %s, want the effective time", out.RequeueAt)
+	}
+
+	// Scaling again before epoch 2 took effect re-plans it instead of stacking epoch 3.
+	replan := decideRouting(set, out.Table, two, nil, now.Add(time.Minute))
+	if len(replan.Table.Epochs) != 2 || replan.Table.Epochs[1].Number != 2 || len(replan.Table.Epochs[1].Cells()) != 2 {
+		t.Fatalf("pending epoch not re-planned: %+v", replan.Table.Epochs)
+	}
+
+	// Epoch 1 is kept while packets created under it can be unsettled, then pruned.
+	eff := out.Scheduled.EffectiveTime
+	kept := decideRouting(set, out.Table, three, nil, eff.Add(24*time.Hour))
+	if len(kept.Table.Epochs) != 2 || len(kept.Pruned) != 0 {
+		t.Fatalf("epoch 1 pruned before expiry + settle window: %+v", kept.Pruned)
+	}
+	pruned := decideRouting(set, out.Table, three, nil, eff.Add(25*time.Hour+time.Second))
+	if len(pruned.Table.Epochs) != 1 || len(pruned.Pruned) != 1 || pruned.Pruned[0] != 1 {
+		t.Fatalf("epoch 1 not pruned after expiry + settle window: %+v", pruned.Table.Epochs)
+	}
+
+	masked := decideRouting(set, first.Table, two, []routing.MaskedRange{{Start: 73, End: 73, Reason: "r", Since: now}}, now)
+	if !masked.Table.IsMasked(73) || masked.Table.IsMasked(74) {
+		t.Fatalf("masks not carried into the table: %+v", masked.Table.Masked)
+	}
+}
+
+func TestDecideCellStatus(t *testing.T) {
+	base := func() *rpv1.RedPacketCell {
+		return &rpv1.RedPacketCell{ObjectMeta: metav1.ObjectMeta{Name: "s-cell-0", Generation: 3}, Spec: rpv1.RedPacketCellSpec{Servers: 6}}
+	}
+	cases := []struct {
+		name      string
+		obs       cellObservation
+		available metav1.ConditionStatus
+		reason    string
+	}{
+		{"nothing yet", cellObservation{}, metav1.ConditionFalse, rpv1.ReasonDependenciesNotReady},
+		{"database not ready", cellObservation{mysql: sts(0), servers: dep(6, 6)}, metav1.ConditionFalse, rpv1.ReasonDatabaseNotReady},
+		{"servers short", cellObservation{mysql: sts(1), servers: dep(6, 4)}, metav1.ConditionFalse, rpv1.ReasonServersNotReady},
+		{"all ready", cellObservation{mysql: sts(1), servers: dep(6, 6)}, metav1.ConditionTrue, rpv1.ReasonReady},
+	}
+	for _, tc := range cases {
+		c := base()
+		decideCellStatus(c, tc.obs)
+		for _, typ := range []string{rpv1.CellAvailable, rpv1.CellDatabaseReady, rpv1.CellCacheReady, rpv1.CellServersReady} {
+			if cond := findCond(c.Status.Conditions, typ); cond == nil || cond.Reason == "" || cond.ObservedGeneration != 3 {
+				t.Fatalf("%s: condition %s missing, without reason or generation", tc.name, typ)
+			}
+		}
+		got := findCond(c.Status.Conditions, rpv1.CellAvailable)
+		if got.Status != tc.available || got.Reason != tc.reason {
+			t.Errorf("%s: Available %s/%s, want %s/%s", tc.name, got.Status, got.Reason, tc.available, tc.reason)
+		}
+	}
+}
+
+func findCond(conds []metav1.Condition, typ string) *metav1.Condition {
+	for i := range conds {
+		if conds[i].Type == typ {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+func sts(ready int32) *appsv1.StatefulSet {
+	return &appsv1.StatefulSet{Status: appsv1.StatefulSetStatus{ReadyReplicas: ready, Replicas: 1}}
+}
+
+func dep(replicas, ready int32) *appsv1.Deployment {
+	return &appsv1.Deployment{Status: appsv1.DeploymentStatus{Replicas: replicas, ReadyReplicas: ready}}
+}
