@@ -34,6 +34,8 @@ type CellReconciler struct {
 	OpenDB CellDBOpener
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// MaskPoll is how often a ready cell's error counts are read (0: 10 s).
+	MaskPoll time.Duration
 
 	dbs cellDBs
 }
@@ -50,6 +52,9 @@ func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.dbs.open = r.OpenDB
 	if r.Now == nil {
 		r.Now = time.Now
+	}
+	if r.MaskPoll <= 0 {
+		r.MaskPoll = defaultMaskPoll
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&rpv1.RedPacketCell{}).
@@ -109,7 +114,7 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 			log.FromContext(ctx).Error(err, "masking", "cell", cell.Name)
 			EventMaskingFailed.emit(r.Recorder, cell, err)
 		}
-		result.RequeueAfter = maskPollInterval
+		result.RequeueAfter = r.MaskPoll
 	}
 	if equalStatus(orig.Status, cell.Status) {
 		return result, nil

@@ -19,8 +19,8 @@ import (
 	"github.com/redpacketset/redpacket/controllers/masking"
 )
 
-// maskPollInterval is how often a ready cell's error counts are read.
-const maskPollInterval = 10 * time.Second
+// defaultMaskPoll is how often a ready cell's error counts are read.
+const defaultMaskPoll = 10 * time.Second
 
 // maxTableErrorsInStatus bounds the per-table error summary in a cell's status.
 const maxTableErrorsInStatus = 20

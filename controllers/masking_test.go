@@ -49,7 +49,7 @@ func TestMasking(t *testing.T) {
 		}
 		return db, nil
 	}
-	startManager(t, env, controllers.Options{OpenCellDB: open})
+	startManager(t, env, controllers.Options{OpenCellDB: open, MaskPoll: 300 * time.Millisecond})
 
 	set := &rpv1.RedPacketSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "masked", Namespace: "default"},
@@ -59,8 +59,9 @@ func TestMasking(t *testing.T) {
 			Capacity: rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
 			Masking: rpv1.MaskingPolicy{
 				ErrorThreshold: 5,
-				Window:         &metav1.Duration{Duration: 2 * time.Second},
-				CoolDown:       &metav1.Duration{Duration: 2 * time.Second},
+				// Long enough that a loaded machine still reads the counts inside the window.
+				Window:   &metav1.Duration{Duration: 8 * time.Second},
+				CoolDown: &metav1.Duration{Duration: time.Second},
 				// 1% of a cell's 500 slots: at most 5 masked slots per cell.
 				MaxMaskedPercent: 1,
 			},

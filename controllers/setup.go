@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 )
@@ -10,6 +11,8 @@ import (
 type Options struct {
 	// OpenCellDB opens a cell's database (nil: dial the cell's MySQL Service).
 	OpenCellDB CellDBOpener
+	// MaskPoll is how often a ready cell's error counts are read (0: 10 s).
+	MaskPoll time.Duration
 }
 
 // Setup registers both reconcilers with a manager.
@@ -22,7 +25,7 @@ func Setup(mgr ctrl.Manager, opts ...Options) error {
 	if err := set.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up redpacketset controller: %w", err)
 	}
-	cell := &CellReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketcell-controller"), OpenDB: o.OpenCellDB}
+	cell := &CellReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketcell-controller"), OpenDB: o.OpenCellDB, MaskPoll: o.MaskPoll}
 	if err := cell.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up redpacketcell controller: %w", err)
 	}
