@@ -40,12 +40,11 @@ type CellReconciler struct {
 	dbs cellDBs
 }
 
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch
 // +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=statefulsets;deployments,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=services;configmaps;secrets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=statefulsets;deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=services;configmaps;secrets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
 
 // SetupWithManager registers the reconciler and the children it owns.
 func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {

@@ -43,12 +43,17 @@ type SetReconciler struct {
 	Now func() time.Time
 }
 
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets,verbs=get;list;watch;update;patch
+// Least privilege: children are written by server-side apply (patch) or created once (secrets),
+// and deleted only by the garbage collector through owner references, except cells, which the
+// set deletes itself once no routing epoch names them.
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets/finalizers,verbs=update
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=configmaps;secrets;services,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// blockOwnerDeletion on children needs update on the owner's finalizers where the
+// OwnerReferencesPermissionEnforcement admission plugin runs.
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets/finalizers;redpacketcells/finalizers,verbs=update
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps;secrets;services,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // SetupWithManager registers the reconciler; it watches its cells and owned children.
