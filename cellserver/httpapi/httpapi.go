@@ -203,6 +203,8 @@ func (a *API) translate(err error) *apiError {
 		return &apiError{status: http.StatusBadRequest, code: "invalid_input", msg: fe.Message, field: fe.Field}
 	case errors.Is(err, packet.ErrNotFound):
 		return &apiError{status: http.StatusNotFound, code: "not_found", msg: err.Error(), field: "id"}
+	case errors.Is(err, packet.ErrWrongCell):
+		return &apiError{status: http.StatusMisdirectedRequest, code: "wrong_cell", msg: err.Error(), field: "id"}
 	case errors.Is(err, packet.ErrNotPaid):
 		return conflict("not_paid", "")
 	case errors.Is(err, packet.ErrExpired):

@@ -42,6 +42,9 @@ var (
 	ErrIdempotencyClash = store.ErrIdempotencyClash
 	ErrPaymentReused    = store.ErrPaymentReused
 	ErrCancelled        = store.ErrCancelled
+	// ErrWrongCell: the packet belongs to another cell (its slot's owner at its creation
+	// time, DESIGN.md §4.4); the gateway routed with a stale table.
+	ErrWrongCell = errors.New("packet belongs to another cell")
 	// ErrSlotUnavailable: the cell cannot issue an ID in the requested slot (not owned now,
 	// masked, or its table's breaker is open).
 	ErrSlotUnavailable = errors.New("slot unavailable in this cell")
@@ -73,6 +76,10 @@ type Config struct {
 	Log    *slog.Logger
 	// Region is this cell's region; IDs of other regions are not found here.
 	Region int
+	// Owns reports whether this cell owns a packet (the owner of its slot at its creation
+	// second); nil means every packet of the region. It returns an error wrapping
+	// ErrWrongCell when not.
+	Owns func(id int64) error
 }
 
 // Service runs the packet lifecycle. It is safe for concurrent use; callers serialise opens
@@ -347,10 +354,15 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// known refuses IDs no allocator of this region could have issued, before any DB work.
+// known refuses, before any DB work, IDs no allocator of this region could have issued and
+// packets another cell owns: answering those here would split a packet's requests over two
+// databases.
 func (s *Service) known(id int64) error {
 	if id <= 0 || ids.Region(id) != s.cfg.Region {
 		return fmt.Errorf("packet %d: %w", id, ErrNotFound)
+	}
+	if s.cfg.Owns != nil {
+		return s.cfg.Owns(id)
 	}
 	return nil
 }

@@ -196,7 +196,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	defer closeGuard()
 	limits := packet.DefaultLimits
 	limits.MaxTotalCents, limits.MaxCount = cfg.MaxTotalCents, cfg.MaxCount
-	svc := packet.New(st, alloc, packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region})
+	pcfg := packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region}
+	if watcher != nil {
+		pcfg.Owns = func(id int64) error { return owns(watcher.Current(), cfg.Cell, id) }
+	}
+	svc := packet.New(st, alloc, pcfg)
 	q, err := queue.New(svc, queue.Config{Workers: cfg.QueueWorkers, Depth: cfg.QueueDepth, BatchMax: cfg.BatchMax, Guard: g, Registerer: reg})
 	if err != nil {
 		return err
@@ -287,6 +291,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		log.Warn("publish error counts", "err", err)
 	}
 	log.Info("drained")
+	return nil
+}
+
+// owns checks DESIGN.md §4.4: this cell answers only for packets whose slot it owned at the
+// packet's creation second.
+func owns(t *routing.Table, cell string, id int64) error {
+	owner, _, err := t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+	if err != nil {
+		return fmt.Errorf("packet %d: %w: %v", id, packet.ErrWrongCell, err)
+	}
+	if owner != cell {
+		return fmt.Errorf("packet %d belongs to cell %s: %w", id, owner, packet.ErrWrongCell)
+	}
 	return nil
 }
 

@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/signing"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
@@ -114,6 +116,82 @@ func TestServeAndDrain(t *testing.T) {
 	if backlog != 0 || receipts != 50 {
 		t.Fatalf("after drain: %d undelivered outbox rows, %d credits; want 0 and 50", backlog, receipts)
 	}
+	for _, s := range []string{cfg.CellSchema, cfg.ControlSchema, cfg.WalletSchema, cfg.ShardDBPrefix + "00", cfg.ShardDBPrefix + "01"} {
+		_, _ = db.Exec("DROP DATABASE IF EXISTS " + s)
+	}
+}
+
+// TestAnswersOnlyForOwnedPackets checks DESIGN.md §4.4 and §4.5 on the real wiring: with a
+// routing file giving slots 500–999 to another cell, this cell issues no ID there and refuses
+// requests for packets created there.
+func TestAnswersOnlyForOwnedPackets(t *testing.T) {
+	m := testenv.SharedMariaDB(t)
+	cfg := testConfig(t, m)
+	routingJSON := `{"set":"s","slotCount":1000,"epochs":[{"number":1,"effectiveTime":"2024-01-01T00:00:00Z",
+	  "ranges":[{"start":0,"end":499,"cell":"cell-0"},{"start":500,"end":999,"cell":"cell-1"}]}],"masked":[]}`
+	path := t.TempDir() + "/routing.json"
+	if err := os.WriteFile(path, []byte(routingJSON), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.RoutingFile = path
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.Default(), ready) }()
+	var base string
+	select {
+	case addr := <-ready:
+		base = "http://" + addr
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("server did not start")
+	}
+	wrap := func(slot string) (int, map[string]any) {
+		j, _ := json.Marshal(map[string]any{"sender": "a", "requestId": "r" + slot, "totalCents": 100, "count": 1, "kind": "fixed"})
+		req, _ := http.NewRequest("POST", base+"/v1/packets", bytes.NewReader(j))
+		if slot != "" {
+			req.Header.Set("X-Redpacket-Slot", slot)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	if code, body := wrap("700"); code != 409 || body["code"] != "slot_unavailable" {
+		t.Fatalf("wrap in another cell's slot: %d %v", code, body)
+	}
+	for i := 0; i < 20; i++ {
+		code, body := wrap(fmt.Sprint(i * 7))
+		if code != 201 {
+			t.Fatalf("wrap: %d %v", code, body)
+		}
+		id, _ := strconv.ParseInt(body["packetId"].(string), 10, 64)
+		if id%1000 >= 500 {
+			t.Fatalf("issued %d in a slot of cell-1", id)
+		}
+	}
+	if code, body := wrap(""); code != 201 || body["packetId"].(string) == "" {
+		t.Fatalf("wrap without slot: %d %v", code, body)
+	}
+	foreign, err := ids.Compose(ids.Parts{Created: time.Now(), Worker: 1, Slot: 700})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := post(t, http.DefaultClient, base+"/v1/packets/"+strconv.FormatInt(foreign, 10)+"/open", map[string]any{"user": "u"})
+	if code != http.StatusMisdirectedRequest || body["code"] != "wrong_cell" {
+		t.Fatalf("open of another cell's packet: %d %v", code, body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	db := m.OpenDB(t, "")
 	for _, s := range []string{cfg.CellSchema, cfg.ControlSchema, cfg.WalletSchema, cfg.ShardDBPrefix + "00", cfg.ShardDBPrefix + "01"} {
 		_, _ = db.Exec("DROP DATABASE IF EXISTS " + s)
 	}
