@@ -7,27 +7,49 @@ import (
 	"time"
 )
 
-// PendingOutbox returns up to limit undelivered outbox rows whose next attempt is due,
-// oldest first.
-func (s *Store) PendingOutbox(ctx context.Context, now time.Time, limit int) ([]OutboxRow, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT id, kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms, attempts FROM "+
-		s.cellTable("outbox")+" WHERE delivered = 0 AND next_ms <= ? ORDER BY id LIMIT ?", ms(now), limit)
+// ClaimOutbox claims up to limit undelivered outbox rows whose next attempt is due, oldest
+// first, for claimFor: their next attempt moves to now+claimFor, so the other servers of the
+// cell (every server runs a relay) skip them, and a relay that dies mid-delivery only delays
+// them. SKIP LOCKED lets concurrent relays claim disjoint rows without waiting on each other.
+func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, limit int, claimFor time.Duration) ([]OutboxRow, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
+		return nil, fmt.Errorf("claim outbox: %w", err)
 	}
-	defer rows.Close()
+	defer rollback(tx)
+	rows, err := tx.QueryContext(ctx, "SELECT id, kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms, attempts FROM "+
+		s.cellTable("outbox")+" WHERE delivered = 0 AND next_ms <= ? ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED", ms(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox: %w", err)
+	}
 	var out []OutboxRow
 	for rows.Next() {
 		var r OutboxRow
 		var kind int
 		var at int64
 		if err := rows.Scan(&r.ID, &kind, &r.Key, &r.PacketID, &r.Account, &r.AmountCents, &r.Count, &r.Group, &at, &r.Attempts); err != nil {
-			return nil, fmt.Errorf("read outbox: %w", err)
+			rows.Close()
+			return nil, fmt.Errorf("claim outbox: %w", err)
 		}
 		r.Kind, r.At = OutboxKind(kind), fromMS(at)
 		out = append(out, r)
 	}
-	return out, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil || len(out) == 0 {
+		return nil, err
+	}
+	args := make([]any, 0, len(out)+1)
+	args = append(args, ms(now.Add(claimFor)))
+	for _, r := range out {
+		args = append(args, r.ID)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE "+s.cellTable("outbox")+" SET next_ms = ? WHERE id IN (?"+strings.Repeat(",?", len(out)-1)+")", args...); err != nil {
+		return nil, fmt.Errorf("claim outbox: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("claim outbox: %w", err)
+	}
+	return out, nil
 }
 
 // MarkDelivered records that the consumer acknowledged these rows.

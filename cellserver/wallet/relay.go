@@ -48,6 +48,9 @@ type RelayConfig struct {
 	Batch       int           // rows per pass; default 500
 	BaseBackoff time.Duration // first retry delay; default 500ms
 	MaxBackoff  time.Duration // default 1m
+	// ClaimFor is how long claimed rows are hidden from the cell's other relays while this
+	// one delivers them (default 30s); a relay that dies mid-batch delays them by this much.
+	ClaimFor time.Duration
 	Now         func() time.Time
 	Log         *slog.Logger
 	Registerer  prometheus.Registerer
@@ -76,6 +79,9 @@ func NewRelay(st *store.Store, w Wallet, h History, cfg RelayConfig) (*Relay, er
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = time.Minute
+	}
+	if cfg.ClaimFor <= 0 {
+		cfg.ClaimFor = 30 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -131,8 +137,8 @@ func (r *Relay) Run(ctx context.Context) {
 	}
 }
 
-// Drain relays until no due row is left or ctx ends; rows waiting out a backoff are retried
-// as soon as they are due. Shutdown and tests use it.
+// Drain relays until no undelivered row is left or ctx ends; rows waiting out a backoff (or
+// claimed by another relay) are taken as soon as they are due. Shutdown and tests use it.
 func (r *Relay) Drain(ctx context.Context) error {
 	for {
 		if _, err := r.Pass(ctx); err != nil {
@@ -157,7 +163,7 @@ func (r *Relay) Drain(ctx context.Context) error {
 // each consumer in one call; when that fails, rows are retried one by one so a single bad
 // row backs off alone instead of holding the others back.
 func (r *Relay) Pass(ctx context.Context) (int, error) {
-	rows, err := r.st.PendingOutbox(ctx, r.cfg.Now(), r.cfg.Batch)
+	rows, err := r.st.ClaimOutbox(ctx, r.cfg.Now(), r.cfg.Batch, r.cfg.ClaimFor)
 	if err != nil || len(rows) == 0 {
 		return 0, err
 	}

@@ -119,7 +119,7 @@ func TestRelayAndAuditEndToEnd(t *testing.T) {
 		t.Fatalf("audit: %+v", rep)
 	}
 	// Redelivery after a crash between apply and ack changes nothing.
-	if _, err := f.st.DB().Exec("UPDATE " + cellOf(f) + ".outbox SET delivered = 0"); err != nil {
+	if _, err := f.st.DB().Exec("UPDATE " + cellOf(f) + ".outbox SET delivered = 0, next_ms = 0"); err != nil {
 		t.Fatal(err)
 	}
 	if err := relay.Drain(dctx); err != nil {
@@ -165,3 +165,61 @@ func TestLedgerIdempotentAndConflicting(t *testing.T) {
 
 func cellOf(f *fixture) string   { return f.prefix + "_cell" }
 func walletOf(f *fixture) string { return f.prefix + "_wallet" }
+
+// TestConcurrentRelaysDeliverOnce runs three relays (three servers of one cell) on the same
+// outbox; every effect must land exactly once.
+func TestConcurrentRelaysDeliverOnce(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	for i := 0; i < 6; i++ {
+		p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: fmt.Sprintf("r%d", i), TotalCents: 600, Count: 6, Kind: packet.KindRandom}, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: fmt.Sprintf("t%d", i), AmountCents: 600}); err != nil {
+			t.Fatal(err)
+		}
+		for u := 0; u < 4; u++ {
+			if _, err := f.svc.Open(ctx, p.ID, fmt.Sprintf("u%d", u)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f.clock.Advance(time.Hour)
+	if _, err := f.svc.ExpireDue(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		relay, err := wallet.NewRelay(f.st, f.ledger, f.st, wallet.RelayConfig{Interval: 5 * time.Millisecond, Batch: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := relay.Drain(dctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	var transfers int
+	if err := f.st.DB().QueryRow("SELECT COUNT(*) FROM " + walletOf(f) + ".transfers").Scan(&transfers); err != nil {
+		t.Fatal(err)
+	}
+	// 6 pays + 24 credits + 6 refunds of the 2 unopened shares.
+	if transfers != 36 {
+		t.Fatalf("%d transfers, want 36", transfers)
+	}
+	rep, err := wallet.Audit(ctx, f.st, f.ledger, f.clock.Now().Add(-2*time.Hour), f.clock.Now())
+	if err != nil || !rep.OK() || rep.Packets != 6 || rep.Receipts != 24 {
+		t.Fatalf("audit: %+v %v", rep, err)
+	}
+	items, _, err := f.svc.History(ctx, "u1", packet.RoleReceived, packet.Cursor{}, 100)
+	if err != nil || len(items) != 6 {
+		t.Fatalf("received history of u1: %d items, %v", len(items), err)
+	}
+}
