@@ -273,3 +273,86 @@ func TestConcurrentOpensOneHotPacket(t *testing.T) {
 		t.Fatalf("%d opened, %d exhausted, sum %d; want 100, 200, 10000", len(got), exhausted, sum)
 	}
 }
+
+// TestConcurrentRetriesAreIdempotent fires the same wrap, the same payment notice and the
+// same user's open many times at once, as client retries after timeouts do.
+func TestConcurrentRetriesAreIdempotent(t *testing.T) {
+	svc, env, _ := newService(t)
+	ctx := context.Background()
+	req := packet.WrapRequest{Sender: "rita", RequestID: "same", TotalCents: 5000, Count: 5, Kind: packet.KindRandom}
+	const n = 20
+	var wg sync.WaitGroup
+	wrapped := make([]int64, n)
+	created := make([]bool, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			p, c, err := svc.Wrap(ctx, req, -1)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			wrapped[i], created[i] = p.ID, c
+		}(i)
+	}
+	wg.Wait()
+	nCreated := 0
+	for i := range wrapped {
+		if wrapped[i] != wrapped[0] {
+			t.Fatalf("retries of one wrap gave packets %d and %d", wrapped[0], wrapped[i])
+		}
+		if created[i] {
+			nCreated++
+		}
+	}
+	if nCreated != 1 {
+		t.Fatalf("%d wraps reported created, want 1", nCreated)
+	}
+	id := wrapped[0]
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := svc.Pay(ctx, id, packet.PayRequest{PaymentTxnID: "pay-same", AmountCents: 5000}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	amounts := make([]int64, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			o, err := svc.Open(ctx, id, "olga")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			amounts[i] = o.AmountCents
+		}(i)
+	}
+	wg.Wait()
+	for _, a := range amounts {
+		if a != amounts[0] || a < 1 {
+			t.Fatalf("retries of one open gave amounts %v", amounts)
+		}
+	}
+	var packets, payments, receipts, outbox int
+	pt, rt := env.Store.Tables(id)
+	for q, dst := range map[string]*int{
+		"SELECT COUNT(*) FROM " + pt + " WHERE sender = 'rita'":                                     &packets,
+		"SELECT COUNT(*) FROM " + env.Prefix + "_cell.payments WHERE packet_id = " + fmt.Sprint(id): &payments,
+		"SELECT COUNT(*) FROM " + rt + " WHERE packet_id = " + fmt.Sprint(id):                       &receipts,
+		"SELECT COUNT(*) FROM " + env.Prefix + "_cell.outbox WHERE packet_id = " + fmt.Sprint(id):   &outbox,
+	} {
+		if err := env.DB.QueryRow(q).Scan(dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// outbox: pay + sent history + one open.
+	if packets != 1 || payments != 1 || receipts != 1 || outbox != 3 {
+		t.Fatalf("rows: %d packets, %d payments, %d receipts, %d outbox; want 1, 1, 1, 3", packets, payments, receipts, outbox)
+	}
+}
