@@ -158,3 +158,16 @@ func (s *Store) History(ctx context.Context, user string, role Role, beforeAt ti
 	}
 	return out, rows.Err()
 }
+
+// RequeueOutbox makes an effect pending again: the row is inserted, or, when its key exists
+// (delivered or not), reset to be delivered at once. Reconciliation uses it for effects the
+// consumer never received; the consumer's idempotency makes a needless requeue harmless.
+func (s *Store) RequeueOutbox(ctx context.Context, r OutboxRow) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO "+s.cellTable("outbox")+" (kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"+
+		" ON DUPLICATE KEY UPDATE delivered = 0, next_ms = 0, attempts = 0",
+		int(r.Kind), r.Key, r.PacketID, r.Account, r.AmountCents, r.Count, r.Group, ms(r.At))
+	if err != nil {
+		return fmt.Errorf("requeue outbox %s: %w", r.Key, err)
+	}
+	return nil
+}

@@ -223,3 +223,61 @@ func TestConcurrentRelaysDeliverOnce(t *testing.T) {
 		t.Fatalf("received history of u1: %d items, %v", len(items), err)
 	}
 }
+
+// TestReconcileRequeuesLostEffects loses effects the way a buggy or crashed relay could
+// (rows marked delivered that never reached the ledger), sees the audit fail, reconciles,
+// relays, and sees the audit pass.
+func TestReconcileRequeuesLostEffects(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	for i := 0; i < 4; i++ {
+		p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: fmt.Sprintf("r%d", i), TotalCents: 900, Count: 3, Kind: packet.KindRandom}, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: fmt.Sprintf("t%d", i), AmountCents: 900}); err != nil {
+			t.Fatal(err)
+		}
+		for u := 0; u < 2; u++ {
+			if _, err := f.svc.Open(ctx, p.ID, fmt.Sprintf("u%d", u)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f.clock.Advance(time.Hour)
+	if _, err := f.svc.ExpireDue(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	// Lose one of each kind of effect.
+	for _, kind := range []store.OutboxKind{store.OutboxPay, store.OutboxCredit, store.OutboxRefund} {
+		if _, err := f.st.DB().Exec("UPDATE "+cellOf(f)+".outbox SET delivered = 1 WHERE kind = ? ORDER BY id LIMIT 1", int(kind)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relay, err := wallet.NewRelay(f.st, f.ledger, f.st, wallet.RelayConfig{Interval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := relay.Drain(dctx); err != nil {
+		t.Fatal(err)
+	}
+	from, to := f.clock.Now().Add(-2*time.Hour), f.clock.Now()
+	if rep, err := wallet.Audit(ctx, f.st, f.ledger, from, to); err != nil || rep.OK() {
+		t.Fatalf("audit missed lost effects: %+v %v", rep, err)
+	}
+	n, rep, err := wallet.Reconcile(ctx, f.st, f.ledger, from, to)
+	if err != nil || n != 3 || !rep.OK() {
+		t.Fatalf("reconcile requeued %d (want 3): %+v %v", n, rep, err)
+	}
+	if err := relay.Drain(dctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := wallet.Audit(ctx, f.st, f.ledger, from, to); err != nil || !rep.OK() {
+		t.Fatalf("audit after reconcile: %+v %v", rep, err)
+	}
+	if n, _, err := wallet.Reconcile(ctx, f.st, f.ledger, from, to); err != nil || n != 0 {
+		t.Fatalf("second reconcile requeued %d: %v", n, err)
+	}
+}

@@ -68,6 +68,7 @@ type Config struct {
 	SigningWindow  time.Duration
 	DrainTimeout   time.Duration
 	SweepEvery     time.Duration
+	ReconcileEvery time.Duration
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -101,6 +102,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.DurationVar(&c.SigningWindow, "signing-window", signing.DefaultWindow, "accepted clock skew of signed requests")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 25*time.Second, "how long shutdown waits for queues and outbox")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Second, "expiry sweeper period")
+	fs.DurationVar(&c.ReconcileEvery, "reconcile-every", 0, "compare the last expiry+1d of packets with the wallet ledger and requeue missing effects; 0 = off (one server per cell is enough)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -242,6 +244,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	spawn(brk.Run)
 	spawn(func(ctx context.Context) { svc.RunSweeper(ctx, cfg.SweepEvery) })
 	spawn(func(ctx context.Context) { st.Maintain(ctx, time.Hour, time.Now, log) })
+	if cfg.ReconcileEvery > 0 {
+		spawn(func(ctx context.Context) { reconcileLoop(ctx, st, ledger, cfg.ReconcileEvery, cfg.Expiry+24*time.Hour, log) })
+	}
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan struct{})
 	go func() { defer close(relayDone); relay.Run(relayCtx) }()
@@ -292,6 +297,29 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 	log.Info("drained")
 	return nil
+}
+
+// reconcileLoop repairs drift between the cell's records and the ledger every interval.
+func reconcileLoop(ctx context.Context, st *store.Store, l *wallet.Ledger, every, window time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		n, rep, err := wallet.Reconcile(ctx, st, l, now.Add(-window), now)
+		switch {
+		case err != nil:
+			log.Error("reconcile", "err", err)
+		case !rep.OK():
+			log.Error("reconcile found drift it cannot repair", "violations", len(rep.Violations), "first", rep.Violations[0])
+		case n > 0:
+			log.Warn("reconcile requeued missing effects", "count", n)
+		}
+	}
 }
 
 // owns checks DESIGN.md §4.4: this cell answers only for packets whose slot it owned at the
