@@ -197,6 +197,7 @@ func (s *SET) prepare(ctx context.Context) error {
 	}
 	st.Set, st.SlotCount, st.Layout = s.set.Name, int(s.set.Spec.SlotCount), layout
 	st.CellSchema, st.ControlSchema, st.WalletSchema = "rp_cell", control.DefaultSchema, "rp_wallet"
+	st.MaxCount, st.MaxTotalCents = int(s.set.Spec.Limits.MaxCount), s.set.Spec.Limits.MaxTotalCents
 	if st.CreatedAt.IsZero() {
 		st.CreatedAt = time.Now().UTC().Truncate(time.Second)
 	}

@@ -38,6 +38,8 @@ type State struct {
 	CellSchema    string      `json:"cellSchema"`
 	ControlSchema string      `json:"controlSchema"`
 	WalletSchema  string      `json:"walletSchema"`
+	MaxCount      int         `json:"maxCount"`
+	MaxTotalCents int64       `json:"maxTotalCents"`
 	Cells         []CellState `json:"cells"`
 
 	dir string // the data directory it was loaded from or saved to

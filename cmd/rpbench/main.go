@@ -1,0 +1,268 @@
+// Command rpbench is the festival load tool: it drives a SET through its gateway with many
+// groups wrapping, paying, grabbing and opening red packets at once, a share of taps aimed at
+// a few hot packets, and user-history reads; prints live progress; and ends with a report
+// (opens/s, p50/p99/p99.9 per verb, 429s, errors by code) and a conservation audit of every
+// cell's database and wallet ledger against DESIGN.md §4. It exits non-zero on any violation.
+//
+//	rpbench [-localset .localset] [-duration 30s] [-opens N] [-concurrency 64] …
+//	rpbench locks [-levels 8,32,128,256] [-duration 5s]   (lock-strategy comparison; see locks.go)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/shard"
+	"github.com/redpacketset/redpacket/internal/loadgen"
+	"github.com/redpacketset/redpacket/internal/localset"
+)
+
+func main() {
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "locks" {
+		err = locks(os.Args[2:])
+	} else {
+		err = festival(os.Args[1:])
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(2)
+	case errors.Is(err, errFailed):
+		os.Exit(1)
+	default:
+		fmt.Fprintln(os.Stderr, "rpbench:", err)
+		os.Exit(1)
+	}
+}
+
+// errFailed is a run that completed but found violations or too many errors; the report
+// already says why.
+var errFailed = errors.New("run failed")
+
+type cellFlags []loadgen.CellDB
+
+func (c *cellFlags) String() string { return fmt.Sprint(*c) }
+func (c *cellFlags) Set(v string) error {
+	name, dsn, ok := strings.Cut(v, "=")
+	if !ok || name == "" || dsn == "" {
+		return fmt.Errorf("want CELL=DSN, got %q", v)
+	}
+	*c = append(*c, loadgen.CellDB{Name: name, DSN: dsn})
+	return nil
+}
+
+func festival(args []string) error {
+	fs := flag.NewFlagSet("rpbench", flag.ContinueOnError)
+	var cfg loadgen.Config
+	var cells cellFlags
+	dataDir := fs.String("localset", ".localset", "data dir of a local SET (`localset up`): gateway URL, cell DSNs, layout and routing come from its state.json")
+	fs.StringVar(&cfg.Gateway, "gateway", "", "gateway base URL (default: the local SET's)")
+	fs.Var(&cells, "cell", "CELL=DSN of a cell's MariaDB for the audit, repeatable (default: the local SET's cells)")
+	routingFile := fs.String("routing-file", "", "routing.json for the ownership checks (default: the local SET's)")
+	shards := fs.String("shards", "", "shard layout DATABASESxTABLES of the cells (default: the local SET's, else 100x10)")
+	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to run (0: until -opens)")
+	fs.Int64Var(&cfg.Opens, "opens", 0, "stop after this many paid shares (0: until -duration)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "members tapping at once")
+	fs.IntVar(&cfg.Groups, "groups", 200, "ordinary groups")
+	fs.IntVar(&cfg.Members, "members", 50, "members per ordinary group")
+	fs.IntVar(&cfg.HotPackets, "hot-packets", 4, "hot packets live at once")
+	fs.IntVar(&cfg.HotMembers, "hot-members", 500, "members of each hot packet's group")
+	fs.Float64Var(&cfg.HotShare, "hot-share", 0.3, "fraction of taps aimed at the hot packets (negative: none)")
+	fs.Float64Var(&cfg.HistoryShare, "history-share", 0.02, "fraction of iterations that read a user's history (negative: none)")
+	fs.IntVar(&cfg.MaxCount, "max-count", 0, "the set's most shares per packet (default: the local SET's, else 100)")
+	fs.Int64Var(&cfg.MaxTotalCents, "max-total-cents", 0, "the set's largest packet (default: the local SET's, else 20000)")
+	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
+	audit := fs.Bool("audit", true, "audit every cell's database and ledger after the run")
+	auditTimeout := fs.Duration("audit-drain-timeout", time.Minute, "how long the audit waits for outboxes to drain")
+	maxErrors := fs.Int64("max-errors", 0, "exit non-zero when more unexpected errors than this occur")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	st, stErr := localset.LoadState(*dataDir)
+	explicitLocal := isSet(fs, "localset")
+	if stErr != nil && (explicitLocal || cfg.Gateway == "") {
+		return stErr
+	}
+	layout := shard.Default
+	var table *routing.Table
+	if st != nil {
+		if cfg.Gateway == "" {
+			cfg.Gateway = st.GatewayURL()
+		}
+		if len(cells) == 0 {
+			for _, c := range st.Cells {
+				cells = append(cells, loadgen.CellDB{Name: c.Name, DSN: c.DSN()})
+			}
+		}
+		if *routingFile == "" {
+			*routingFile = st.RoutingPath()
+		}
+		layout = st.Layout.Shard()
+		if cfg.MaxCount == 0 {
+			cfg.MaxCount = st.MaxCount
+		}
+		if cfg.MaxTotalCents == 0 {
+			cfg.MaxTotalCents = st.MaxTotalCents
+		}
+	}
+	if *shards != "" {
+		if _, err := fmt.Sscanf(*shards, "%dx%d", &layout.Databases, &layout.TablesPerDB); err != nil {
+			return fmt.Errorf("-shards %q: want DATABASESxTABLES: %w", *shards, err)
+		}
+	}
+	if *routingFile != "" {
+		t, err := routing.Load(*routingFile)
+		if err != nil {
+			return err
+		}
+		table = t
+	}
+	cfg.Routing = table
+	cfg.Gateway = strings.TrimRight(cfg.Gateway, "/")
+
+	tty := isTerminal(os.Stderr)
+	cfg.Progress = func(p loadgen.Progress) { printProgress(os.Stderr, p, tty) }
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fmt.Fprintf(os.Stderr, "rpbench: %s, %d workers, %d groups × %d members, %d hot packets × %d members (%.0f%% of taps), history %.0f%%, limits %d shares / %d cents\n",
+		cfg.Gateway, cfg.Concurrency, cfg.Groups, cfg.Members, cfg.HotPackets, cfg.HotMembers, cfg.HotShare*100, cfg.HistoryShare*100, cfg.MaxCount, cfg.MaxTotalCents)
+	res, err := loadgen.Run(ctx, cfg)
+	if tty {
+		fmt.Fprintln(os.Stderr)
+	}
+	if err != nil {
+		return err
+	}
+	printReport(os.Stdout, res)
+	failed := len(res.Misrouted) > 0 || res.Errors > *maxErrors
+
+	if *audit {
+		if len(cells) == 0 {
+			return errors.New("audit: no cell databases (use -localset or -cell NAME=DSN, or -audit=false)")
+		}
+		fmt.Fprintln(os.Stderr, "rpbench: auditing (waiting for every outbox to drain)…")
+		actx, cancel := context.WithTimeout(context.Background(), *auditTimeout+10*time.Minute)
+		defer cancel()
+		rep, err := loadgen.Audit(actx, loadgen.AuditConfig{
+			Cells: cells, Layout: layout, Routing: table, DrainTimeout: *auditTimeout,
+			From: res.Started.Add(-2 * time.Second), To: time.Now().Add(time.Second),
+			Created: res.Created, Shares: res.Shares,
+			CellSchema:   stOr(st, func(s *localset.State) string { return s.CellSchema }),
+			WalletSchema: stOr(st, func(s *localset.State) string { return s.WalletSchema }),
+		})
+		if err != nil {
+			return err
+		}
+		printAudit(os.Stdout, rep)
+		failed = failed || !rep.OK()
+	}
+	if failed {
+		return errFailed
+	}
+	return nil
+}
+
+func stOr(st *localset.State, f func(*localset.State) string) string {
+	if st == nil {
+		return ""
+	}
+	return f(st)
+}
+
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// printProgress draws a bar on a terminal and a plain line every 5 s otherwise (CI logs).
+func printProgress(w io.Writer, p loadgen.Progress, tty bool) {
+	frac := 0.0
+	if p.Duration > 0 {
+		frac = p.Elapsed.Seconds() / p.Duration.Seconds()
+	}
+	if p.Target > 0 {
+		frac = max(frac, float64(p.Opens)/float64(p.Target))
+	}
+	frac = min(frac, 1)
+	line := fmt.Sprintf("%5.1fs %9d opens %8.0f opens/s  %8d req  429s %d  errors %d", p.Elapsed.Seconds(), p.Opens, p.OpensPerSec, p.Requests, p.Throttled, p.Errors)
+	if tty {
+		const width = 30
+		n := int(frac * width)
+		fmt.Fprintf(w, "\r[%s%s] %3.0f%% %s ", strings.Repeat("#", n), strings.Repeat("-", width-n), frac*100, line)
+		return
+	}
+	if int(p.Elapsed.Round(time.Second).Seconds())%5 == 0 {
+		fmt.Fprintf(w, "rpbench: %3.0f%% %s\n", frac*100, line)
+	}
+}
+
+func printReport(w io.Writer, r *loadgen.Result) {
+	fmt.Fprintf(w, "\nrpbench report — %s, GOMAXPROCS %d, %d CPUs\n", r.Started.UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), runtime.NumCPU())
+	fmt.Fprintf(w, "ran %s: %d shares paid, %.0f opens/s; %d packets created; 429s %d; unexpected errors %d\n\n",
+		r.Elapsed.Round(time.Millisecond), r.Opens, r.OpensPerSec, len(r.Created), r.Throttled, r.Errors)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "verb\trequests\tp50\tp99\tp99.9\tmax\t\toutcomes")
+	for _, v := range r.Verbs {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t\t%s\n", v.Verb, v.Requests, ms(v.P50), ms(v.P99), ms(v.P999), ms(v.Max), strings.Join(v.SortedOutcomes(), " "))
+	}
+	tw.Flush()
+	if len(r.ErrorSamples) > 0 {
+		fmt.Fprintln(w, "\nfirst unexpected answers:")
+		for _, s := range r.ErrorSamples {
+			fmt.Fprintln(w, "  "+s)
+		}
+	}
+	if len(r.Misrouted) > 0 {
+		fmt.Fprintf(w, "\nMISROUTED (%d): answered by a cell that does not own the packet's slot at its creation:\n", len(r.Misrouted))
+		for _, s := range r.Misrouted {
+			fmt.Fprintln(w, "  "+s)
+		}
+	}
+}
+
+func printAudit(w io.Writer, a *loadgen.AuditReport) {
+	packets, receipts := 0, 0
+	cells := append([]loadgen.CellAudit(nil), a.Cells...)
+	sort.Slice(cells, func(i, j int) bool { return cells[i].Name < cells[j].Name })
+	fmt.Fprintln(w, "\naudit (DESIGN.md §4) per cell:")
+	for _, c := range cells {
+		packets += c.Packets
+		receipts += c.Receipts
+		fmt.Fprintf(w, "  %-24s %7d packets %9d receive records   outbox drained in %s\n", c.Name, c.Packets, c.Receipts, c.DrainedIn.Round(time.Millisecond))
+	}
+	fmt.Fprintf(w, "client view checked: %d created packets in their owner cell, %d paid shares against receive records\n", a.Checked.Created, a.Checked.Shares)
+	if a.OK() {
+		fmt.Fprintf(w, "audit CLEAN: %d packets, %d receive records — conservation, no user twice, wallet credits = receive records, escrow = remaining, ledger balanced, every packet in its owner cell\n", packets, receipts)
+		return
+	}
+	fmt.Fprintf(w, "audit FAILED: %d violations\n", len(a.Violations))
+	for i, v := range a.Violations {
+		if i == 50 {
+			fmt.Fprintf(w, "  … and %d more\n", len(a.Violations)-50)
+			break
+		}
+		fmt.Fprintln(w, "  "+v)
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
