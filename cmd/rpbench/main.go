@@ -133,6 +133,7 @@ func festival(args []string) error {
 	}
 	cfg.Routing = table
 	cfg.Gateway = strings.TrimRight(cfg.Gateway, "/")
+	cfg = cfg.WithDefaults()
 
 	tty := isTerminal(os.Stderr)
 	cfg.Progress = func(p loadgen.Progress) { printProgress(os.Stderr, p, tty) }

@@ -63,6 +63,12 @@ type Config struct {
 	Progress func(Progress)
 }
 
+// WithDefaults is the config with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	c.withDefaults()
+	return c
+}
+
 func (c *Config) withDefaults() {
 	if c.Concurrency <= 0 {
 		c.Concurrency = 64
@@ -345,24 +351,8 @@ func (r *runner) tap(rng *rand.Rand, pk *livePacket, member int, rec *recorder) 
 
 // wrapAndPay is a sender's turn: wrap a packet for a group and pay it.
 func (r *runner) wrapAndPay(w int, rng *rand.Rand, hot bool, rec *recorder) (*livePacket, error) {
-	var group string
-	var members, count int
-	if hot {
-		group, members = "hot"+strconv.Itoa(rng.IntN(r.cfg.HotPackets)), r.cfg.HotMembers
-		count = min(r.cfg.MaxCount, members)
-	} else {
-		group, members = "g"+strconv.Itoa(rng.IntN(r.cfg.Groups)), r.cfg.Members
-		hi := min(r.cfg.MaxCount, members)
-		lo := max(1, hi/5)
-		count = lo + rng.IntN(hi-lo+1)
-	}
-	perShare := 1 + rng.Int64N(max(1, min(r.cfg.MaxTotalCents/int64(count), 888)))
-	total := perShare * int64(count)
-	kind := "fixed"
-	if rng.IntN(5) != 0 {
-		kind = "random"
-		total = min(total+rng.Int64N(int64(count)), r.cfg.MaxTotalCents)
-	}
+	sh := shapePacket(rng, &r.cfg, hot)
+	group, members, count, total, kind := sh.group, sh.members, sh.count, sh.total, sh.kind
 	sender := group + "-m" + strconv.Itoa(rng.IntN(members))
 	req := fmt.Sprintf("%s-%d-%d", r.cfg.RunID, w, r.seq.Add(1))
 	body, _ := json.Marshal(map[string]any{"sender": sender, "requestId": req, "totalCents": total,
@@ -389,6 +379,39 @@ func (r *runner) wrapAndPay(w int, rng *rand.Rand, hot bool, rec *recorder) (*li
 	r.created = append(r.created, CreatedPacket{ID: id, TotalCents: total, Count: count, Cell: cell})
 	r.mu.Unlock()
 	return &livePacket{id: id, path: path, group: group, members: members}, nil
+}
+
+// packetShape is what a sender wraps.
+type packetShape struct {
+	group   string
+	members int
+	count   int
+	total   int64
+	kind    string
+}
+
+// shapePacket draws a packet within the set's limits: a hot group's packet has as many shares
+// as the limit allows (far fewer than its members, so most taps find it exhausted, as in a
+// 500-member group); an ordinary one 1/5 to all of its group's members. Every share is at least
+// one cent, and a fixed packet's total divides evenly.
+func shapePacket(rng *rand.Rand, cfg *Config, hot bool) packetShape {
+	var sh packetShape
+	if hot {
+		sh.group, sh.members = "hot"+strconv.Itoa(rng.IntN(cfg.HotPackets)), cfg.HotMembers
+		sh.count = min(cfg.MaxCount, sh.members)
+	} else {
+		sh.group, sh.members = "g"+strconv.Itoa(rng.IntN(cfg.Groups)), cfg.Members
+		hi := min(cfg.MaxCount, sh.members)
+		lo := max(1, hi/5)
+		sh.count = lo + rng.IntN(hi-lo+1)
+	}
+	perShare := 1 + rng.Int64N(max(1, min(cfg.MaxTotalCents/int64(sh.count), 888)))
+	sh.total, sh.kind = perShare*int64(sh.count), "fixed"
+	if rng.IntN(5) != 0 {
+		sh.kind = "random"
+		sh.total = min(sh.total+rng.Int64N(int64(sh.count)), cfg.MaxTotalCents)
+	}
+	return sh
 }
 
 func (r *runner) readHistory(rng *rand.Rand, rec *recorder) {
