@@ -27,6 +27,23 @@ check-generate: generate manifests ## Fail when generated files are not up to da
 	@git diff --exit-code -- api config charts || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- api config charts)" || { git status --porcelain -- api config charts; echo "generated files are untracked: commit them"; exit 1; }
 
+##@ Run
+
+LOCALSET_MANIFEST ?= config/samples/redpacket_v1alpha1_redpacketset.yaml
+LOCALSET_DATA ?= .localset
+
+.PHONY: up
+up: deps ## The main job: a complete local SET (per cell MariaDB, memcached, servers) plus the gateway. Ctrl-C stops it.
+	$(GO) run ./cmd/localset up -f $(LOCALSET_MANIFEST) -data $(LOCALSET_DATA)
+
+.PHONY: rpbench
+rpbench: ## Festival load against the running local SET, then the conservation audit.
+	$(GO) run ./cmd/rpbench -localset $(LOCALSET_DATA)
+
+.PHONY: rpbench-locks
+rpbench-locks: deps ## Lock strategies across concurrency levels: docs/lock-strategies.{md,png}.
+	$(GO) run ./cmd/rpbench locks
+
 ##@ Build
 
 .PHONY: build
