@@ -171,3 +171,20 @@ func (s *Store) RequeueOutbox(ctx context.Context, r OutboxRow) error {
 	}
 	return nil
 }
+
+// ReleaseClaims makes claimed, undelivered rows due again at once (a relay that stops
+// mid-batch hands them back instead of hiding them for the claim period).
+func (s *Store) ReleaseClaims(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	q := "UPDATE " + s.cellTable("outbox") + " SET next_ms = 0 WHERE delivered = 0 AND id IN (?" + strings.Repeat(",?", len(ids)-1) + ")"
+	if _, err := s.db.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("release %d outbox claims: %w", len(ids), err)
+	}
+	return nil
+}

@@ -170,7 +170,13 @@ func (r *Relay) Pass(ctx context.Context) (int, error) {
 	if err := r.deliver(ctx, rows); err == nil {
 		return len(rows), r.ack(ctx, rows)
 	}
-	for _, row := range rows {
+	if ctx.Err() != nil {
+		return 0, r.release(rows, ctx.Err())
+	}
+	for i, row := range rows {
+		if ctx.Err() != nil {
+			return len(rows), r.release(rows[i:], ctx.Err())
+		}
 		if err := r.deliver(ctx, []store.OutboxRow{row}); err != nil {
 			r.failed.Inc()
 			next := r.cfg.Now().Add(r.backoff(row.Attempts))
@@ -185,6 +191,21 @@ func (r *Relay) Pass(ctx context.Context) (int, error) {
 		}
 	}
 	return len(rows), nil
+}
+
+// release hands claimed rows back when the relay stops mid-batch, so the next relay (or the
+// shutdown drain) takes them at once rather than after the claim period.
+func (r *Relay) release(rows []store.OutboxRow, cause error) error {
+	ids := make([]int64, len(rows))
+	for i, row := range rows {
+		ids[i] = row.ID
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.st.ReleaseClaims(ctx, ids); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
 }
 
 func (r *Relay) ack(ctx context.Context, rows []store.OutboxRow) error {
