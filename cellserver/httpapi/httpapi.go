@@ -10,17 +10,21 @@ package httpapi
 
 import (
 	"context"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -110,7 +114,9 @@ func New(cfg Config) (*API, error) {
 		h = cfg.V1Middleware(h)
 	}
 	a.mux.Handle("/v1/", h)
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	if cfg.Gatherer != nil {
 		a.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
@@ -231,10 +237,32 @@ func (a *API) translate(err error) *apiError {
 		return &apiError{status: http.StatusServiceUnavailable, code: "shutting_down", msg: "server is draining", retryAfter: time.Second}
 	case errors.Is(err, ids.ErrNoSlot), errors.Is(err, ids.ErrNotIssuing), errors.Is(err, ids.ErrExhausted):
 		return &apiError{status: http.StatusServiceUnavailable, code: "unavailable", msg: err.Error(), retryAfter: time.Second}
+	case dbUnavailable(err):
+		return &apiError{status: http.StatusServiceUnavailable, code: "db_unavailable", msg: "the cell database is unavailable; retry (every call is idempotent)", retryAfter: time.Second}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return &apiError{status: http.StatusServiceUnavailable, code: "timeout", msg: "request timed out", retryAfter: time.Second}
 	}
 	return &apiError{status: http.StatusInternalServerError, code: "internal", msg: "internal error"}
+}
+
+// dbUnavailable recognises failures that say "try again later" rather than "bug": the
+// database unreachable or restarting, or a lock wait that timed out under contention.
+func dbUnavailable(err error) bool {
+	var netErr net.Error
+	var myErr *mysql.MySQLError
+	switch {
+	case errors.Is(err, driver.ErrBadConn), errors.Is(err, mysql.ErrInvalidConn), errors.As(err, &netErr),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	case errors.As(err, &myErr):
+		// 1205 lock wait timeout, 1213 deadlock, 1040 too many connections,
+		// 1053 server shutdown, 2006/2013 server gone / lost connection.
+		switch myErr.Number {
+		case 1205, 1213, 1040, 1053, 2006, 2013:
+			return true
+		}
+	}
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

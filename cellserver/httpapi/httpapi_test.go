@@ -39,7 +39,11 @@ func start(t *testing.T) *server { return startWith(t, nil, queue.Config{Workers
 
 func startWith(t *testing.T, g *guard.Guard, qc queue.Config) *server {
 	t.Helper()
-	env := storetest.New(t, storetest.Options{})
+	return startOn(t, storetest.New(t, storetest.Options{}), g, qc)
+}
+
+func startOn(t *testing.T, env *storetest.Env, g *guard.Guard, qc queue.Config) *server {
+	t.Helper()
 	pc := packet.Config{Limits: packet.Limits{MaxTotalCents: 2_000_000, MaxCount: 500, MaxIDLength: 64, MaxGroupLength: 64, MaxGreeting: 128}}
 	if g != nil {
 		pc.Cache, qc.Guard = g, g
@@ -246,7 +250,7 @@ func fingerprint(t *testing.T, db *sql.DB, prefix string) string {
 	for _, tb := range tables {
 		var name string
 		var sum sql.NullInt64
-		if err := db.QueryRow("CHECKSUM TABLE " + tb).Scan(&name, &sum); err != nil {
+		if err := db.QueryRow("CHECKSUM TABLE "+tb).Scan(&name, &sum); err != nil {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(&b, "%s=%d;", name, sum.Int64)
@@ -482,6 +486,63 @@ func TestKillingMemcachedChangesNoResult(t *testing.T) {
 	}
 	rep, err := wallet.Audit(ctx, s.env.Store, s.ledger, time.Now().Add(-time.Hour), time.Now())
 	if err != nil || !rep.OK() || rep.Receipts != packets*shares {
+		t.Fatalf("audit: %+v %v", rep, err)
+	}
+}
+
+// TestDatabaseOutageAnswers503AndRecovers kills the cell's MariaDB: every verb answers 503
+// with Retry-After (never a 500, never a wrong amount), and after the restart the same
+// requests succeed with the results they would have had.
+func TestDatabaseOutageAnswers503AndRecovers(t *testing.T) {
+	m := testenv.StartMariaDB(t)
+	s := startOn(t, storetest.NewOn(t, m, storetest.Options{}), nil, queue.Config{Workers: 2})
+	id := s.do(t, "POST", "/v1/packets", wrapBody("db", 1000, 10)).str("packetId")
+	if p := s.do(t, "POST", "/v1/packets/"+id+"/pay", map[string]any{"paymentTxnId": "pdb", "amountCents": 1000}); p.status != 200 {
+		t.Fatalf("pay: %d %s", p.status, p.raw)
+	}
+	first := s.do(t, "POST", "/v1/packets/"+id+"/open", map[string]any{"user": "before"})
+	if first.status != 200 {
+		t.Fatalf("open: %d %s", first.status, first.raw)
+	}
+	m.Kill()
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
+		{"POST", "/v1/packets/" + id + "/open", map[string]any{"user": "during"}},
+		{"POST", "/v1/packets/" + id + "/grab", map[string]any{"user": "during"}},
+		{"GET", "/v1/packets/" + id, nil},
+		{"POST", "/v1/packets", wrapBody("db2", 1000, 10)},
+	} {
+		a := s.do(t, c.method, c.path, c.body)
+		if a.status != 503 || a.header.Get("Retry-After") == "" {
+			t.Fatalf("%s %s during outage: %d %s", c.method, c.path, a.status, a.raw)
+		}
+	}
+	m.Restart()
+	deadline := time.Now().Add(60 * time.Second)
+	var during answer
+	for {
+		during = s.do(t, "POST", "/v1/packets/"+id+"/open", map[string]any{"user": "during"})
+		if during.status != 503 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // a client's retry interval
+	}
+	if during.status != 200 || during.body["repeat"] != false {
+		t.Fatalf("open after restart: %d %s", during.status, during.raw)
+	}
+	again := s.do(t, "POST", "/v1/packets/"+id+"/open", map[string]any{"user": "before"})
+	if again.status != 200 || again.num("amountCents") != first.num("amountCents") || again.body["repeat"] != true {
+		t.Fatalf("repeat open after restart: %s, first %s", again.raw, first.raw)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.relay.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := wallet.Audit(ctx, s.env.Store, s.ledger, time.Now().Add(-time.Hour), time.Now())
+	if err != nil || !rep.OK() || rep.Receipts != 2 {
 		t.Fatalf("audit: %+v %v", rep, err)
 	}
 }
