@@ -17,7 +17,9 @@ import (
 // report for an operator. Run it on a drained outbox, or it requeues effects merely in flight
 // (harmless: the ledger skips keys it has).
 func Reconcile(ctx context.Context, st *store.Store, l *Ledger, from, to time.Time) (requeued int, rep Report, err error) {
-	bad := func(format string, args ...any) { rep.Violations = append(rep.Violations, fmt.Sprintf(format, args...)) }
+	bad := func(format string, args ...any) {
+		rep.Violations = append(rep.Violations, fmt.Sprintf(format, args...))
+	}
 	requeue := func(r store.OutboxRow) error {
 		requeued++
 		return st.RequeueOutbox(ctx, r)

@@ -50,10 +50,10 @@ type RelayConfig struct {
 	MaxBackoff  time.Duration // default 1m
 	// ClaimFor is how long claimed rows are hidden from the cell's other relays while this
 	// one delivers them (default 30s); a relay that dies mid-batch delays them by this much.
-	ClaimFor time.Duration
-	Now         func() time.Time
-	Log         *slog.Logger
-	Registerer  prometheus.Registerer
+	ClaimFor   time.Duration
+	Now        func() time.Time
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Relay moves outbox rows to the wallet and history.

@@ -245,7 +245,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	spawn(func(ctx context.Context) { svc.RunSweeper(ctx, cfg.SweepEvery) })
 	spawn(func(ctx context.Context) { st.Maintain(ctx, time.Hour, time.Now, log) })
 	if cfg.ReconcileEvery > 0 {
-		spawn(func(ctx context.Context) { reconcileLoop(ctx, st, ledger, cfg.ReconcileEvery, cfg.Expiry+24*time.Hour, log) })
+		spawn(func(ctx context.Context) {
+			reconcileLoop(ctx, st, ledger, cfg.ReconcileEvery, cfg.Expiry+24*time.Hour, log)
+		})
 	}
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan struct{})
