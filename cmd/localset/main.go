@@ -27,6 +27,12 @@ import (
 )
 
 func main() {
+	// `go run` does not forward SIGTERM to the program it runs: ask the kernel to send it when
+	// the parent dies, so `kill <go run pid>` still stops the SET in order instead of orphaning
+	// it. (Ctrl-C reaches both through the terminal's process group.)
+	if os.Getppid() != 1 {
+		_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0)
+	}
 	if len(os.Args) < 2 {
 		usage(os.Stderr)
 		os.Exit(2)
@@ -76,8 +82,21 @@ func up(args []string) error {
 		return err
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// Signals stay caught through the whole shutdown: a second ^C (or a SIGTERM from both `go
+	// run` and the parent-death signal) must not kill localset half way, leaving databases
+	// stopped under servers that are still draining.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "localset: %s: stopping (gateway, then servers draining, then memcached and MariaDB)…\n", sig)
+		cancel()
+		for sig := range sigs {
+			fmt.Fprintf(os.Stderr, "localset: %s: still stopping in order; SIGKILL aborts (children then drain on their own)\n", sig)
+		}
+	}()
 	start := time.Now()
 	s, err := localset.Up(ctx, localset.Options{
 		Set: set, DataDir: *data, MaxServersPerCell: *maxServers, InstallDeps: !*noInstall,
@@ -88,8 +107,6 @@ func up(args []string) error {
 	}
 	printSummary(os.Stdout, s, *manifest, time.Since(start))
 	<-ctx.Done()
-	stop()
-	fmt.Fprintln(os.Stderr, "localset: stopping (gateway, then servers draining, then memcached and MariaDB)…")
 	if err := s.Stop(); err != nil {
 		return fmt.Errorf("stop: %w", err)
 	}
