@@ -157,8 +157,10 @@ func (s *Store) pay(ctx context.Context, id int64, txnID string, amount int64, n
 		return Packet{}, err
 	}
 	switch {
-	case p.Status != StatusWrapped && p.PaymentTxnID == txnID:
+	case p.Status != StatusWrapped && p.PaymentTxnID == txnID && amount == p.TotalCents:
 		return p, nil // the same notice again
+	case p.Status != StatusWrapped && p.PaymentTxnID == txnID:
+		return Packet{}, fmt.Errorf("notice %s repeated with %d cents, paid %d: %w", txnID, amount, p.TotalCents, ErrAmountMismatch)
 	case p.Status == StatusCancelled:
 		return Packet{}, ErrCancelled
 	case p.Status != StatusWrapped:

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -258,27 +259,57 @@ func (s *Store) EnsureSchema(ctx context.Context, now time.Time) error {
 			return fmt.Errorf("create database %s: %w", s.layout.DBName(db), err)
 		}
 	}
+	// The full layout is 1,000 logical tables × (2 cold + 2 days × 2 kinds): thousands of
+	// statements on a first start, so they run on a few connections at once.
+	type ddl struct {
+		t    shard.Table
+		q    string
+		what string
+	}
+	var work []ddl
 	for _, t := range s.layout.All() {
 		cp, cr := s.coldTables(t)
-		for _, q := range []string{fmt.Sprintf(packetDDL, cp), fmt.Sprintf(receiptDDL, cr)} {
-			if _, err := s.db.ExecContext(ctx, q); err != nil {
-				s.observe(t, err)
-				return fmt.Errorf("create cold tables of %s: %w", s.layout.Name(t), err)
-			}
-		}
+		work = append(work, ddl{t, fmt.Sprintf(packetDDL, cp), "cold"}, ddl{t, fmt.Sprintf(receiptDDL, cr), "cold"})
 		for _, day := range []time.Time{now, now.Add(24 * time.Hour)} {
-			for _, q := range []string{
-				fmt.Sprintf(packetDDL, s.layout.Physical("t", t, day)),
-				fmt.Sprintf(receiptDDL, s.layout.Physical("r", t, day)),
-			} {
-				if _, err := s.db.ExecContext(ctx, q); err != nil {
-					s.observe(t, err)
-					return fmt.Errorf("create day tables of %s for %s: %w", s.layout.Name(t), day.UTC().Format(time.DateOnly), err)
-				}
-			}
+			d := day.UTC().Format(time.DateOnly)
+			work = append(work, ddl{t, fmt.Sprintf(packetDDL, s.layout.Physical("t", t, day)), d}, ddl{t, fmt.Sprintf(receiptDDL, s.layout.Physical("r", t, day)), d})
 		}
 	}
-	return nil
+	jobs := make(chan ddl)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for i := 0; i < min(8, len(work)); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				if _, err := s.db.ExecContext(ctx, j.q); err != nil {
+					s.observe(j.t, err)
+					select {
+					case errs <- fmt.Errorf("create %s tables of %s: %w", j.what, s.layout.Name(j.t), err):
+					default:
+					}
+				}
+			}
+		}()
+	}
+feed:
+	for _, j := range work {
+		select {
+		case jobs <- j:
+		case err := <-errs:
+			errs <- err
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
 }
 
 // isDuplicate reports a unique-key violation (MySQL error 1062).

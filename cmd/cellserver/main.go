@@ -167,7 +167,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if err != nil {
 		return err
 	}
-	if err := st.EnsureSchema(startCtx, time.Now()); err != nil {
+	// A first start of the full 100×10 layout creates ~6,000 tables (~25 s on a 2-core
+	// test box); later starts only check them.
+	schemaCtx, cancelSchema := context.WithTimeout(ctx, 10*time.Minute)
+	err = st.EnsureSchema(schemaCtx, time.Now())
+	cancelSchema()
+	if err != nil {
 		return err
 	}
 	ledger, err := wallet.NewLedger(db, cfg.WalletSchema)
