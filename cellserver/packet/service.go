@@ -129,14 +129,34 @@ func (s *Service) Wrap(ctx context.Context, r WrapRequest, slot int) (Packet, bo
 	if slot >= ids.MaxSlots {
 		return Packet{}, false, invalid("slot", "must be below %d", ids.MaxSlots)
 	}
-	id, err := s.ids.Next(ctx, slot)
-	if err != nil {
-		return Packet{}, false, fmt.Errorf("allocate packet id in slot %d: %w", slot, err)
+	// When the server picks the slot, a failing logical table must not fail the wrap: the
+	// create path retries with a fresh ID, which the allocator places elsewhere once the
+	// table's breaker trips (DESIGN.md §2, masking). A retry is safe: the failed attempt's
+	// transaction rolled back, or, if its commit did land, the request ID finds it.
+	attempts := 1
+	if slot < 0 {
+		attempts = 3
 	}
-	now := s.cfg.Now()
-	p := Packet{ID: id, Sender: r.Sender, RequestID: r.RequestID, Kind: r.Kind, TotalCents: r.TotalCents,
-		Count: r.Count, Group: r.Group, Greeting: r.Greeting, CreatedAt: ids.CreatedAt(id)}
-	return s.st.Wrap(ctx, p, now.Add(s.cfg.Expiry))
+	var err error
+	for i := 0; i < attempts; i++ {
+		var id int64
+		id, err = s.ids.Next(ctx, slot)
+		if err != nil {
+			return Packet{}, false, fmt.Errorf("allocate packet id in slot %d: %w", slot, err)
+		}
+		p := Packet{ID: id, Sender: r.Sender, RequestID: r.RequestID, Kind: r.Kind, TotalCents: r.TotalCents,
+			Count: r.Count, Group: r.Group, Greeting: r.Greeting, CreatedAt: ids.CreatedAt(id)}
+		var got Packet
+		var created bool
+		got, created, err = s.st.Wrap(ctx, p, s.cfg.Now().Add(s.cfg.Expiry))
+		if err == nil || store.IsRefusal(err) || ctx.Err() != nil {
+			return got, created, err
+		}
+		if i+1 < attempts {
+			s.cfg.Log.Warn("wrap failed on a logical table; retrying with a new id", "table", s.st.Layout().Name(s.st.TableOf(id)), "err", err)
+		}
+	}
+	return Packet{}, false, err
 }
 
 // Pay activates a packet on the payment notice; repeats of the same notice return the

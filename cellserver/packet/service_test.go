@@ -9,7 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redpacketset/redpacket/cellserver/breaker"
+	"github.com/redpacketset/redpacket/cellserver/control"
+	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/packet"
+	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/cellserver/store"
 	"github.com/redpacketset/redpacket/cellserver/store/storetest"
 	"github.com/redpacketset/redpacket/internal/testenv"
@@ -354,5 +358,46 @@ func TestConcurrentRetriesAreIdempotent(t *testing.T) {
 	// outbox: pay + sent history + one open.
 	if packets != 1 || payments != 1 || receipts != 1 || outbox != 3 {
 		t.Fatalf("rows: %d packets, %d payments, %d receipts, %d outbox; want 1, 1, 1, 3", packets, payments, receipts, outbox)
+	}
+}
+
+// TestWrapRetriesAwayFromAFailingTable drops one logical table's day table: wraps that land
+// there fail, the observer records the failure, and the wrap is retried in another slot.
+func TestWrapRetriesAwayFromAFailingTable(t *testing.T) {
+	ctx := context.Background()
+	layout := shard.Layout{Databases: 2, TablesPerDB: 2}
+	brk, err := breaker.New(breaker.Config{Layout: layout, Policy: breaker.Policy{ConsecutiveFailures: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := storetest.New(t, storetest.Options{Layout: layout, Observer: brk})
+	ctl := env.Prefix + "_ctl"
+	if err := control.EnsureSchema(ctx, env.DB, ctl); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = env.DB.Exec("DROP DATABASE IF EXISTS " + ctl) })
+	alloc, err := ids.NewAllocator(ctx, ids.AllocatorConfig{DB: env.DB, Control: ctl, Server: "test", Cell: "cell-0", Layout: env.Store.Layout(), Breaker: brk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = alloc.Close(context.Background()) })
+	svc := packet.New(env.Store, alloc, packet.Config{})
+	bad := shard.Table{DB: 0, Table: 0}
+	packets := env.Store.Layout().Physical("t", bad, time.Now())
+	if _, err := env.DB.Exec("DROP TABLE " + packets); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		p, created, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "a", RequestID: fmt.Sprint(i), TotalCents: 100, Count: 1, Kind: packet.KindFixed}, -1)
+		if err != nil || !created {
+			t.Fatalf("wrap %d: %v", i, err)
+		}
+		if env.Store.TableOf(p.ID) == bad {
+			t.Fatalf("packet %d placed in the failing table", p.ID)
+		}
+	}
+	// The tripped table's slots get no new IDs, so an explicit request there is refused.
+	if _, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "a", RequestID: "explicit", TotalCents: 100, Count: 1, Kind: packet.KindFixed}, 0); !errors.Is(err, ids.ErrSlotUnavailable) {
+		t.Fatalf("wrap in the tripped table's slot: %v", err)
 	}
 }
