@@ -45,7 +45,8 @@ type strategy struct {
 // BenchmarkHotOpens runs the four strategies on one MariaDB with durable settings
 // (innodb_flush_log_at_trx_commit=1; RP_BENCH_BINLOG=1 adds log-bin with sync_binlog=1), each
 // on a fresh hot packet per run, and prints the ratios at the end. RP_BENCH_HOT sets the
-// number of hot packets (default 1); the callers spread over them.
+// number of hot packets (default 1); the callers spread over them. RP_BENCH_BATCH sets (d)'s
+// most opens per transaction (default 128, the server's default).
 func BenchmarkHotOpens(b *testing.B) {
 	opts := []testenv.MariaDBOption{testenv.WithBufferPool("256M")}
 	if os.Getenv("RP_BENCH_BINLOG") == "1" {
@@ -65,7 +66,11 @@ func BenchmarkHotOpens(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer single.Close(context.Background())
-	grouped, err := queue.New(svc, queue.Config{Workers: 32, Depth: 4 * Callers, BatchMax: 128})
+	batchMax := 128
+	if v, err := strconv.Atoi(os.Getenv("RP_BENCH_BATCH")); err == nil && v > 0 {
+		batchMax = v
+	}
+	grouped, err := queue.New(svc, queue.Config{Workers: 32, Depth: 4 * Callers, BatchMax: batchMax})
 	if err != nil {
 		b.Fatal(err)
 	}
