@@ -22,6 +22,20 @@ func (s *Store) Archive(ctx context.Context, now time.Time, batch int, log *slog
 	if err != nil {
 		return 0, fmt.Errorf("archive boundary: %w", err)
 	}
+	// Idempotency keys live as long as the packets they point to stay in the day tables: a
+	// retry a week late is a new request. Packet IDs are time-ordered, so the same boundary
+	// finds them.
+	for _, table := range []string{"wrap_requests", "payments"} {
+		for {
+			res, err := s.db.ExecContext(ctx, "DELETE FROM "+s.cellTable(table)+" WHERE packet_id < ? LIMIT ?", boundary, batch)
+			if err != nil {
+				return 0, fmt.Errorf("purge old %s: %w", table, err)
+			}
+			if n, _ := res.RowsAffected(); n < int64(batch) {
+				break
+			}
+		}
+	}
 	existing, err := s.dayTables(ctx)
 	if err != nil {
 		return 0, err

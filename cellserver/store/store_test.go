@@ -142,6 +142,10 @@ func TestArchiveMovesSettledOldRowsOnce(t *testing.T) {
 	if again, err := env.Store.Archive(ctx, now, 2, nil); err != nil || again != 0 {
 		t.Fatalf("second archive moved %d (%v)", again, err)
 	}
+	var keys int
+	if err := env.DB.QueryRow("SELECT COUNT(*) FROM " + env.Prefix + "_cell.wrap_requests").Scan(&keys); err != nil || keys != 1 {
+		t.Fatalf("%d wrap idempotency keys left, want only the fresh packet's (%v)", keys, err)
+	}
 	for _, id := range settled {
 		packets, _ := env.Store.Tables(id)
 		var n int
