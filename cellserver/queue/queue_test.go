@@ -302,3 +302,68 @@ func TestCloseDrains(t *testing.T) {
 		t.Fatalf("open after close: %v", err)
 	}
 }
+
+// TestPayAndOpensKeepArrivalOrder queues, behind a busy worker, an open, the payment, and
+// more opens for one packet: the open that arrived before the payment is refused as not
+// paid, the ones after it succeed, in order.
+func TestPayAndOpensKeepArrivalOrder(t *testing.T) {
+	svc, q := setup(t, queue.Config{Workers: 1})
+	ctx := context.Background()
+	p, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "order", TotalCents: 300, Count: 3, Kind: packet.KindFixed}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	started := make(chan struct{})
+	go func() {
+		_ = q.Do(ctx, p.ID, func(context.Context) error { close(started); <-release; return nil })
+	}()
+	<-started
+	type answer struct {
+		seq int
+		err error
+	}
+	answers := make([]answer, 4)
+	var wg sync.WaitGroup
+	waitQueued := func(n int) {
+		deadline := time.Now().Add(5 * time.Second)
+		for q.Depth() < n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	open := func(i int, u string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o, err := q.Open(ctx, p.ID, u)
+			answers[i] = answer{o.Seq, err}
+		}()
+	}
+	open(0, "early")
+	waitQueued(1)
+	wg.Add(1)
+	var payErr error
+	go func() {
+		defer wg.Done()
+		payErr = q.Do(ctx, p.ID, func(ctx context.Context) error {
+			_, err := svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "po", AmountCents: 300})
+			return err
+		})
+	}()
+	waitQueued(2)
+	open(1, "a")
+	waitQueued(3)
+	open(2, "b")
+	waitQueued(4)
+	close(release)
+	wg.Wait()
+	if payErr != nil {
+		t.Fatal(payErr)
+	}
+	if !errors.Is(answers[0].err, packet.ErrNotPaid) {
+		t.Fatalf("open queued before the payment: %+v, want not paid", answers[0])
+	}
+	if answers[1].err != nil || answers[1].seq != 1 || answers[2].err != nil || answers[2].seq != 2 {
+		t.Fatalf("opens after the payment: %+v %+v", answers[1], answers[2])
+	}
+}
