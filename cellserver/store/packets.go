@@ -218,6 +218,9 @@ func oneRow(res sql.Result, err error) error {
 // packet-wide refusal (not found, not paid, expired) or an infrastructure failure is the
 // returned error and applies to every caller; ErrExhausted is per caller.
 func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
+	if len(users) == 0 {
+		return nil, Packet{}, fmt.Errorf("open packet %d: no users", id)
+	}
 	out, p, err := s.openBatch(ctx, id, users, now, share)
 	s.observe(s.TableOf(id), err)
 	if err != nil {
