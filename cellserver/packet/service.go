@@ -311,7 +311,7 @@ func ParseCursor(field, v string) (Cursor, error) {
 	at, id, ok := strings.Cut(v, ":")
 	a, err1 := strconv.ParseInt(at, 10, 64)
 	p, err2 := strconv.ParseInt(id, 10, 64)
-	if !ok || err1 != nil || err2 != nil || a <= 0 || p < 0 {
+	if !ok || err1 != nil || err2 != nil || a < 0 || p < 0 {
 		return Cursor{}, invalid(field, "must be <unix ms>:<packet id>")
 	}
 	return Cursor{At: time.UnixMilli(a).UTC(), PacketID: p}, nil

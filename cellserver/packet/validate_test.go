@@ -80,3 +80,20 @@ func TestValidatePay(t *testing.T) {
 		}
 	}
 }
+
+func TestCursorRoundTrip(t *testing.T) {
+	for _, in := range []string{"", "1764095004000:384050653036545042", "0:0"} {
+		c, err := ParseCursor("before", in)
+		if err != nil {
+			t.Fatalf("ParseCursor(%q): %v", in, err)
+		}
+		if got := c.String(); got != in {
+			t.Errorf("ParseCursor(%q).String() = %q", in, got)
+		}
+	}
+	for _, bad := range []string{"x", "1:", ":1", "-1:5", "5:-1", "1.5:2", "1:2:3"} {
+		if _, err := ParseCursor("before", bad); err == nil {
+			t.Errorf("ParseCursor(%q) accepted", bad)
+		}
+	}
+}
