@@ -30,14 +30,12 @@ type CellReconciler struct {
 	Client   client.Client
 	Scheme   *runtime.Scheme
 	Recorder events.EventRecorder
-	// OpenDB opens a cell's database for masking; nil dials the cell's MySQL Service.
-	OpenDB CellDBOpener
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 	// MaskPoll is how often a ready cell's error counts are read (0: 10 s).
 	MaskPoll time.Duration
 
-	dbs cellDBs
+	dbs *cellDBs // shared with the set reconciler
 }
 
 // +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch
@@ -48,7 +46,9 @@ type CellReconciler struct {
 
 // SetupWithManager registers the reconciler and the children it owns.
 func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	r.dbs.open = r.OpenDB
+	if r.dbs == nil {
+		r.dbs = &cellDBs{}
+	}
 	if r.Now == nil {
 		r.Now = time.Now
 	}

@@ -20,6 +20,7 @@ var (
 	EventCellCreated         = event{corev1.EventTypeNormal, "CellCreated", "Create", "created cell %s owning slots %s"}
 	EventCellScaled          = event{corev1.EventTypeNormal, "CellScaled", "Scale", "cell %s servers %d -> %d"}
 	EventCellDraining        = event{corev1.EventTypeNormal, "CellDraining", "Drain", "cell %s owns no slot from epoch %d on; it keeps serving older packets until they settle"}
+	EventCellHeld            = event{corev1.EventTypeWarning, "CellHeld", "Drain", "cell %s is in no routing epoch but is kept: %s"}
 	EventCellDeleted         = event{corev1.EventTypeNormal, "CellDeleted", "Delete", "deleted cell %s: no routing epoch names it any more"}
 	EventRebalanceScheduled  = event{corev1.EventTypeNormal, "RebalanceScheduled", "Rebalance", "routing epoch %d takes effect at %s and moves %d slots"}
 	EventEpochPruned         = event{corev1.EventTypeNormal, "EpochPruned", "Prune", "routing epoch %d pruned: every packet created under it is settled"}

@@ -16,6 +16,9 @@ import (
 // refunds and the reconciliation job still find their cell.
 const settleWindow = time.Hour
 
+// heldRecheck is how often a cell held for unsettled packets is checked again.
+const heldRecheck = 30 * time.Second
+
 // routingDecision is what decideRouting chose: the table to publish and what changed.
 type routingDecision struct {
 	Table     *routing.Table
@@ -32,8 +35,10 @@ type routingDecision struct {
 //     rebalanceDelay from now, moving as few slots as it can; a newest epoch that has not
 //     taken effect yet is re-planned in place rather than stacked, since nothing was created
 //     under it;
-//   - an epoch is pruned once its successor has been in force for expiry + settleWindow,
-//     because every packet created under it has then expired and been refunded.
+//   - an epoch is pruned once its successor has been in force for 2×expiry + settleWindow:
+//     a packet created just before the switch may wait up to one expiry for payment and then
+//     stay open one more, and the refund needs the settle window to be relayed. The cell's
+//     own database still has the last word before a cell is deleted (cellHold).
 func decideRouting(set *rpv1.RedPacketSet, published *routing.Table, cells []string, masked []routing.MaskedRange, now time.Time) routingDecision {
 	slotCount := int(set.Spec.SlotCount)
 	t := &routing.Table{Set: set.Name, SlotCount: slotCount, Masked: masked}
@@ -61,7 +66,7 @@ func decideRouting(set *rpv1.RedPacketSet, published *routing.Table, cells []str
 		d.Scheduled = &t.Epochs[len(t.Epochs)-1]
 	}
 
-	keep := set.Spec.Limits.ExpiryOrDefault() + settleWindow
+	keep := 2*set.Spec.Limits.ExpiryOrDefault() + settleWindow
 	for len(t.Epochs) > 1 {
 		succ := t.Epochs[1]
 		if now.Before(succ.EffectiveTime.Add(keep)) {

@@ -41,6 +41,8 @@ type SetReconciler struct {
 	Recorder events.EventRecorder
 	// Now is the clock; tests move it to let routing epochs take effect.
 	Now func() time.Time
+
+	dbs *cellDBs // shared with the cell reconciler
 }
 
 // Least privilege: children are written by server-side apply (patch) or created once (secrets),
@@ -61,6 +63,9 @@ func (r *SetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Now == nil {
 		r.Now = time.Now
 	}
+	if r.dbs == nil {
+		r.dbs = &cellDBs{}
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&rpv1.RedPacketSet{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&rpv1.RedPacketCell{}).
@@ -76,6 +81,7 @@ func (r *SetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 type setObservation struct {
 	published *routing.Table
 	cells     map[string]*rpv1.RedPacketCell
+	held      map[string]string // cells no epoch names that must stay, and why
 }
 
 // Reconcile runs the set's phases in order; each wraps its error with what failed.
@@ -133,11 +139,14 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("list cells of %s: %w", req.NamespacedName, err)
 	}
-	r.summarise(set, p, d.Table, cells, now)
+	r.summarise(set, p, d.Table, cells, obs.held, now)
 	if err := r.patchStatus(ctx, orig, set); err != nil {
 		return ctrl.Result{}, err
 	}
 	logger.V(1).Info("reconciled set", "cells", len(p.Cells), "epoch", set.Status.Routing.CurrentEpoch)
+	if len(obs.held) > 0 {
+		d.RequeueAt = earliest(d.RequeueAt, now.Add(heldRecheck))
+	}
 	if !d.RequeueAt.IsZero() {
 		return ctrl.Result{RequeueAfter: max(d.RequeueAt.Sub(now), time.Second)}, nil
 	}
@@ -158,7 +167,7 @@ func planInput(set *rpv1.RedPacketSet) plan.Input {
 }
 
 func (r *SetReconciler) gather(ctx context.Context, set *rpv1.RedPacketSet) (*setObservation, error) {
-	obs := &setObservation{cells: map[string]*rpv1.RedPacketCell{}}
+	obs := &setObservation{cells: map[string]*rpv1.RedPacketCell{}, held: map[string]string{}}
 	cm := &corev1.ConfigMap{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: set.RoutingConfigMapName()}, cm)
 	switch {
@@ -286,6 +295,15 @@ func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, 
 		if wanted[name] {
 			continue
 		}
+		// Epochs are pruned by time; the cell's own database has the last word, so a late
+		// payment or a stuck outbox never loses its cell.
+		if why := cellHold(ctx, func(ctx context.Context, key types.NamespacedName, s *corev1.Secret) error {
+			return r.Client.Get(ctx, key, s)
+		}, r.dbs, c); why != "" {
+			obs.held[name] = why
+			EventCellHeld.emit(r.Recorder, set, name, why)
+			continue
+		}
 		if err := r.Client.Delete(ctx, c, client.Preconditions{UID: &c.UID}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete cell %s: %w", name, err)
 		}
@@ -370,7 +388,7 @@ func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 
 // summarise fills the status from the plan, the table and the cells' own status. It sets
 // every condition on every reconcile, so a fresh set shows all six at once.
-func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routing.Table, cells []rpv1.RedPacketCell, now time.Time) {
+func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routing.Table, cells []rpv1.RedPacketCell, held map[string]string, now time.Time) {
 	st := &set.Status
 	gen := set.Generation
 	latest := t.Latest()
@@ -396,7 +414,11 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routin
 			Available: status, Draining: len(slots) == 0,
 		})
 		if len(slots) == 0 {
-			draining = append(draining, c.Name)
+			if why, ok := held[c.Name]; ok {
+				draining = append(draining, fmt.Sprintf("%s (held: %s)", c.Name, why))
+			} else {
+				draining = append(draining, c.Name)
+			}
 		}
 		if !inLatest[c.Name] {
 			continue

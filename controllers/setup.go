@@ -13,6 +13,8 @@ type Options struct {
 	OpenCellDB CellDBOpener
 	// MaskPoll is how often a ready cell's error counts are read (0: 10 s).
 	MaskPoll time.Duration
+	// Now is the reconcilers' clock (nil: time.Now); tests move it past expiry windows.
+	Now func() time.Time
 }
 
 // Setup registers both reconcilers with a manager.
@@ -21,11 +23,14 @@ func Setup(mgr ctrl.Manager, opts ...Options) error {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	set := &SetReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketset-controller")}
+	// One pool per cell database, shared: the cell reconciler reads error counts and writes
+	// masks, the set reconciler checks a retiring cell for unsettled packets.
+	dbs := &cellDBs{open: o.OpenCellDB}
+	set := &SetReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketset-controller"), Now: o.Now, dbs: dbs}
 	if err := set.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up redpacketset controller: %w", err)
 	}
-	cell := &CellReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketcell-controller"), OpenDB: o.OpenCellDB, MaskPoll: o.MaskPoll}
+	cell := &CellReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketcell-controller"), MaskPoll: o.MaskPoll, Now: o.Now, dbs: dbs}
 	if err := cell.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up redpacketcell controller: %w", err)
 	}

@@ -1,0 +1,177 @@
+package controllers_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/shard"
+	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/controllers"
+	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
+)
+
+// TestScaleInHoldsUnsettledCell scales a set in and moves the operator's clock past the time
+// its old routing epoch may be pruned: the removed cell still holds an unpaid packet in its
+// real database, so it is kept and reported, and it goes only once the packet has settled.
+func TestScaleInHoldsUnsettledCell(t *testing.T) {
+	env := envtestutil.Start(t)
+	c := env.Client
+	ctx := context.Background()
+
+	dbs := map[string]*sql.DB{}
+	for _, cell := range []string{"shrink-cell-0", "shrink-cell-1"} {
+		m := testenv.StartMariaDB(t)
+		db, err := sql.Open("mysql", m.DSN(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		dbs[cell] = db
+	}
+	var skew atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	startManager(t, env, controllers.Options{
+		Now: now,
+		OpenCellDB: func(_ context.Context, cell *rpv1.RedPacketCell, _ *corev1.Secret) (*sql.DB, error) {
+			if db, ok := dbs[cell.Name]; ok {
+				return db, nil
+			}
+			return nil, fmt.Errorf("no database for %s", cell.Name)
+		},
+	})
+
+	set := &rpv1.RedPacketSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "shrink", Namespace: "default"},
+		Spec: rpv1.RedPacketSetSpec{
+			Zones:          []string{"zone-a", "zone-b"},
+			Cells:          2,
+			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
+			RebalanceDelay: &metav1.Duration{Duration: time.Second},
+			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: time.Hour}},
+		},
+	}
+	if err := c.Create(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "two ready cells", func() error {
+		cells, err := listCells(ctx, c, set)
+		if err != nil || len(cells) != 2 {
+			return fmt.Errorf("%d cells, %v", len(cells), err)
+		}
+		for i := range cells {
+			if err := markReady(ctx, c, &cells[i], cells[i].Spec.Servers); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	// An unpaid packet in cell 1 (slot 600 is cell 1's in epoch 1), written by the real store.
+	st, err := store.New(dbs["shrink-cell-1"], store.Config{Layout: shard.Layout{Databases: 2, TablesPerDB: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := time.Now().UTC().Truncate(time.Second)
+	if err := st.EnsureSchema(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+	id, err := ids.Compose(ids.Parts{Created: created, Slot: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Wrap(ctx, store.Packet{ID: id, Sender: "alice", RequestID: "r1", Kind: "random", TotalCents: 500, Count: 5, CreatedAt: created}, created.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+
+	scale(t, ctx, c, set, 1)
+	eventually(t, "cell 1 draining under epoch 2", func() error {
+		s := getSet(t, c, client.ObjectKeyFromObject(set))
+		if s.Status.Routing.CurrentEpoch != 2 {
+			return fmt.Errorf("epoch %d", s.Status.Routing.CurrentEpoch)
+		}
+		cell := &rpv1.RedPacketCell{}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-1"}, cell); err != nil {
+			return err
+		}
+		if !cell.Spec.Draining || len(cell.Spec.Slots) != 0 {
+			return fmt.Errorf("cell 1 draining %v slots %v", cell.Spec.Draining, cell.Spec.Slots)
+		}
+		return nil
+	})
+
+	// Past 2×expiry + settle window: epoch 1 is pruned, but the packet is not settled.
+	skew.Store(int64(4 * time.Hour))
+	touch(t, ctx, c, "shrink-cell-1")
+	eventually(t, "cell 1 held for its unsettled packet", func() error {
+		s := getSet(t, c, client.ObjectKeyFromObject(set))
+		if len(s.Status.Routing.Epochs) != 1 {
+			return fmt.Errorf("%d epochs kept", len(s.Status.Routing.Epochs))
+		}
+		cond, reason := condition(s.Status.Conditions, rpv1.SetRebalancing)
+		msg := ""
+		for _, cd := range s.Status.Conditions {
+			if cd.Type == rpv1.SetRebalancing {
+				msg = cd.Message
+			}
+		}
+		if cond != metav1.ConditionTrue || reason != rpv1.ReasonDrainingCells || !strings.Contains(msg, "1 unsettled packets") {
+			return fmt.Errorf("Rebalancing %s/%s %q", cond, reason, msg)
+		}
+		return c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-1"}, &rpv1.RedPacketCell{})
+	})
+
+	// The sweeper cancels the unpaid packet at its deadline; then the cell may go.
+	if _, err := st.ExpireDue(ctx, created.Add(2*time.Hour), 100); err != nil {
+		t.Fatal(err)
+	}
+	touch(t, ctx, c, "shrink-cell-1")
+	eventually(t, "cell 1 deleted once settled", func() error {
+		err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-1"}, &rpv1.RedPacketCell{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("cell 1 still there: %v", err)
+	})
+	if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-0"}, &rpv1.RedPacketCell{}); err != nil {
+		t.Fatalf("cell 0 must stay: %v", err)
+	}
+}
+
+func scale(t *testing.T, ctx context.Context, c client.Client, set *rpv1.RedPacketSet, cells int32) {
+	t.Helper()
+	patch := client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"cells":%d}}`, cells)))
+	if err := c.Patch(ctx, set.DeepCopy(), patch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// touch changes a cell's annotation, which wakes its set's reconciler at once.
+func touch(t *testing.T, ctx context.Context, c client.Client, name string) {
+	t.Helper()
+	cell := &rpv1.RedPacketCell{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: name}, cell); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(cell.DeepCopy())
+	if cell.Annotations == nil {
+		cell.Annotations = map[string]string{}
+	}
+	cell.Annotations["test/touched"] = time.Now().Format(time.RFC3339Nano)
+	if err := c.Patch(ctx, cell, patch); err != nil {
+		t.Fatal(err)
+	}
+}
