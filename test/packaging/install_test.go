@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -73,6 +74,9 @@ func TestHelmChartInstallsIntoAPIServer(t *testing.T) {
 	ns.SetAPIVersion("v1")
 	ns.SetKind("Namespace")
 	ns.SetName("rp-system")
+	// Hold the chart's defaults to the restricted Pod Security profile, as config/default's
+	// namespace does.
+	ns.SetLabels(map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
 	c, cfg := startAPIServer(t)
 	applyAll(t, c, append([]*unstructured.Unstructured{ns}, objs...))
 	checkInstall(t, c, cfg, objs, install{
@@ -197,6 +201,7 @@ func checkInstall(t *testing.T, c client.Client, cfg *rest.Config, objs []*unstr
 	if dep.GetName() != in.deployment || dep.GetNamespace() != in.namespace {
 		t.Errorf("Deployment is %s/%s, want %s/%s", dep.GetNamespace(), dep.GetName(), in.namespace, in.deployment)
 	}
+	checkPodSecurity(t, c, in)
 
 	// The bindings really grant the operator's ServiceAccount what the controllers need, and
 	// no more than that: ask the API server's authorizer.
@@ -226,6 +231,38 @@ func checkInstall(t *testing.T, c client.Client, cfg *rest.Config, objs []*unstr
 	}
 
 	runOperatorAs(t, c, cfg, user, in.namespace)
+}
+
+// checkPodSecurity creates (dry run) a pod from the installed Deployment's template in the
+// operator's namespace, which enforces the restricted Pod Security profile: envtest has no
+// kubelet, but Pod Security admission runs in the API server. A privileged twin must be
+// refused, or the check proves nothing.
+func checkPodSecurity(t *testing.T, c client.Client, in install) {
+	t.Helper()
+	ctx := context.Background()
+	var ns corev1.Namespace
+	if err := c.Get(ctx, client.ObjectKey{Name: in.namespace}, &ns); err != nil {
+		t.Fatal(err)
+	}
+	if got := ns.Labels["pod-security.kubernetes.io/enforce"]; got != "restricted" {
+		t.Fatalf("namespace %s enforces Pod Security %q, want restricted", in.namespace, got)
+	}
+	var dep appsv1.Deployment
+	if err := c.Get(ctx, client.ObjectKey{Namespace: in.namespace, Name: in.deployment}, &dep); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "pod-security-check-", Namespace: in.namespace, Labels: dep.Spec.Template.Labels},
+		Spec:       *dep.Spec.Template.Spec.DeepCopy(),
+	}
+	if err := c.Create(ctx, pod.DeepCopy(), client.DryRunAll); err != nil {
+		t.Errorf("the manager pod is refused in namespace %s: %v", in.namespace, err)
+	}
+	pod.Spec.Containers[0].SecurityContext.Privileged = ptr.To(true)
+	pod.Spec.Containers[0].SecurityContext.AllowPrivilegeEscalation = ptr.To(true)
+	if err := c.Create(ctx, pod, client.DryRunAll); err == nil {
+		t.Errorf("a privileged pod was admitted in %s: Pod Security is not enforced, so the check above proves nothing", in.namespace)
+	}
 }
 
 // runOperatorAs runs the operator's controllers with the installed ServiceAccount's
