@@ -12,12 +12,14 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/internal/loadgen"
 	"github.com/redpacketset/redpacket/internal/localset"
 )
@@ -43,7 +45,8 @@ func twoCellSet() *rpv1.RedPacketSet {
 
 // TestLocalSETFestivalAndRestart starts a 2-cell local SET, drives 10,000 opens through the
 // gateway, audits every cell, then stops the SET, starts it again on the same data and checks
-// that a packet from before is still readable and openable, with idempotent repeats.
+// that a packet from before is still readable and openable, with idempotent repeats; then
+// crashes the server holding it and opens it again once the supervisor has restarted it.
 func TestLocalSETFestivalAndRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a whole SET of processes")
@@ -141,6 +144,31 @@ func TestLocalSETFestivalAndRestart(t *testing.T) {
 	}
 	open(t, s2.GatewayURL(), old, "after-restart")
 
+	// A cell server that crashes is restarted by the supervisor (as Kubernetes would) under a
+	// new worker lease; the gateway routes to it again once it is ready.
+	id, err := strconv.ParseInt(old, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, _, err := s2.Routing().OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.KillServer(owner, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		code, err := tryOpen(s2.GatewayURL(), old, "after-crash")
+		if err == nil && code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("open after a server crash: still %d %v after 90s", code, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
 	// The whole history, old run included, still audits clean.
 	audit(t, ctx, s2, res.Started.Add(-time.Second), nil)
 }
@@ -190,6 +218,18 @@ func wrapAndPay(t *testing.T, gw, sender string, count int, total int64) string 
 		t.Fatalf("pay: %d", code)
 	}
 	return p.PacketID
+}
+
+// tryOpen is an open that may fail while a server restarts.
+func tryOpen(gw, id, user string) (int, error) {
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Post(gw+"/v1/packets/"+id+"/open", "application/json",
+		bytes.NewReader([]byte(`{"user":"`+user+`"}`)))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
 }
 
 func open(t *testing.T, gw, id, user string) int64 {
