@@ -232,8 +232,11 @@ func TestFIFOAndRepeatsInsideABatch(t *testing.T) {
 			answers[i] = answer{o.AmountCents, o.Seq, o.Repeat, err}
 		}(i, u)
 		// Arrival order matters for the check below: wait until it is queued.
-		deadline := time.Now().Add(5 * time.Second)
-		for q.Depth() < i+1 && time.Now().Before(deadline) {
+		deadline := time.Now().Add(20 * time.Second)
+		for q.Depth() < i+1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("open %d never reached the queue", i)
+			}
 			time.Sleep(time.Millisecond)
 		}
 	}
@@ -326,8 +329,11 @@ func TestPayAndOpensKeepArrivalOrder(t *testing.T) {
 	answers := make([]answer, 4)
 	var wg sync.WaitGroup
 	waitQueued := func(n int) {
-		deadline := time.Now().Add(5 * time.Second)
-		for q.Depth() < n && time.Now().Before(deadline) {
+		deadline := time.Now().Add(20 * time.Second)
+		for q.Depth() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("request %d never reached the queue", n)
+			}
 			time.Sleep(time.Millisecond)
 		}
 	}
