@@ -122,8 +122,12 @@ func printSummary(w io.Writer, s *localset.SET, manifest string, took time.Durat
 	fmt.Fprintf(w, "planner: headroom %.3f, each cell's peak %d opens/s, zone-failure tolerant: %v (%s)\n\n",
 		p.Headroom, p.CellPeakOpensPerSec, p.ZoneFailureTolerant, p.ToleranceMessage)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CELL\tSLOTS (epoch "+fmt.Sprint(s.Routing().Epochs[len(s.Routing().Epochs)-1].Number)+")\tSERVERS PLANNED\tSTARTED")
 	latest := s.Routing().Epochs[len(s.Routing().Epochs)-1]
+	if len(s.Routing().Epochs) > 1 {
+		fmt.Fprintf(w, "routing: %d epochs; epoch %d takes effect %s (older packets keep their cell)\n",
+			len(s.Routing().Epochs), latest.Number, latest.EffectiveTime.Local().Format(time.RFC3339))
+	}
+	fmt.Fprintf(tw, "CELL\tSLOTS (epoch %d)\tSERVERS PLANNED\tSTARTED\n", latest.Number)
 	for _, c := range s.Cells() {
 		planned, started := s.Servers(c)
 		var slots []string

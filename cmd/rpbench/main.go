@@ -87,6 +87,7 @@ func festival(args []string) error {
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
 	audit := fs.Bool("audit", true, "audit every cell's database and ledger after the run")
 	auditTimeout := fs.Duration("audit-drain-timeout", time.Minute, "how long the audit waits for outboxes to drain")
+	auditSince := fs.Duration("audit-since", 0, "audit packets created this long before the run too (0: only this run's)")
 	maxErrors := fs.Int64("max-errors", 0, "exit non-zero when more unexpected errors than this occur")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -160,7 +161,7 @@ func festival(args []string) error {
 		defer cancel()
 		rep, err := loadgen.Audit(actx, loadgen.AuditConfig{
 			Cells: cells, Layout: layout, Routing: table, DrainTimeout: *auditTimeout,
-			From: res.Started.Add(-2 * time.Second), To: time.Now().Add(time.Second),
+			From: res.Started.Add(-2*time.Second - *auditSince), To: time.Now().Add(time.Second),
 			Created: res.Created, Shares: res.Shares,
 			CellSchema:   stOr(st, func(s *localset.State) string { return s.CellSchema }),
 			WalletSchema: stOr(st, func(s *localset.State) string { return s.WalletSchema }),
