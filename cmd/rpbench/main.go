@@ -220,8 +220,10 @@ func printProgress(w io.Writer, p loadgen.Progress, tty bool) {
 
 func printReport(w io.Writer, r *loadgen.Result) {
 	fmt.Fprintf(w, "\nrpbench report — %s, GOMAXPROCS %d, %d CPUs\n", r.Started.UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), runtime.NumCPU())
-	fmt.Fprintf(w, "ran %s: %d shares paid, %.0f opens/s; %d packets created; 429s %d; unexpected errors %d\n\n",
+	fmt.Fprintf(w, "ran %s: %d shares paid, %.0f opens/s; %d packets created; 429s %d; unexpected errors %d\n",
 		r.Elapsed.Round(time.Millisecond), r.Opens, r.OpensPerSec, len(r.Created), r.Throttled, r.Errors)
+	fmt.Fprintf(w, "CPU: machine %.0f%% busy during the run; rpbench itself used %.1f of %d cores\n\n",
+		r.MachineCPU*100, r.ClientCPU.Seconds()/r.Elapsed.Seconds(), runtime.NumCPU())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "verb\trequests\tp50\tp99\tp99.9\tmax\t\toutcomes")
 	for _, v := range r.Verbs {

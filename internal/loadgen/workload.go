@@ -158,6 +158,10 @@ type Result struct {
 	Created        []CreatedPacket
 	Shares         []PaidShare
 	Config         Config
+	// MachineCPU is the machine-wide busy fraction during the run (every tier shares the cores
+	// on one machine); ClientCPU is the CPU time the load generator itself used.
+	MachineCPU float64
+	ClientCPU  time.Duration
 }
 
 // Run drives the workload until ctx ends, Duration passes or Opens shares are paid. Requests
@@ -180,6 +184,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r.stop = runCtx.Done()
 	r.cancel = cancel
 
+	cpu0, self0 := readCPU(), selfCPU()
 	res := &Result{Started: time.Now(), Config: cfg}
 	recs := make([]*recorder, cfg.Concurrency)
 	var wg sync.WaitGroup
@@ -194,6 +199,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	res.Ended = time.Now()
 	res.Elapsed = res.Ended.Sub(res.Started)
+	res.MachineCPU, res.ClientCPU = cpuBusy(cpu0, readCPU()), selfCPU()-self0
 	res.Opens = r.opens.Load()
 	res.OpensPerSec = float64(res.Opens) / res.Elapsed.Seconds()
 	res.Throttled = r.throttled.Load()
