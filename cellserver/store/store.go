@@ -8,6 +8,14 @@
 // The store must never decide business rules beyond what keeps the money invariants
 // (DESIGN.md §4): the split rule comes in as a ShareFunc from the packet package.
 //
+// How DESIGN.md §4 is held by the database itself, not only by this code:
+//   - conservation: the packet row's CHECK (remaining ≥ remaining count ≥ 0, remaining +
+//     refunded ≤ total) and every receive record's CHECK (amount ≥ 1); opens and the refund
+//     are conditional UPDATEs on the values read under the row lock;
+//   - one open per user: UNIQUE (packet_id, user_id) on receive records;
+//   - exactly-once effects: UNIQUE idem_key on the outbox, and the wallet's own unique key;
+//   - idempotent wrap and pay: primary keys (sender, request_id) and (payment_txn_id).
+//
 // Placement: a packet's shard follows from its ID alone (slot → logical table, creation
 // second → day table), so no lookup table sits on the hot path. The per-cell schema sits on
 // the same MariaDB server, and MariaDB transactions span schemas on one server, so a wrap,
