@@ -26,7 +26,7 @@ var (
 	EventEpochPruned         = event{corev1.EventTypeNormal, "EpochPruned", "Prune", "routing epoch %d pruned: every packet created under it is settled"}
 	EventInvalidSpec         = event{corev1.EventTypeWarning, "InvalidSpec", "Plan", "%s"}
 	EventSecretGenerated     = event{corev1.EventTypeNormal, "SecretGenerated", "Create", "generated secret %s"}
-	EventZoneTolerance       = event{corev1.EventTypeWarning, "ZoneFailureIntolerant", "Plan", "%s"}
+	EventZoneTolerance       = event{corev1.EventTypeWarning, "ZoneFailureIntolerant", "Plan", "losing a zone would leave less than the peak: %s"}
 	EventSlotsMasked         = event{corev1.EventTypeWarning, "SlotsMasked", "Mask", "masked the slots of logical table %s: its errors passed the threshold"}
 	EventSlotsUnmasked       = event{corev1.EventTypeNormal, "SlotsUnmasked", "Unmask", "lifted the mask of logical table %s after a quiet cool-down"}
 	EventMaskBudgetExhausted = event{corev1.EventTypeWarning, "MaskBudgetExhausted", "Mask", "mask budget of %d slots spent; tables left unmasked: %s"}

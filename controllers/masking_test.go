@@ -28,27 +28,7 @@ func TestMasking(t *testing.T) {
 	c := env.Client
 	ctx := context.Background()
 
-	// One MariaDB per cell, as in production, so the cells' control schemas are apart.
-	dbs := map[string]*sql.DB{}
-	for _, cell := range []string{"masked-cell-0", "masked-cell-1"} {
-		m := testenv.StartMariaDB(t)
-		db, err := sql.Open("mysql", m.DSN(""))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		dbs[cell] = db
-	}
-	open := func(_ context.Context, cell *rpv1.RedPacketCell, creds *corev1.Secret) (*sql.DB, error) {
-		if len(creds.Data["password"]) == 0 {
-			return nil, fmt.Errorf("no credentials for %s", cell.Name)
-		}
-		db, ok := dbs[cell.Name]
-		if !ok {
-			return nil, fmt.Errorf("no database for %s", cell.Name)
-		}
-		return db, nil
-	}
+	dbs, open := cellDatabases(t, "masked-cell-0", "masked-cell-1")
 	startManager(t, env, controllers.Options{OpenCellDB: open, MaskPoll: 300 * time.Millisecond})
 
 	set := &rpv1.RedPacketSet{
@@ -170,4 +150,31 @@ func TestMasking(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// cellDatabases starts one MariaDB per cell, as in production, so the cells' control and cell
+// schemas are apart, and returns an opener the operator uses in place of dialing Services.
+func cellDatabases(t *testing.T, cells ...string) (map[string]*sql.DB, controllers.CellDBOpener) {
+	t.Helper()
+	dbs := map[string]*sql.DB{}
+	for _, cell := range cells {
+		m := testenv.StartMariaDB(t)
+		db, err := sql.Open("mysql", m.DSN(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		dbs[cell] = db
+	}
+	open := func(_ context.Context, cell *rpv1.RedPacketCell, creds *corev1.Secret) (*sql.DB, error) {
+		if len(creds.Data["password"]) == 0 {
+			return nil, fmt.Errorf("no credentials for %s", cell.Name)
+		}
+		db, ok := dbs[cell.Name]
+		if !ok {
+			return nil, fmt.Errorf("no database for %s", cell.Name)
+		}
+		return db, nil
+	}
+	return dbs, open
 }

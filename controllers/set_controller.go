@@ -466,7 +466,11 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routin
 	case plan.ReasonInsufficientHeadroom:
 		reason = rpv1.ReasonHeadroomInsufficient
 	}
+	wasIntolerant := meta.IsStatusConditionFalse(st.Conditions, rpv1.SetZoneFailureTolerant)
 	cond(rpv1.SetZoneFailureTolerant, p.ZoneFailureTolerant, reason, p.ToleranceMessage)
+	if !p.ZoneFailureTolerant && !wasIntolerant {
+		EventZoneTolerance.emit(r.Recorder, set, p.ToleranceMessage)
+	}
 
 	switch {
 	case latest.EffectiveTime.After(now):

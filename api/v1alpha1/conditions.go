@@ -26,7 +26,6 @@ const (
 
 // Condition reasons. Each is documented in docs/operator.md with what an SRE does about it.
 const (
-	ReasonReconciling          = "Reconciling"
 	ReasonAllCellsAvailable    = "AllCellsAvailable"
 	ReasonCellsUnavailable     = "CellsUnavailable"
 	ReasonCellsProgressing     = "CellsProgressing"
