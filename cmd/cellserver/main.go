@@ -56,6 +56,7 @@ type Config struct {
 	CellSchema     string
 	ControlSchema  string
 	WalletSchema   string
+	WalletDSN      string
 	QueueWorkers   int
 	QueueDepth     int
 	BatchMax       int
@@ -90,6 +91,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&c.CellSchema, "cell-schema", "rp_cell", "per-cell schema: idempotency keys, expiry index, outbox, history")
 	fs.StringVar(&c.ControlSchema, "control-schema", control.DefaultSchema, "control schema: worker leases, masks, error counts")
 	fs.StringVar(&c.WalletSchema, "wallet-schema", "rp_wallet", "schema of the reference wallet ledger the outbox relays to")
+	fs.StringVar(&c.WalletDSN, "wallet-dsn", "", "MariaDB of the reference wallet ledger; empty = the cell's own")
 	fs.IntVar(&c.QueueWorkers, "queue-workers", 32, "per-packet FIFO workers (each holds at most one DB connection)")
 	fs.IntVar(&c.QueueDepth, "queue-depth", 1024, "requests waiting per worker before overflow takes the guarded path")
 	fs.IntVar(&c.BatchMax, "batch-max", 128, "most opens of one packet committed in one transaction")
@@ -175,7 +177,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if err != nil {
 		return err
 	}
-	ledger, err := wallet.NewLedger(db, cfg.WalletSchema)
+	walletDB := db
+	if cfg.WalletDSN != "" {
+		if walletDB, err = store.OpenDB(cfg.WalletDSN, 16); err != nil {
+			return fmt.Errorf("wallet db: %w", err)
+		}
+		defer walletDB.Close()
+	}
+	ledger, err := wallet.NewLedger(walletDB, cfg.WalletSchema)
 	if err != nil {
 		return err
 	}
