@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/store"
 	"github.com/redpacketset/redpacket/internal/loadgen"
 	"github.com/redpacketset/redpacket/internal/localset"
 )
@@ -104,6 +107,7 @@ func TestLocalSETFestivalAndRestart(t *testing.T) {
 		t.Errorf("packets per answering cell %v: want both cells used", cellsSeen)
 	}
 	audit(t, ctx, s, res.Started.Add(-time.Second), res)
+	auditCatchesTampering(t, ctx, s, res)
 
 	// A packet with shares left, opened once before the restart.
 	old := wrapAndPay(t, s.GatewayURL(), "restart-sender", 5, 500)
@@ -200,6 +204,79 @@ func audit(t *testing.T, ctx context.Context, s *localset.SET, from time.Time, r
 	if !rep.OK() {
 		n := min(len(rep.Violations), 20)
 		t.Fatalf("audit: %d violations, first %d:\n%v", len(rep.Violations), n, rep.Violations[:n])
+	}
+}
+
+// auditCatchesTampering shows the audit is not vacuous: one receive record inflated by a cent,
+// and a routing table that names the wrong owners, must both be reported; undoing the change
+// makes the audit clean again.
+func auditCatchesTampering(t *testing.T, ctx context.Context, s *localset.SET, res *loadgen.Result) {
+	t.Helper()
+	st := s.State()
+	victim := res.Shares[len(res.Shares)/2]
+	owner, _, err := s.Routing().OwnerAt(ids.Slot(victim.Packet), ids.CreatedAt(victim.Packet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _ := st.Cell(owner)
+	db, err := store.OpenDB(cs.DSN(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	cellStore, err := store.New(db, store.Config{Layout: st.Layout.Shard(), CellSchema: st.CellSchema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, receipts := cellStore.Tables(victim.Packet)
+	shift := func(delta int) {
+		t.Helper()
+		r, err := db.ExecContext(ctx, "UPDATE "+receipts+" SET amount_cents = amount_cents + ? WHERE packet_id = ? AND user_id = ?", delta, victim.Packet, victim.User)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := r.RowsAffected(); n != 1 {
+			t.Fatalf("tamper: %d rows", n)
+		}
+	}
+	var cells []loadgen.CellDB
+	for _, c := range st.Cells {
+		cells = append(cells, loadgen.CellDB{Name: c.Name, DSN: c.DSN()})
+	}
+	cfg := loadgen.AuditConfig{Cells: cells, Layout: st.Layout.Shard(), CellSchema: st.CellSchema, WalletSchema: st.WalletSchema,
+		Routing: s.Routing(), From: res.Started.Add(-time.Second), To: time.Now().Add(time.Second), Shares: res.Shares}
+
+	shift(+1)
+	rep, err := loadgen.Audit(ctx, cfg)
+	shift(-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"opened", "credited", "was told"} // conservation, ledger, client view
+	for _, w := range want {
+		if !slices.ContainsFunc(rep.Violations, func(v string) bool {
+			return strings.Contains(v, w) && strings.Contains(v, strconv.FormatInt(victim.Packet, 10))
+		}) {
+			t.Errorf("an inflated receive record of packet %d: no %q violation in %v", victim.Packet, w, rep.Violations)
+		}
+	}
+
+	swapped := *s.Routing()
+	swapped.Epochs = slices.Clone(swapped.Epochs)
+	for i := range swapped.Epochs {
+		e := &swapped.Epochs[i]
+		e.Ranges = slices.Clone(e.Ranges)
+		for j := range e.Ranges {
+			e.Ranges[j].Cell = map[string]string{st.Cells[0].Name: st.Cells[1].Name, st.Cells[1].Name: st.Cells[0].Name}[e.Ranges[j].Cell]
+		}
+	}
+	cfg.Routing, cfg.Shares = &swapped, nil
+	rep, err = loadgen.Audit(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rep.Violations); n != len(res.Created) {
+		t.Errorf("with every owner swapped the audit found %d violations, want one per packet (%d)", n, len(res.Created))
 	}
 }
 
