@@ -85,6 +85,7 @@ func festival(args []string) error {
 	fs.IntVar(&cfg.MaxCount, "max-count", 0, "the set's most shares per packet (default: the local SET's, else 100)")
 	fs.Int64Var(&cfg.MaxTotalCents, "max-total-cents", 0, "the set's largest packet (default: the local SET's, else 20000)")
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
+	fs.IntVar(&cfg.KeepShares, "check-shares", 200_000, "paid shares the audit checks against receive records one by one")
 	audit := fs.Bool("audit", true, "audit every cell's database and ledger after the run")
 	auditTimeout := fs.Duration("audit-drain-timeout", time.Minute, "how long the audit waits for outboxes to drain")
 	auditSince := fs.Duration("audit-since", 0, "audit packets created this long before the run too (0: only this run's)")

@@ -51,6 +51,9 @@ type Config struct {
 	MaxTotalCents int64
 	// Pool is the number of ordinary packets open for tapping at once; default 2×Concurrency.
 	Pool int
+	// KeepShares bounds how many paid shares the result keeps for the audit's client-view
+	// check (each costs one query); default 200,000. Opens counts them all.
+	KeepShares int
 	// RunID makes request IDs unique across runs on the same data; default from the clock.
 	RunID string
 	Seed  uint64
@@ -102,6 +105,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.Pool <= 0 {
 		c.Pool = 2 * c.Concurrency
+	}
+	if c.KeepShares <= 0 {
+		c.KeepShares = 200_000
 	}
 	if c.RunID == "" {
 		c.RunID = strconv.FormatInt(time.Now().UnixMilli(), 36)
@@ -156,7 +162,7 @@ type Result struct {
 	ErrorSamples   []string // the first few unexpected answers, for the report
 	Misrouted      []string // answers from a cell that does not own the packet
 	Created        []CreatedPacket
-	Shares         []PaidShare
+	Shares         []PaidShare // the first Config.KeepShares of them
 	Config         Config
 	// MachineCPU is the machine-wide busy fraction during the run (every tier shares the cores
 	// on one machine); ClientCPU is the CPU time the load generator itself used.
@@ -342,7 +348,9 @@ func (r *runner) tap(rng *rand.Rand, pk *livePacket, member int, rec *recorder) 
 		}
 		n := r.opens.Add(1)
 		r.mu.Lock()
-		r.shares = append(r.shares, PaidShare{Packet: pk.id, User: user, AmountCents: open.AmountCents})
+		if len(r.shares) < r.cfg.KeepShares {
+			r.shares = append(r.shares, PaidShare{Packet: pk.id, User: user, AmountCents: open.AmountCents})
+		}
 		r.mu.Unlock()
 		if r.cfg.Opens > 0 && n >= r.cfg.Opens {
 			r.cancel()
