@@ -71,6 +71,7 @@ func festival(args []string) error {
 	dataDir := fs.String("localset", ".localset", "data dir of a local SET (`localset up`): gateway URL, cell DSNs, layout and routing come from its state.json")
 	fs.StringVar(&cfg.Gateway, "gateway", "", "gateway base URL (default: the local SET's)")
 	fs.Var(&cells, "cell", "CELL=DSN of a cell's MariaDB for the audit, repeatable (default: the local SET's cells)")
+	walletDSN := fs.String("wallet-dsn", "", "DSN of the wallet ledger when the servers run with -wallet-dsn (default: each cell's own database)")
 	routingFile := fs.String("routing-file", "", "routing.json for the ownership checks (default: the local SET's)")
 	shards := fs.String("shards", "", "shard layout DATABASESxTABLES of the cells (default: the local SET's, else 100x10)")
 	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to run (0: until -opens)")
@@ -134,6 +135,9 @@ func festival(args []string) error {
 		table = t
 	}
 	cfg.Routing = table
+	for i := range cells {
+		cells[i].WalletDSN = *walletDSN
+	}
 	cfg.Gateway = strings.TrimRight(cfg.Gateway, "/")
 	cfg = cfg.WithDefaults()
 

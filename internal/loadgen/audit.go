@@ -17,6 +17,9 @@ import (
 type CellDB struct {
 	Name string
 	DSN  string
+	// WalletDSN is where the cell's servers relay wallet transfers (cellserver -wallet-dsn);
+	// empty means the cell's own database.
+	WalletDSN string
 }
 
 // AuditConfig says what to audit.
@@ -90,7 +93,14 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 			return nil, fmt.Errorf("audit cell %s: %w", c.Name, err)
 		}
 		stores[c.Name] = st
-		ca, err := auditCell(ctx, cfg, c.Name, db, st, rep, home)
+		walletDB := db
+		if c.WalletDSN != "" {
+			if walletDB, err = store.OpenDB(c.WalletDSN, 4); err != nil {
+				return nil, fmt.Errorf("audit cell %s: wallet: %w", c.Name, err)
+			}
+			defer walletDB.Close()
+		}
+		ca, err := auditCell(ctx, cfg, c.Name, walletDB, st, rep, home)
 		if err != nil {
 			return nil, fmt.Errorf("audit cell %s: %w", c.Name, err)
 		}
@@ -126,7 +136,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	return rep, nil
 }
 
-func auditCell(ctx context.Context, cfg AuditConfig, cell string, db *sql.DB, st *store.Store, rep *AuditReport, home map[int64]string) (CellAudit, error) {
+func auditCell(ctx context.Context, cfg AuditConfig, cell string, walletDB *sql.DB, st *store.Store, rep *AuditReport, home map[int64]string) (CellAudit, error) {
 	ca := CellAudit{Name: cell}
 	// Wallet credits trail the money path through the outbox: wait until it is relayed.
 	start := time.Now()
@@ -151,7 +161,7 @@ func auditCell(ctx context.Context, cfg AuditConfig, cell string, db *sql.DB, st
 	}
 	ca.DrainedIn = time.Since(start)
 
-	ledger, err := wallet.NewLedger(db, cfg.WalletSchema)
+	ledger, err := wallet.NewLedger(walletDB, cfg.WalletSchema)
 	if err != nil {
 		return ca, err
 	}
