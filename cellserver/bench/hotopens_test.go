@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/redpacketset/redpacket/internal/cpustat"
 	"os"
 	"runtime"
 	"slices"
@@ -113,7 +114,7 @@ func runStrategy(b *testing.B, svc *packet.Service, hot int, s strategy) {
 	var lmu sync.Mutex
 	var lat []time.Duration
 	var worker atomic.Int64
-	cpu0 := readCPU()
+	cpu0 := cpustat.Read()
 	b.SetParallelism((Callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
 	b.ResetTimer()
 	start := time.Now()
@@ -143,7 +144,7 @@ func runStrategy(b *testing.B, svc *packet.Service, hot int, s strategy) {
 	})
 	elapsed := time.Since(start)
 	b.StopTimer()
-	cpu := cpuBusy(cpu0, readCPU())
+	cpu := cpustat.Busy(cpu0, cpustat.Read())
 	slices.Sort(lat)
 	var p99 time.Duration
 	if len(lat) > 0 {
@@ -182,33 +183,4 @@ func printTable(title string, names []string) {
 		fmt.Fprintf(&sb, "%-26s %12.0f %8d %10s %6.0f %8.2f\n", name, r.opensPerSec, r.failed, r.p99.Round(100*time.Microsecond), r.cpu*100, r.opensPerSec/base.opensPerSec)
 	}
 	fmt.Fprint(os.Stdout, sb.String())
-}
-
-type cpuSample struct{ busy, total uint64 }
-
-// readCPU reads the machine-wide CPU counters: MariaDB, the server code and the load
-// generator share the same two cores, so the machine figure is the honest one.
-func readCPU() cpuSample {
-	raw, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return cpuSample{}
-	}
-	line, _, _ := strings.Cut(string(raw), "\n")
-	f := strings.Fields(line)
-	var s cpuSample
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		s.total += n
-		if i != 3 && i != 4 { // idle, iowait
-			s.busy += n
-		}
-	}
-	return s
-}
-
-func cpuBusy(a, b cpuSample) float64 {
-	if b.total <= a.total {
-		return 0
-	}
-	return float64(b.busy-a.busy) / float64(b.total-a.total)
 }

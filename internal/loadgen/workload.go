@@ -27,6 +27,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/internal/cpustat"
 )
 
 // Config shapes the workload. Zero values take the defaults in withDefaults.
@@ -190,7 +191,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r.stop = runCtx.Done()
 	r.cancel = cancel
 
-	cpu0, self0 := readCPU(), selfCPU()
+	cpu0, self0 := cpustat.Read(), selfCPU()
 	res := &Result{Started: time.Now(), Config: cfg}
 	recs := make([]*recorder, cfg.Concurrency)
 	var wg sync.WaitGroup
@@ -205,7 +206,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	res.Ended = time.Now()
 	res.Elapsed = res.Ended.Sub(res.Started)
-	res.MachineCPU, res.ClientCPU = cpuBusy(cpu0, readCPU()), selfCPU()-self0
+	res.MachineCPU, res.ClientCPU = cpustat.Busy(cpu0, cpustat.Read()), selfCPU()-self0
 	res.Opens = r.opens.Load()
 	res.OpensPerSec = float64(res.Opens) / res.Elapsed.Seconds()
 	res.Throttled = r.throttled.Load()

@@ -15,6 +15,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/redpacketset/redpacket/internal/cpustat"
 	"log/slog"
 	"os"
 	"runtime"
@@ -90,7 +91,7 @@ func Run(ctx context.Context, cfg Config) ([]Point, Machine, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := Machine{Started: time.Now().UTC(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), Kernel: kernel(), LoadBefore: loadAvg(),
+	m := Machine{Started: time.Now().UTC(), CPUs: runtime.NumCPU(), CPUModel: cpustat.Model(), Kernel: kernel(), LoadBefore: loadAvg(),
 		Durability: "innodb_flush_log_at_trx_commit=1"}
 	if cfg.BinLog {
 		m.Durability += ", log-bin with sync_binlog=1"
@@ -229,7 +230,7 @@ func (e *env) measure(ctx context.Context, key string, callers int, d time.Durat
 	var firstErr atomic.Value
 	lat := make([][]time.Duration, callers)
 	stop := make(chan struct{})
-	cpu0 := readCPU()
+	cpu0 := cpustat.Read()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range callers {
@@ -265,7 +266,7 @@ func (e *env) measure(ctx context.Context, key string, callers int, d time.Durat
 	close(stop)
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := cpuBusy(cpu0, readCPU())
+	cpu := cpustat.Busy(cpu0, cpustat.Read())
 	if err, _ := firstErr.Load().(error); err != nil {
 		return Point{}, fmt.Errorf("open: %w", err)
 	}
@@ -281,43 +282,6 @@ func (e *env) measure(ctx context.Context, key string, callers int, d time.Durat
 		pt.P99 = all[min(len(all)-1, len(all)*99/100)]
 	}
 	return pt, nil
-}
-
-type cpuSample struct{ busy, total uint64 }
-
-// readCPU reads machine-wide counters: MariaDB, the strategies and the callers share the cores.
-func readCPU() cpuSample {
-	raw, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return cpuSample{}
-	}
-	line, _, _ := strings.Cut(string(raw), "\n")
-	var s cpuSample
-	for i, v := range strings.Fields(line)[1:] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		s.total += n
-		if i != 3 && i != 4 { // idle, iowait
-			s.busy += n
-		}
-	}
-	return s
-}
-
-func cpuBusy(a, b cpuSample) float64 {
-	if b.total <= a.total {
-		return 0
-	}
-	return float64(b.busy-a.busy) / float64(b.total-a.total)
-}
-
-func cpuModel() string {
-	raw, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(raw), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
 }
 
 func kernel() string {
