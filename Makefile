@@ -70,6 +70,10 @@ test: deps envtest check-generate vet ## Run every test: unit, real MariaDB/memc
 
 BENCHTIME ?= 5s
 
+.PHONY: e2e
+e2e: deps ## End to end only: a 2-cell local SET, 10,000 opens through the gateway, audit, restart, crash.
+	$(GO) test -count=1 -timeout 10m ./test/e2e/
+
 .PHONY: bench
 bench: deps ## The hot-packet lock-strategy benchmark on real MariaDB (BENCHTIME=2s for a short run).
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./cellserver/bench/
