@@ -81,11 +81,7 @@ func (c *cellDBs) get(ctx context.Context, cell *rpv1.RedPacketCell, creds *core
 // second) and mirrors them into the cell's status (where the set collects them for the routing
 // ConfigMap). Manual masks are reported but never lifted.
 func (r *CellReconciler) reconcileMasks(ctx context.Context, cell *rpv1.RedPacketCell, now time.Time) error {
-	creds := &corev1.Secret{}
-	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLSecretName()}, creds); err != nil {
-		return fmt.Errorf("get credentials: %w", err)
-	}
-	db, err := r.dbs.get(ctx, cell, creds)
+	db, err := r.dbs.forCell(ctx, r.Client, cell)
 	if err != nil {
 		return err
 	}

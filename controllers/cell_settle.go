@@ -9,6 +9,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 )
@@ -38,13 +39,32 @@ func unsettledWork(ctx context.Context, db *sql.DB) (packets, effects int64, err
 	return packets, effects, nil
 }
 
-// cellHold says why a cell that no routing epoch names must stay ("" when it may go).
-func cellHold(ctx context.Context, getSecret func(context.Context, types.NamespacedName, *corev1.Secret) error, dbs *cellDBs, cell *rpv1.RedPacketCell) string {
-	creds := &corev1.Secret{}
-	if err := getSecret(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLSecretName()}, creds); err != nil {
-		return fmt.Sprintf("cannot read its credentials to check for unsettled packets: %v", err)
+// unsettledBefore counts unsettled packets whose ID is below boundary, i.e. created earlier.
+func unsettledBefore(ctx context.Context, db *sql.DB, boundary int64) (int64, error) {
+	var n int64
+	err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+cellSchema+".expiry WHERE packet_id < ?", boundary).Scan(&n)
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && (me.Number == 1049 || me.Number == 1146) {
+		return 0, nil
 	}
-	db, err := dbs.get(ctx, cell, creds)
+	if err != nil {
+		return 0, fmt.Errorf("count unsettled packets before %d: %w", boundary, err)
+	}
+	return n, nil
+}
+
+// forCell opens (or reuses) a cell's pool with the credentials in its Secret.
+func (c *cellDBs) forCell(ctx context.Context, k8s client.Reader, cell *rpv1.RedPacketCell) (*sql.DB, error) {
+	creds := &corev1.Secret{}
+	if err := k8s.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLSecretName()}, creds); err != nil {
+		return nil, fmt.Errorf("read credentials of cell %s: %w", cell.Name, err)
+	}
+	return c.get(ctx, cell, creds)
+}
+
+// cellHold says why a cell that no routing epoch names must stay ("" when it may go).
+func cellHold(ctx context.Context, k8s client.Reader, dbs *cellDBs, cell *rpv1.RedPacketCell) string {
+	db, err := dbs.forCell(ctx, k8s, cell)
 	if err != nil {
 		return fmt.Sprintf("cannot reach its database to check for unsettled packets: %v", err)
 	}

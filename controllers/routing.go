@@ -25,6 +25,7 @@ type routingDecision struct {
 	Scheduled *routing.Epoch // a new epoch was added (or a pending one re-planned)
 	Moved     int            // slots the new epoch moves
 	Pruned    []int64        // epochs dropped because everything under them is settled
+	Unsettled []int64        // epochs past the time rule kept because their cells still owe packets
 	RequeueAt time.Time      // when the decision changes next without any event (zero: never)
 }
 
@@ -39,7 +40,11 @@ type routingDecision struct {
 //     a packet created just before the switch may wait up to one expiry for payment and then
 //     stay open one more, and the refund needs the settle window to be relayed. The cell's
 //     own database still has the last word before a cell is deleted (cellHold).
-func decideRouting(set *rpv1.RedPacketSet, published *routing.Table, cells []string, masked []routing.MaskedRange, now time.Time) routingDecision {
+//
+// settled(old, next) reports whether every packet created under old (before next took effect)
+// is settled in old's cells; an epoch is pruned only when the time rule and settled agree, so a
+// late payment or a stuck sweeper never loses its packets' routing. nil counts as settled.
+func decideRouting(set *rpv1.RedPacketSet, published *routing.Table, cells []string, masked []routing.MaskedRange, now time.Time, settled func(old, next *routing.Epoch) bool) routingDecision {
 	slotCount := int(set.Spec.SlotCount)
 	t := &routing.Table{Set: set.Name, SlotCount: slotCount, Masked: masked}
 	var d routingDecision
@@ -72,6 +77,11 @@ func decideRouting(set *rpv1.RedPacketSet, published *routing.Table, cells []str
 		if now.Before(succ.EffectiveTime.Add(keep)) {
 			at := succ.EffectiveTime.Add(keep)
 			d.RequeueAt = earliest(d.RequeueAt, at)
+			break
+		}
+		if settled != nil && !settled(&t.Epochs[0], &succ) {
+			d.Unsettled = append(d.Unsettled, t.Epochs[0].Number)
+			d.RequeueAt = earliest(d.RequeueAt, now.Add(heldRecheck))
 			break
 		}
 		d.Pruned = append(d.Pruned, t.Epochs[0].Number)

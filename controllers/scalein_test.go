@@ -22,8 +22,9 @@ import (
 )
 
 // TestScaleInHoldsUnsettledCell scales a set in and moves the operator's clock past the time
-// its old routing epoch may be pruned: the removed cell still holds an unpaid packet in its
-// real database, so it is kept and reported, and it goes only once the packet has settled.
+// its old routing epoch may be pruned: the removed cell still holds an unpaid packet created
+// under that epoch in its real database, so the epoch (and with it the packet's routing) and
+// the cell are kept and reported; both go once the packet has settled.
 func TestScaleInHoldsUnsettledCell(t *testing.T) {
 	env := envtestutil.Start(t)
 	c := env.Client
@@ -96,13 +97,13 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 		return nil
 	})
 
-	// Past 2×expiry + settle window: epoch 1 is pruned, but the packet is not settled.
+	// Past 2×expiry + settle window, but the packet is not settled: epoch 1 stays.
 	skew.Store(int64(4 * time.Hour))
 	touch(t, ctx, c, "shrink-cell-1")
-	eventually(t, "cell 1 held for its unsettled packet", func() error {
+	eventually(t, "epoch 1 and cell 1 kept for the unsettled packet", func() error {
 		s := getSet(t, c, client.ObjectKeyFromObject(set))
-		if len(s.Status.Routing.Epochs) != 1 {
-			return fmt.Errorf("%d epochs kept", len(s.Status.Routing.Epochs))
+		if len(s.Status.Routing.Epochs) != 2 {
+			return fmt.Errorf("%d epochs kept, want 2", len(s.Status.Routing.Epochs))
 		}
 		cond, reason := condition(s.Status.Conditions, rpv1.SetRebalancing)
 		msg := ""
@@ -111,7 +112,7 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 				msg = cd.Message
 			}
 		}
-		if cond != metav1.ConditionTrue || reason != rpv1.ReasonDrainingCells || !strings.Contains(msg, "1 unsettled packets") {
+		if cond != metav1.ConditionTrue || reason != rpv1.ReasonDrainingCells || !strings.Contains(msg, "epochs [1] kept") || !strings.Contains(msg, "shrink-cell-1") {
 			return fmt.Errorf("Rebalancing %s/%s %q", cond, reason, msg)
 		}
 		return c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-1"}, &rpv1.RedPacketCell{})
@@ -122,12 +123,15 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 		t.Fatal(err)
 	}
 	touch(t, ctx, c, "shrink-cell-1")
-	eventually(t, "cell 1 deleted once settled", func() error {
+	eventually(t, "epoch 1 pruned and cell 1 deleted once settled", func() error {
 		err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-1"}, &rpv1.RedPacketCell{})
-		if apierrors.IsNotFound(err) {
-			return nil
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("cell 1 still there: %v", err)
 		}
-		return fmt.Errorf("cell 1 still there: %v", err)
+		if s := getSet(t, c, client.ObjectKeyFromObject(set)); len(s.Status.Routing.Epochs) != 1 {
+			return fmt.Errorf("%d epochs kept", len(s.Status.Routing.Epochs))
+		}
+		return nil
 	})
 	if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-0"}, &rpv1.RedPacketCell{}); err != nil {
 		t.Fatalf("cell 0 must stay: %v", err)

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers/plan"
 )
@@ -114,7 +115,7 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		names[i] = c.Name
 	}
 	set.Status.MaskedSlots = collectMasks(obs.cells)
-	d := decideRouting(set, obs.published, names, masksFromStatus(set.Status.MaskedSlots), now)
+	d := decideRouting(set, obs.published, names, masksFromStatus(set.Status.MaskedSlots), now, r.epochSettled(ctx, set))
 
 	phases := []struct {
 		name string
@@ -139,7 +140,7 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("list cells of %s: %w", req.NamespacedName, err)
 	}
-	r.summarise(set, p, d.Table, cells, obs.held, now)
+	r.summarise(set, p, d, cells, obs.held, now)
 	if err := r.patchStatus(ctx, orig, set); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -295,11 +296,9 @@ func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, 
 		if wanted[name] {
 			continue
 		}
-		// Epochs are pruned by time; the cell's own database has the last word, so a late
-		// payment or a stuck outbox never loses its cell.
-		if why := cellHold(ctx, func(ctx context.Context, key types.NamespacedName, s *corev1.Secret) error {
-			return r.Client.Get(ctx, key, s)
-		}, r.dbs, c); why != "" {
+		// The epochs naming it were pruned only once settled, but its outbox may still owe
+		// wallet effects: the cell's own database has the last word.
+		if why := cellHold(ctx, r.Client, r.dbs, c); why != "" {
 			obs.held[name] = why
 			EventCellHeld.emit(r.Recorder, set, name, why)
 			continue
@@ -388,7 +387,8 @@ func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 
 // summarise fills the status from the plan, the table and the cells' own status. It sets
 // every condition on every reconcile, so a fresh set shows all six at once.
-func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routing.Table, cells []rpv1.RedPacketCell, held map[string]string, now time.Time) {
+func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routingDecision, cells []rpv1.RedPacketCell, held map[string]string, now time.Time) {
+	t := d.Table
 	st := &set.Status
 	gen := set.Generation
 	latest := t.Latest()
@@ -476,7 +476,11 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, t *routin
 	case latest.EffectiveTime.After(now):
 		cond(rpv1.SetRebalancing, true, rpv1.ReasonEpochPending, fmt.Sprintf("routing epoch %d takes effect at %s", latest.Number, latest.EffectiveTime.UTC().Format(time.RFC3339)))
 	case len(draining) > 0:
-		cond(rpv1.SetRebalancing, true, rpv1.ReasonDrainingCells, "draining until their packets settle: "+strings.Join(draining, ", "))
+		msg := "draining until their packets settle: " + strings.Join(draining, ", ")
+		if len(d.Unsettled) > 0 {
+			msg += fmt.Sprintf("; routing epochs %v kept past their time: their cells still hold unsettled packets", d.Unsettled)
+		}
+		cond(rpv1.SetRebalancing, true, rpv1.ReasonDrainingCells, msg)
 	default:
 		cond(rpv1.SetRebalancing, false, rpv1.ReasonStable, fmt.Sprintf("routing epoch %d in force", latest.Number))
 	}
@@ -536,4 +540,34 @@ func collectMasks(cells map[string]*rpv1.RedPacketCell) []rpv1.MaskedSlotRange {
 	}
 	slices.SortFunc(out, func(a, b rpv1.MaskedSlotRange) int { return int(a.Start - b.Start) })
 	return out
+}
+
+// epochSettled asks the cells of an old epoch whether anything created under it is still
+// unsettled. Packet IDs are time-ordered, so "created before next took effect" is "ID below the
+// first ID of that second". A cell that cannot be asked counts as unsettled.
+func (r *SetReconciler) epochSettled(ctx context.Context, set *rpv1.RedPacketSet) func(old, next *routing.Epoch) bool {
+	return func(old, next *routing.Epoch) bool {
+		boundary, err := ids.Compose(ids.Parts{Created: next.EffectiveTime})
+		if err != nil {
+			return false
+		}
+		for _, name := range old.Cells() {
+			cell := &rpv1.RedPacketCell{}
+			if err := r.Client.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: name}, cell); err != nil {
+				if apierrors.IsNotFound(err) {
+					continue // never created or already gone: it holds nothing
+				}
+				return false
+			}
+			db, err := r.dbs.forCell(ctx, r.Client, cell)
+			if err != nil {
+				return false
+			}
+			n, err := unsettledBefore(ctx, db, boundary)
+			if err != nil || n > 0 {
+				return false
+			}
+		}
+		return true
+	}
 }
