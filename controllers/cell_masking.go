@@ -76,6 +76,16 @@ func (c *cellDBs) get(ctx context.Context, cell *rpv1.RedPacketCell, creds *core
 	return db, nil
 }
 
+// forget closes and drops a deleted cell's pool.
+func (c *cellDBs) forget(uid types.UID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if db, ok := c.dbs[uid]; ok {
+		_ = db.Close()
+		delete(c.dbs, uid)
+	}
+}
+
 // reconcileMasks gathers the cell's error counts and masks in force, lets the pure policy
 // decide, writes the operator's masks to the control schema (where servers read them within a
 // second) and mirrors them into the cell's status (where the set collects them for the routing

@@ -306,6 +306,7 @@ func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, 
 		if err := r.Client.Delete(ctx, c, client.Preconditions{UID: &c.UID}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete cell %s: %w", name, err)
 		}
+		r.dbs.forget(c.UID)
 		EventCellDeleted.emit(r.Recorder, set, name)
 	}
 	return nil
