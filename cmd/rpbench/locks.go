@@ -24,6 +24,7 @@ func locks(args []string) error {
 	duration := fs.Duration("duration", 5*time.Second, "run time per strategy and level")
 	out := fs.String("out", "docs/lock-strategies.md", "markdown report")
 	png := fs.String("png", "docs/lock-strategies.png", "chart of opens/s vs concurrency")
+	summary := fs.String("summary", "docs/benchmarks.md", "document whose marked section gets the chart and tables (empty: none)")
 	binlog := fs.Bool("binlog", false, "MariaDB with log-bin and sync_binlog=1 (a primary with replicas)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -62,6 +63,38 @@ func locks(args []string) error {
 	if err := lockbench.WritePNG(*png, points, machine); err != nil {
 		return fmt.Errorf("write %s: %w", *png, err)
 	}
+	if *summary != "" {
+		if err := updateSummary(*summary, *out, *png, points, machine); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(os.Stderr, "rpbench locks: wrote %s and %s\n", *out, *png)
+	return nil
+}
+
+// updateSummary rewrites the generated section of the benchmarks document, so the comparison
+// shows up where readers look for benchmark figures, with links relative to that document.
+func updateSummary(path, report, png string, points []lockbench.Point, m lockbench.Machine) error {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	rel := func(target string) string {
+		if r, err := filepath.Rel(filepath.Dir(path), target); err == nil {
+			return r
+		}
+		return target
+	}
+	var section bytes.Buffer
+	if err := lockbench.WriteSummary(&section, points, m, rel(png), rel(report)); err != nil {
+		return err
+	}
+	updated, err := lockbench.ReplaceSection(string(doc), section.String())
+	if err != nil {
+		return fmt.Errorf("update %s: %w", path, err)
+	}
+	if err := os.WriteFile(path, []byte(updated), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
 	return nil
 }
