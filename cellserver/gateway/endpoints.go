@@ -96,10 +96,26 @@ type readiness struct {
 	onProbe  func(cell string, ready, total int)
 	logf     func(msg string, args ...any)
 
+	// softFailures is how many probes in a row may time out or fail to connect before a server
+	// that was ready leaves rotation (like a kubelet's failureThreshold): on a loaded machine a
+	// busy server answers /readyz late, and dropping it at once would turn load into 503s.
+	// A server that answers "not ready" leaves at once.
+	softFailures int
+
 	mu    sync.RWMutex
 	ready map[string][]string // cell -> sorted ready base URLs
 	known map[string][]string // cell -> sorted resolved base URLs
+	fails map[string]int      // server -> consecutive soft probe failures
 }
+
+// probeOutcome is what one probe said about a server.
+type probeOutcome int
+
+const (
+	probeReady    probeOutcome = iota
+	probeNotReady              // the server answered, and not 200: it says it must not serve
+	probeNoAnswer              // timeout or transport error: maybe only busy
+)
 
 // Ready lists the ready servers of a cell. The slice is shared: do not modify it.
 func (r *readiness) Ready(cell string) []string {
@@ -128,22 +144,17 @@ func (r *readiness) probe(ctx context.Context, table *routing.Table) {
 				results <- result{cell: cell}
 				return
 			}
-			ok := make([]bool, len(servers))
+			outcomes := make([]probeOutcome, len(servers))
 			var swg sync.WaitGroup
 			for i, s := range servers {
 				swg.Add(1)
 				go func() {
 					defer swg.Done()
-					ok[i] = r.probeOne(ctx, s)
+					outcomes[i] = r.probeOne(ctx, s)
 				}()
 			}
 			swg.Wait()
-			var ready []string
-			for i, s := range servers {
-				if ok[i] {
-					ready = append(ready, s)
-				}
-			}
+			ready := r.judge(cell, servers, outcomes)
 			slices.Sort(ready)
 			slices.Sort(servers)
 			results <- result{cell: cell, known: servers, ready: ready}
@@ -184,22 +195,52 @@ func (r *readiness) markDown(cell, server string) {
 	}
 }
 
-func (r *readiness) probeOne(ctx context.Context, base string) bool {
+// judge turns one round of probe outcomes into the cell's ready servers: a server that was
+// ready stays ready through fewer than softFailures unanswered probes in a row.
+func (r *readiness) judge(cell string, servers []string, outcomes []probeOutcome) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fails == nil {
+		r.fails = map[string]int{}
+	}
+	threshold := max(r.softFailures, 1)
+	var ready []string
+	for i, s := range servers {
+		switch outcomes[i] {
+		case probeReady:
+			r.fails[s] = 0
+			ready = append(ready, s)
+		case probeNotReady:
+			r.fails[s] = threshold
+		case probeNoAnswer:
+			r.fails[s]++
+			if r.fails[s] < threshold && slices.Contains(r.ready[cell], s) {
+				ready = append(ready, s)
+			}
+		}
+	}
+	return ready
+}
+
+func (r *readiness) probeOne(ctx context.Context, base string) probeOutcome {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/readyz", nil)
 	if err != nil {
-		return false
+		return probeNotReady
 	}
 	// Probes are signed like any call, so a cell may put its whole mux behind the verifier.
 	if err := r.signer.Sign(req, nil); err != nil {
-		return false
+		return probeNotReady
 	}
 	resp, err := r.client.Do(req)
 	if err != nil {
-		return false
+		return probeNoAnswer
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // lets the connection be reused
-	return resp.StatusCode == http.StatusOK
+	if resp.StatusCode != http.StatusOK {
+		return probeNotReady
+	}
+	return probeReady
 }

@@ -76,10 +76,13 @@ type Config struct {
 	Client   *http.Client    // nil: a pooled client with UpstreamTimeout and TLS
 	TLS      *tls.Config     // for https cell servers when Client is nil; nil: system roots
 	// Registerer receives the gateway's metrics; nil registers them nowhere.
-	Registerer      prometheus.Registerer
-	Log             *slog.Logger
-	ProbeInterval   time.Duration // default 1s
-	ProbeTimeout    time.Duration // default 1s
+	Registerer    prometheus.Registerer
+	Log           *slog.Logger
+	ProbeInterval time.Duration // default 1s
+	ProbeTimeout  time.Duration // default 1s
+	// ProbeFailures is how many unanswered probes in a row take a ready server out of
+	// rotation (default 3); a server answering "not ready" leaves at once.
+	ProbeFailures   int
 	UpstreamTimeout time.Duration // default 10s
 	MaxBody         int64         // request bodies; default 1 MiB
 	Region          int           // the region this gateway serves (ids.Region)
@@ -119,6 +122,9 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	cfg.ProbeInterval = orDefault(cfg.ProbeInterval, time.Second)
 	cfg.ProbeTimeout = orDefault(cfg.ProbeTimeout, time.Second)
+	if cfg.ProbeFailures <= 0 {
+		cfg.ProbeFailures = 3
+	}
 	cfg.UpstreamTimeout = orDefault(cfg.UpstreamTimeout, 10*time.Second)
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 1 << 20
@@ -145,13 +151,14 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, log: cfg.Log, client: client}
 	g.metrics = newMetrics(cfg.Registerer, g)
 	g.ready = &readiness{
-		resolver: cfg.Resolver,
-		client:   client,
-		signer:   cfg.Signer,
-		timeout:  cfg.ProbeTimeout,
-		onProbe:  g.metrics.observeCell,
-		logf:     func(msg string, args ...any) { g.log.Info(msg, args...) },
-		ready:    map[string][]string{},
+		resolver:     cfg.Resolver,
+		client:       client,
+		signer:       cfg.Signer,
+		timeout:      cfg.ProbeTimeout,
+		softFailures: cfg.ProbeFailures,
+		onProbe:      g.metrics.observeCell,
+		logf:         func(msg string, args ...any) { g.log.Info(msg, args...) },
+		ready:        map[string][]string{},
 	}
 	return g, nil
 }
