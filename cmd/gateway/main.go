@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 		serverPort    = fs.Int("server-port", 8080, "cell server port (dns endpoints; 0 reads SRV records)")
 		region        = fs.Int("region", 0, "region this gateway serves; packets of other regions are refused with 421")
 		probeInterval = fs.Duration("probe-interval", time.Second, "how often cell servers' /readyz are probed")
+		probeFailures = fs.Int("probe-failures", 3, "unanswered probes in a row that take a ready server out of rotation (one \"not ready\" answer does at once)")
 		watchInterval = fs.Duration("routing-interval", time.Second, "how often the routing file is checked for changes")
 		upstream      = fs.Duration("upstream-timeout", 10*time.Second, "timeout of one call to a cell")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
@@ -122,6 +123,7 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 		Registerer:      reg,
 		Log:             log,
 		ProbeInterval:   *probeInterval,
+		ProbeFailures:   *probeFailures,
 		UpstreamTimeout: *upstream,
 		Region:          *region,
 		TLS:             clientTLS,
