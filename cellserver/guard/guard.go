@@ -1,5 +1,9 @@
-// Package guard is the cell server's per-packet concurrency guard and remaining-count cache,
-// backed by the memcached beside the server (DESIGN.md §2, "memcached concurrency guard").
+// Package guard is the cell server's per-packet concurrency guard and grab cache, backed by
+// the memcached beside the server (DESIGN.md §2, "memcached concurrency guard").
+//
+// The grab cache holds, per active packet, what grab needs (status, expiry, remaining
+// shares) and, per (packet, user), an opened marker, so most grabs never touch the DB. Every
+// value it holds can only be out of date in the optimistic direction (see PacketState).
 //
 // Acquire admits a DB transaction for a packet only while fewer than Limit are in flight for
 // it, counted atomically in memcached (incr/decr on a key that expires, so a crashed server
@@ -79,6 +83,13 @@ type Config struct {
 	RetryAfter time.Duration
 	// RemainingTTL is how long a cached remaining count lives (default 10s).
 	RemainingTTL time.Duration
+	// StateTTL is how long a packet's cached grab state lives (default 60s). Every open
+	// batch rewrites it, so a hot packet's entry never ages out; the TTL only bounds how long
+	// another server's stale (too high) count can send users on to open.
+	StateTTL time.Duration
+	// OpenedTTL is how long a (packet, user) opened marker lives (default 10m). A marker
+	// is a permanent fact; the TTL only bounds the memory markers hold.
+	OpenedTTL time.Duration
 	// LocalCacheSize bounds the in-process remaining-count cache (default 100,000).
 	LocalCacheSize int
 	// KeyPrefix namespaces keys in a shared memcached (default "rp:").
@@ -96,6 +107,8 @@ type Guard struct {
 	mc     *memcache.Client // nil without Addr
 	ttlSec int32
 	remSec int32
+	stSec  int32
+	opSec  int32
 	log    *slog.Logger
 
 	// downUntil is the UnixNano until which memcached is not tried; 0 when healthy.
@@ -111,6 +124,7 @@ type Guard struct {
 	fallbacks  prometheus.Counter
 	mcErrors   prometheus.Counter
 	remLookups *prometheus.CounterVec
+	stLookups  *prometheus.CounterVec
 }
 
 type shard struct {
@@ -147,6 +161,12 @@ func New(cfg Config) (*Guard, error) {
 	if cfg.RemainingTTL <= 0 {
 		cfg.RemainingTTL = 10 * time.Second
 	}
+	if cfg.StateTTL <= 0 {
+		cfg.StateTTL = time.Minute
+	}
+	if cfg.OpenedTTL <= 0 {
+		cfg.OpenedTTL = 10 * time.Minute
+	}
 	if cfg.LocalCacheSize <= 0 {
 		cfg.LocalCacheSize = 100_000
 	}
@@ -163,6 +183,8 @@ func New(cfg Config) (*Guard, error) {
 		cfg:    cfg,
 		ttlSec: expirySeconds(cfg.TTL),
 		remSec: expirySeconds(cfg.RemainingTTL),
+		stSec:  expirySeconds(cfg.StateTTL),
+		opSec:  expirySeconds(cfg.OpenedTTL),
 		log:    cfg.Logger.With("component", "guard"),
 		remain: map[int64]localRemaining{},
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -181,6 +203,10 @@ func New(cfg Config) (*Guard, error) {
 			Name: "redpacket_guard_remaining_lookups_total",
 			Help: "Remaining-count cache lookups, by result.",
 		}, []string{"result"}),
+		stLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "redpacket_guard_grab_state_lookups_total",
+			Help: "Grab-state cache lookups (packet state and the user's opened marker), by result.",
+		}, []string{"result"}),
 	}
 	g.rejLocal = g.rejections.WithLabelValues("local")
 	g.rejShared = g.rejections.WithLabelValues("memcached")
@@ -193,7 +219,7 @@ func New(cfg Config) (*Guard, error) {
 		g.mc.MaxIdleConns = cfg.MaxIdleConns
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{g.rejections, g.fallbacks, g.mcErrors, g.remLookups} {
+		for _, c := range []prometheus.Collector{g.rejections, g.fallbacks, g.mcErrors, g.remLookups, g.stLookups} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("guard: register metrics: %w", err)
 			}
@@ -404,16 +430,19 @@ func (g *Guard) SetRemaining(packetID int64, count int) {
 	}
 }
 
-// Forget drops a packet's cached remaining count (e.g. when it expires or is refunded).
+// Forget drops a packet's cached remaining count and grab state (e.g. when it expires or is
+// refunded). Opened markers stay: they remain true after settlement.
 func (g *Guard) Forget(packetID int64) {
 	g.remMu.Lock()
 	delete(g.remain, packetID)
 	g.remMu.Unlock()
-	if !g.useMemcachedNoProbe() {
-		return
-	}
-	if err := g.mc.Delete(g.remainingKey(packetID)); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
-		g.memcachedFailed("forget remaining", err)
+	for _, key := range []string{g.remainingKey(packetID), g.stateKey(packetID)} {
+		if !g.useMemcachedNoProbe() {
+			return
+		}
+		if err := g.mc.Delete(key); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+			g.memcachedFailed("forget packet", err)
+		}
 	}
 }
 

@@ -4,5 +4,6 @@
 //
 // Money correctness lives in the store's transactions (row lock + unique keys + conditional
 // updates); this package must never move money outside them, and must never trust a cache
-// (the guard's remaining counts) for anything but a fast "no" on grab.
+// (the guard's packet state and opened markers) for anything but grab's answer, which
+// changes nothing and whose cached "yes" is checked again by open's transaction.
 package packet

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/redpacketset/redpacket/cellserver/guard"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/store"
 )
@@ -64,6 +67,17 @@ type RemainingCache interface {
 	Forget(packetID int64)
 }
 
+// GrabCache is a RemainingCache that also holds what grab needs to answer without the DB:
+// each packet's state and per-user opened markers (the guard satisfies it). Entries are
+// written only from committed DB state after pay, open and DB-answered grabs, so they can
+// be stale only towards "eligible", and open, in the DB, still decides.
+type GrabCache interface {
+	RemainingCache
+	GrabState(packetID int64, user string) (st guard.PacketState, cached, opened bool)
+	SetState(packetID int64, st guard.PacketState)
+	MarkOpened(packetID int64, users []string)
+}
+
 // Config tunes the service; zero fields take the defaults.
 type Config struct {
 	Limits Limits
@@ -72,8 +86,9 @@ type Config struct {
 	Expiry time.Duration
 	Rand   Rand
 	Now    func() time.Time
-	Cache  RemainingCache
-	Log    *slog.Logger
+	// Cache, when it is also a GrabCache, answers most grabs without the DB.
+	Cache RemainingCache
+	Log   *slog.Logger
 	// Region is this cell's region; IDs of other regions are not found here.
 	Region int
 	// Owns reports whether this cell owns a packet (the owner of its slot at its creation
@@ -89,6 +104,11 @@ type Service struct {
 	ids   IDSource
 	cfg   Config
 	share store.ShareFunc
+	grabC GrabCache // nil when Cache is not one
+
+	grabAnswers *prometheus.CounterVec
+	grabFromMC  prometheus.Counter
+	grabFromDB  prometheus.Counter
 }
 
 // New builds a service over a store and an ID source.
@@ -109,9 +129,22 @@ func New(st *store.Store, src IDSource, cfg Config) *Service {
 		cfg.Log = slog.Default()
 	}
 	r := cfg.Rand
-	return &Service{st: st, ids: src, cfg: cfg, share: func(k store.Kind, remaining int64, count int) (int64, error) {
+	s := &Service{st: st, ids: src, cfg: cfg, share: func(k store.Kind, remaining int64, count int) (int64, error) {
 		return Share(k, remaining, count, r)
 	}}
+	s.grabC, _ = cfg.Cache.(GrabCache)
+	s.grabAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "redpacket_grab_answers_total",
+		Help: "Grab answers by where they came from: the cache beside the server, or the database.",
+	}, []string{"source"})
+	s.grabFromMC = s.grabAnswers.WithLabelValues("cache")
+	s.grabFromDB = s.grabAnswers.WithLabelValues("db")
+	return s
+}
+
+// Collectors are the service's metrics, for the server's registry.
+func (s *Service) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.grabAnswers}
 }
 
 // Limits are the packet limits in force.
@@ -169,8 +202,8 @@ func (s *Service) Pay(ctx context.Context, id int64, r PayRequest) (Packet, erro
 		return Packet{}, err
 	}
 	p, err := s.st.Pay(ctx, id, r.PaymentTxnID, r.AmountCents, s.cfg.Now(), s.cfg.Expiry)
-	if err == nil && s.cfg.Cache != nil && p.Status == store.StatusActive {
-		s.cfg.Cache.SetRemaining(id, p.RemainingCount)
+	if err == nil {
+		s.cacheState(p)
 	}
 	return p, err
 }
@@ -190,9 +223,11 @@ const (
 	ReasonAlreadyOpened = "already_opened"
 )
 
-// Grab says whether user may still open the packet. It changes nothing. A cached remaining
-// count of zero answers "exhausted" without the DB; anything else is checked in the DB, where
-// a stale cache cannot mislead it.
+// Grab says whether user may still open the packet. It changes nothing. The cache answers
+// when it can: an opened marker, a settled status, a passed expiry and a zero remaining
+// count are facts once written, and a stale positive entry only sends the user on to open,
+// where the DB transaction decides. Everything else (unknown packets, unpaid ones, memcached
+// down) is read from the DB, which also refreshes the cache.
 func (s *Service) Grab(ctx context.Context, id int64, user string) (Eligibility, error) {
 	if err := ValidateUser("user", user, s.cfg.Limits); err != nil {
 		return Eligibility{}, err
@@ -200,11 +235,11 @@ func (s *Service) Grab(ctx context.Context, id int64, user string) (Eligibility,
 	if err := s.known(id); err != nil {
 		return Eligibility{}, err
 	}
-	if s.cfg.Cache != nil {
-		if n, ok := s.cfg.Cache.CachedRemaining(id); ok && n == 0 {
-			return Eligibility{Reason: ReasonExhausted}, nil
-		}
+	if e, ok := s.grabCached(id, user); ok {
+		s.grabFromMC.Inc()
+		return e, nil
 	}
+	s.grabFromDB.Inc()
 	p, err := s.st.Get(ctx, id)
 	if err != nil {
 		return Eligibility{}, err
@@ -216,7 +251,11 @@ func (s *Service) Grab(ctx context.Context, id int64, user string) (Eligibility,
 	case p.Status == store.StatusCancelled || p.Status == store.StatusWrapped:
 		return Eligibility{Reason: ReasonCancelled}, nil
 	}
+	s.cacheState(p)
 	if _, err := s.st.Receipt(ctx, id, user); err == nil {
+		if s.grabC != nil {
+			s.grabC.MarkOpened(id, []string{user})
+		}
 		return Eligibility{Reason: ReasonAlreadyOpened}, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return Eligibility{}, err
@@ -225,15 +264,61 @@ func (s *Service) Grab(ctx context.Context, id int64, user string) (Eligibility,
 	case p.Status == store.StatusExpired || !now.Before(p.ExpiresAt):
 		return Eligibility{Reason: ReasonExpired}, nil
 	case p.RemainingCount == 0:
-		if s.cfg.Cache != nil {
-			s.cfg.Cache.SetRemaining(id, 0)
-		}
 		return Eligibility{Reason: ReasonExhausted}, nil
 	}
-	if s.cfg.Cache != nil {
-		s.cfg.Cache.SetRemaining(id, p.RemainingCount)
-	}
 	return Eligibility{Eligible: true}, nil
+}
+
+// grabCached answers grab from the cache, in the DB path's order of reasons, or says it
+// cannot. Without a GrabCache only a cached zero remaining count answers ("exhausted").
+func (s *Service) grabCached(id int64, user string) (Eligibility, bool) {
+	if s.grabC == nil {
+		if s.cfg.Cache != nil {
+			if n, ok := s.cfg.Cache.CachedRemaining(id); ok && n == 0 {
+				return Eligibility{Reason: ReasonExhausted}, true
+			}
+		}
+		return Eligibility{}, false
+	}
+	st, cached, opened := s.grabC.GrabState(id, user)
+	switch {
+	case opened:
+		// Only a committed open writes a marker, and a packet someone opened was paid.
+		return Eligibility{Reason: ReasonAlreadyOpened}, true
+	case !cached:
+		return Eligibility{}, false
+	}
+	switch store.Status(st.Status) {
+	case store.StatusActive:
+		switch {
+		case !s.cfg.Now().Before(st.ExpiresAt):
+			return Eligibility{Reason: ReasonExpired}, true
+		case st.Remaining == 0:
+			return Eligibility{Reason: ReasonExhausted}, true
+		}
+		return Eligibility{Eligible: true}, true
+	case store.StatusExpired:
+		return Eligibility{Reason: ReasonExpired}, true
+	case store.StatusCancelled:
+		return Eligibility{Reason: ReasonCancelled}, true
+	}
+	// cacheState never writes a wrapped packet: payment would make it stale towards "no".
+	return Eligibility{}, false
+}
+
+// cacheState writes what grab needs from a committed packet row. A wrapped packet is not
+// cached, since its payment would turn a cached "not paid" into a wrong refusal.
+func (s *Service) cacheState(p Packet) {
+	if s.cfg.Cache == nil || p.Status == store.StatusWrapped {
+		return
+	}
+	if s.grabC == nil {
+		if p.Status == store.StatusActive {
+			s.cfg.Cache.SetRemaining(p.ID, p.RemainingCount)
+		}
+		return
+	}
+	s.grabC.SetState(p.ID, guard.PacketState{Status: int(p.Status), ExpiresAt: p.ExpiresAt, Remaining: p.RemainingCount})
 }
 
 // Open opens the packet for one user in its own transaction.
@@ -266,8 +351,15 @@ func (s *Service) OpenBatch(ctx context.Context, id int64, users []string) ([]Op
 	if err != nil {
 		return nil, err
 	}
-	if s.cfg.Cache != nil && p.Status == store.StatusActive {
-		s.cfg.Cache.SetRemaining(id, p.RemainingCount)
+	s.cacheState(p)
+	if s.grabC != nil {
+		opened := make([]string, 0, len(out))
+		for _, o := range out {
+			if o.Err == nil {
+				opened = append(opened, o.User)
+			}
+		}
+		s.grabC.MarkOpened(id, opened)
 	}
 	return out, nil
 }

@@ -10,9 +10,9 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/queue"
 )
 
-// newGuard builds the overflow guard, which is also the remaining-count cache grab reads.
-// With -memcached empty it runs on local counts only.
-func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (queue.Guard, packet.RemainingCache, func(), error) {
+// newGuard builds the overflow guard, which is also the cache grab reads (packet state and
+// opened markers). With -memcached empty it runs on local counts only and grab asks the DB.
+func newGuard(cfg Config, reg prometheus.Registerer, log *slog.Logger) (queue.Guard, packet.GrabCache, func(), error) {
 	g, err := guard.New(guard.Config{Addr: cfg.Memcached, Limit: cfg.GuardLimit, KeyPrefix: "rp:" + cfg.Cell + ":", Registerer: reg, Logger: log})
 	if err != nil {
 		return nil, nil, nil, err

@@ -217,6 +217,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		pcfg.Owns = func(id int64) error { return owns(watcher.Current(), cfg.Cell, id) }
 	}
 	svc := packet.New(st, alloc, pcfg)
+	for _, c := range svc.Collectors() {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register packet metrics: %w", err)
+		}
+	}
 	q, err := queue.New(svc, queue.Config{Workers: cfg.QueueWorkers, Depth: cfg.QueueDepth, BatchMax: cfg.BatchMax, Guard: g, Registerer: reg})
 	if err != nil {
 		return err
