@@ -47,21 +47,7 @@ func TestMasking(t *testing.T) {
 			},
 		},
 	}
-	if err := c.Create(ctx, set); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "two cells", func() error {
-		cells, err := listCells(ctx, c, set)
-		if err != nil || len(cells) != 2 {
-			return fmt.Errorf("%d cells, %v", len(cells), err)
-		}
-		for i := range cells {
-			if err := markReady(ctx, c, &cells[i], cells[i].Spec.Servers); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	createReady(t, ctx, c, set)
 	for _, db := range dbs {
 		eventually(t, "control schema created by the operator", func() error {
 			_, err := control.ReadMasks(ctx, db, control.DefaultSchema)
@@ -177,4 +163,24 @@ func cellDatabases(t *testing.T, cells ...string) (map[string]*sql.DB, controlle
 		return db, nil
 	}
 	return dbs, open
+}
+
+// createReady creates a set and plays the kubelet until all of its cells' children are ready.
+func createReady(t *testing.T, ctx context.Context, c client.Client, set *rpv1.RedPacketSet) {
+	t.Helper()
+	if err := c.Create(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "every cell ready", func() error {
+		cells, err := listCells(ctx, c, set)
+		if err != nil || len(cells) != int(set.Spec.Cells) {
+			return fmt.Errorf("%d cells, %v", len(cells), err)
+		}
+		for i := range cells {
+			if err := markReady(ctx, c, &cells[i], cells[i].Spec.Servers); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -48,21 +48,7 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: time.Hour}},
 		},
 	}
-	if err := c.Create(ctx, set); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "two ready cells", func() error {
-		cells, err := listCells(ctx, c, set)
-		if err != nil || len(cells) != 2 {
-			return fmt.Errorf("%d cells, %v", len(cells), err)
-		}
-		for i := range cells {
-			if err := markReady(ctx, c, &cells[i], cells[i].Spec.Servers); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	createReady(t, ctx, c, set)
 
 	// An unpaid packet in cell 1 (slot 600 is cell 1's in epoch 1), written by the real store.
 	st, err := store.New(dbs["shrink-cell-1"], store.Config{Layout: shard.Layout{Databases: 2, TablesPerDB: 2}})
