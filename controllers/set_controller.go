@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -102,7 +101,7 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		EventInvalidSpec.emit(r.Recorder, set, err.Error())
 		r.markInvalid(set, err)
-		return ctrl.Result{}, r.patchStatus(ctx, orig, set)
+		return ctrl.Result{}, r.writeStatus(ctx, orig, set)
 	}
 
 	obs, err := r.gather(ctx, set)
@@ -130,7 +129,7 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		if err := ph.run(); err != nil {
 			meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetProgressing, Status: metav1.ConditionTrue,
 				Reason: rpv1.ReasonReconcileFailed, Message: fmt.Sprintf("%s: %v", ph.name, err), ObservedGeneration: set.Generation})
-			_ = r.patchStatus(ctx, orig, set)
+			_ = r.writeStatus(ctx, orig, set)
 			return ctrl.Result{}, fmt.Errorf("reconcile set %s: %s: %w", req.NamespacedName, ph.name, err)
 		}
 	}
@@ -141,7 +140,7 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{}, fmt.Errorf("list cells of %s: %w", req.NamespacedName, err)
 	}
 	r.summarise(set, p, d, cells, obs.held, now)
-	if err := r.patchStatus(ctx, orig, set); err != nil {
+	if err := r.writeStatus(ctx, orig, set); err != nil {
 		return ctrl.Result{}, err
 	}
 	logger.V(1).Info("reconciled set", "cells", len(p.Cells), "epoch", set.Status.Routing.CurrentEpoch)
@@ -516,18 +515,16 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 	st.ObservedGeneration = gen
 }
 
-// patchStatus writes the status only when it changed.
-func (r *SetReconciler) patchStatus(ctx context.Context, orig, set *rpv1.RedPacketSet) error {
+// writeStatus writes the status only when it changed.
+func (r *SetReconciler) writeStatus(ctx context.Context, orig, set *rpv1.RedPacketSet) error {
 	if equalStatus(orig.Status, set.Status) {
 		return nil
 	}
 	// A full update rather than a merge patch: zero values (0 masked slots) must be written
 	// for the printer columns to show them.
+	// A conflict means a newer set is on its way: the controller requeues and decides again.
 	if err := r.Client.Status().Update(ctx, set); err != nil {
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			return errors.Join(err) // requeued by the controller
-		}
-		return fmt.Errorf("patch status of set %s: %w", set.Name, err)
+		return fmt.Errorf("update status of set %s: %w", set.Name, err)
 	}
 	return nil
 }
