@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -80,8 +81,15 @@ func versions(ctx context.Context, t *testing.T, c client.Client, set *rpv1.RedP
 		if err := c.List(ctx, list, client.InNamespace(set.Namespace)); err != nil {
 			t.Fatal(err)
 		}
-		items, _ := extractItems(list)
-		for _, o := range items {
+		items, err := meta.ExtractList(list)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, item := range items {
+			o, err := meta.Accessor(item)
+			if err != nil {
+				t.Fatal(err)
+			}
 			out[kind+"/"+o.GetName()] = o.GetResourceVersion()
 		}
 	}
@@ -94,47 +102,6 @@ func versions(ctx context.Context, t *testing.T, c client.Client, set *rpv1.RedP
 	add("Secret", &corev1.SecretList{})
 	add("PodDisruptionBudget", &policyv1.PodDisruptionBudgetList{})
 	return out
-}
-
-func extractItems(list client.ObjectList) ([]client.Object, error) {
-	var out []client.Object
-	switch l := list.(type) {
-	case *rpv1.RedPacketSetList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	case *rpv1.RedPacketCellList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	case *appsv1.StatefulSetList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	case *appsv1.DeploymentList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	case *corev1.ServiceList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	case *corev1.ConfigMapList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	case *corev1.SecretList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	case *policyv1.PodDisruptionBudgetList:
-		for i := range l.Items {
-			out = append(out, &l.Items[i])
-		}
-	default:
-		return nil, fmt.Errorf("unknown list %T", list)
-	}
-	return out, nil
 }
 
 // waitReconciled waits until the controllers have reconciled at least once more and then no
