@@ -121,6 +121,20 @@ type userBody struct {
 	User string `json:"user"`
 }
 
+// packetAndUser reads what grab and open both take: the packet ID from the path and the user
+// from the body, in that order, so a bad ID is reported before the body is read.
+func packetAndUser(r *http.Request) (int64, userBody, error) {
+	var b userBody
+	id, err := pathID(r)
+	if err != nil {
+		return 0, b, err
+	}
+	if err := decode(r, &b); err != nil {
+		return 0, b, err
+	}
+	return id, b, nil
+}
+
 type grabJSON struct {
 	PacketID string `json:"packetId"`
 	Eligible bool   `json:"eligible"`
@@ -128,12 +142,8 @@ type grabJSON struct {
 }
 
 func (a *API) grab(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
+	id, b, err := packetAndUser(r)
 	if err != nil {
-		return err
-	}
-	var b userBody
-	if err := decode(r, &b); err != nil {
 		return err
 	}
 	e, err := a.cfg.Service.Grab(r.Context(), id, b.User)
@@ -152,12 +162,8 @@ type openJSON struct {
 }
 
 func (a *API) open(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
+	id, b, err := packetAndUser(r)
 	if err != nil {
-		return err
-	}
-	var b userBody
-	if err := decode(r, &b); err != nil {
 		return err
 	}
 	o, err := a.cfg.Queue.Open(r.Context(), id, b.User)
