@@ -283,6 +283,9 @@ func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb strin
 	if !ok {
 		return
 	}
+	if verb == "pay" && !g.claimPayment(w, r, g.cfg.Routing.Current(), id, body) {
+		return
+	}
 	resp, err := g.callCell(r.Context(), verb, cell, id, r.Method, r.URL.RequestURI(), r.Header, body, nil)
 	if err != nil {
 		g.upstreamFailed(w, verb, cell, err)
@@ -311,51 +314,170 @@ func (g *Gateway) route(id int64) (cell, server string, status int, err error) {
 	return cell, routing.Rendezvous(id, servers), 0, nil
 }
 
-// serveCreate picks a slot, forwards the create, and retries once with another slot when the
-// cell refuses the first.
+// serveCreate sends a create to the home cell of its (sender, requestId) key, after asking every
+// earlier home of the key whether it already holds the packet (routing/keyhome.go). Inside the
+// home it picks a slot and retries once with another slot of the same cell when the cell refuses
+// the first: the retry meets the same wrap_requests row, so it can never make a second packet.
 func (g *Gateway) serveCreate(w http.ResponseWriter, r *http.Request) {
 	body, ok := g.readBody(w, r)
 	if !ok {
 		return
 	}
-	key, keyed := createKey(body)
-	if !keyed {
-		// Malformed or anonymous creates still reach a cell, whose validation answers them.
-		key = rand.Int64()
+	t := g.cfg.Routing.Current()
+	if t == nil {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "", "no routing table loaded")
+		return
 	}
+	sender, requestID, keyed := createIdentity(body)
+	if !keyed {
+		// Malformed or anonymous creates still reach a cell, whose validation answers them;
+		// the cell creates nothing without a key.
+		g.forwardCreate(w, r, t, "", rand.Int64(), body)
+		return
+	}
+	now := g.cfg.Now()
+	key := routing.WrapKey(sender, requestID)
+	home, err := t.KeyHome(key, now)
+	if err != nil {
+		g.refuseKey(w, "requestId", err)
+		return
+	}
+	hash := hashString(key)
+	for _, prior := range t.PriorHomes(key, home, now) {
+		resp, err := g.callCell(r.Context(), "create", prior, hash, http.MethodPost, routing.PathFindWrap, r.Header, body, nil)
+		if err != nil {
+			g.metrics.keyLookups.WithLabelValues("wrap", "failed").Inc()
+			g.upstreamFailed(w, "create", prior, err)
+			return
+		}
+		if resp.status == http.StatusNotFound {
+			g.metrics.keyLookups.WithLabelValues("wrap", "absent").Inc()
+			continue
+		}
+		// The earlier home holds the packet (200), or refuses the body as it would a retry.
+		g.metrics.keyLookups.WithLabelValues("wrap", "found").Inc()
+		resp.write(w, prior)
+		return
+	}
+	g.forwardCreate(w, r, t, home, hash, body)
+}
+
+// forwardCreate sends a create to cell (any cell with a creatable slot when cell is "").
+func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routing.Table, cell string, key int64, body []byte) {
 	refused := -1
 	for attempt := 0; ; attempt++ {
-		t := g.cfg.Routing.Current()
-		if t == nil {
-			writeError(w, http.StatusServiceUnavailable, "not_ready", "", "no routing table loaded")
-			return
-		}
-		slot, cell, ok := g.pickSlot(t, g.cfg.Now(), key, refused)
-		if !ok {
+		slot, target, ok := g.pickSlot(t, g.cfg.Now(), key, cell, refused)
+		var extra http.Header
+		switch {
+		case ok:
+			extra = http.Header{HeaderSlot: []string{strconv.Itoa(slot)}}
+		case cell == "":
 			writeError(w, http.StatusServiceUnavailable, "no_slot_available", "", "no unmasked slot with a ready cell server")
 			return
+		default:
+			// The home has no creatable slot left (all masked): it still answers a retry with
+			// the packet it holds, and refuses a new key itself.
+			target = cell
 		}
-		extra := http.Header{HeaderSlot: []string{strconv.Itoa(slot)}}
-		resp, err := g.callCell(r.Context(), "create", cell, key, r.Method, r.URL.RequestURI(), r.Header, body, extra)
+		resp, err := g.callCell(r.Context(), "create", target, key, r.Method, r.URL.RequestURI(), r.Header, body, extra)
 		if err != nil {
-			g.upstreamFailed(w, "create", cell, err)
+			g.upstreamFailed(w, "create", target, err)
 			return
 		}
-		if attempt == 0 && resp.slotUnavailable() {
+		if ok && attempt == 0 && resp.slotUnavailable() {
 			g.metrics.createRetries.Inc()
-			g.log.Debug("cell refused create slot; retrying with another", "cell", cell, "slot", slot)
+			g.log.Debug("cell refused create slot; retrying with another", "cell", target, "slot", slot)
 			refused = slot
 			continue
 		}
-		resp.write(w, cell)
+		if !ok && resp.slotUnavailable() {
+			writeError(w, http.StatusServiceUnavailable, "no_slot_available", "", fmt.Sprintf("cell %s, home of this request, has no unmasked slot", cell))
+			return
+		}
+		resp.write(w, target)
 		return
 	}
 }
 
+// refuseKey answers a request whose idempotency key has no home to take it now.
+func (g *Gateway) refuseKey(w http.ResponseWriter, field string, err error) {
+	if errors.Is(err, routing.ErrKeyHandover) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(routing.KeyHandover/time.Second)))
+		writeError(w, http.StatusServiceUnavailable, routing.CodeKeyHandover, field, err.Error())
+		return
+	}
+	writeError(w, http.StatusServiceUnavailable, "not_ready", field, err.Error())
+}
+
+// claimPayment makes sure the payment notice in body may activate packet id and no other in
+// the set: the txn's earlier homes must not hold it for another packet, and its home records it
+// for this one. It answers the client itself and returns false when the pay must not go on.
+// A body it cannot read goes on unclaimed: the packet's cell refuses it without paying.
+func (g *Gateway) claimPayment(w http.ResponseWriter, r *http.Request, t *routing.Table, id int64, body []byte) bool {
+	var pay struct {
+		PaymentTxnID string `json:"paymentTxnId"`
+		AmountCents  int64  `json:"amountCents"`
+	}
+	if json.Unmarshal(body, &pay) != nil || pay.PaymentTxnID == "" {
+		return true
+	}
+	now := g.cfg.Now()
+	key := routing.PaymentKey(pay.PaymentTxnID)
+	home, err := t.KeyHome(key, now)
+	if err != nil {
+		g.refuseKey(w, "paymentTxnId", err)
+		return false
+	}
+	hash := hashString(key)
+	txn, _ := json.Marshal(map[string]string{"paymentTxnId": pay.PaymentTxnID})
+	for _, prior := range t.PriorHomes(key, home, now) {
+		resp, err := g.callCell(r.Context(), "pay", prior, hash, http.MethodPost, routing.PathFindPaymentClaim, r.Header, txn, nil)
+		if err != nil {
+			g.metrics.keyLookups.WithLabelValues("payment", "failed").Inc()
+			g.upstreamFailed(w, "pay", prior, err)
+			return false
+		}
+		if resp.status == http.StatusNotFound {
+			g.metrics.keyLookups.WithLabelValues("payment", "absent").Inc()
+			continue
+		}
+		g.metrics.keyLookups.WithLabelValues("payment", "found").Inc()
+		return g.claimAnswer(w, resp, prior, id)
+	}
+	claim, _ := json.Marshal(map[string]any{"paymentTxnId": pay.PaymentTxnID, "packetId": strconv.FormatInt(id, 10), "amountCents": pay.AmountCents})
+	resp, err := g.callCell(r.Context(), "pay", home, hash, http.MethodPost, routing.PathPaymentClaims, r.Header, claim, nil)
+	if err != nil {
+		g.upstreamFailed(w, "pay", home, err)
+		return false
+	}
+	return g.claimAnswer(w, resp, home, id)
+}
+
+// claimAnswer reads a cell's claim answer: true when the claim binds the txn to packet id.
+func (g *Gateway) claimAnswer(w http.ResponseWriter, resp *upstream, cell string, id int64) bool {
+	if resp.status != http.StatusOK {
+		resp.write(w, cell) // 409 idempotency_conflict, a validation error, or unavailable
+		return false
+	}
+	var c struct {
+		PacketID string `json:"packetId"`
+	}
+	if json.Unmarshal(resp.body, &c) != nil {
+		writeError(w, http.StatusBadGateway, "upstream_unavailable", "", fmt.Sprintf("cell %s answered a claim it cannot have meant", cell))
+		return false
+	}
+	if c.PacketID != strconv.FormatInt(id, 10) {
+		writeError(w, http.StatusConflict, "idempotency_conflict", "paymentTxnId", "payment transaction already paid another packet")
+		return false
+	}
+	return true
+}
+
 // pickSlot chooses, by highest random weight over key, one unmasked slot of the epoch in force
-// at now whose cell has a ready server, leaving out slot exclude. Weighing every slot alike
-// makes a cell's share of creates proportional to its creatable slots.
-func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, exclude int) (slot int, cell string, ok bool) {
+// at now whose cell has a ready server, leaving out slot exclude; only slots of cell when cell
+// is not "". Weighing every slot alike makes a cell's share of creates proportional to its
+// creatable slots.
+func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, cell string, exclude int) (slot int, owner string, ok bool) {
 	e, found := t.EpochAt(now)
 	if !found {
 		return 0, "", false
@@ -363,7 +485,7 @@ func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, exclude i
 	var best uint64
 	slot = -1
 	for _, r := range e.Ranges {
-		if len(g.ready.Ready(r.Cell)) == 0 {
+		if (cell != "" && r.Cell != cell) || len(g.ready.Ready(r.Cell)) == 0 {
 			continue
 		}
 		for s := r.Start; s <= r.End; s++ {
@@ -371,11 +493,11 @@ func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, exclude i
 				continue
 			}
 			if w := slotWeight(key, s); slot < 0 || w > best {
-				best, slot, cell = w, s, r.Cell
+				best, slot, owner = w, s, r.Cell
 			}
 		}
 	}
-	return slot, cell, slot >= 0
+	return slot, owner, slot >= 0
 }
 
 func slotWeight(key int64, slot int) uint64 {
@@ -389,17 +511,16 @@ func mix64(x uint64) uint64 {
 	return x ^ x>>31
 }
 
-// createKey derives the slot-choice key from the create's idempotency identity, so a client's
-// retry of the same create goes to the same slot. ok is false when the body lacks it.
-func createKey(body []byte) (key int64, ok bool) {
+// createIdentity reads a create's idempotency identity; ok is false when the body lacks it.
+func createIdentity(body []byte) (sender, requestID string, ok bool) {
 	var req struct {
 		Sender    string `json:"sender"`
 		RequestID string `json:"requestId"`
 	}
 	if json.Unmarshal(body, &req) != nil || req.Sender == "" || req.RequestID == "" {
-		return 0, false
+		return "", "", false
 	}
-	return hashString(req.Sender + "\x00" + req.RequestID), true
+	return req.Sender, req.RequestID, true
 }
 
 func hashString(s string) int64 {

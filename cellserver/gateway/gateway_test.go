@@ -403,8 +403,10 @@ func TestCreateNeverPicksMaskedSlots(t *testing.T) {
 			}
 		}
 	}
-	// Creatable: 45..49 (a, 5), 50..59 (b, 10), 80..99 (c, 20): creates follow slot counts.
-	for cell, share := range map[string]float64{"a": 5.0 / 35, "b": 10.0 / 35, "c": 20.0 / 35} {
+	// A create goes to the home of its key (the owner of the key's slot in the epoch in force,
+	// masked or not: masks stop IDs, not keys), so creates follow owned slots: a 50, b 30,
+	// c 20. Inside its home it lands on a creatable slot: 45..49 (a), 50..59 (b), 80..99 (c).
+	for cell, share := range map[string]float64{"a": 50.0 / 100, "b": 30.0 / 100, "c": 20.0 / 100} {
 		if got := float64(perCell[cell]) / creates; got < share-0.07 || got > share+0.07 {
 			t.Errorf("cell %s got %.2f of creates, its slots are %.2f", cell, got, share)
 		}

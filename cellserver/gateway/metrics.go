@@ -15,6 +15,7 @@ type metrics struct {
 	duration      *prometheus.HistogramVec
 	upstream      *prometheus.HistogramVec
 	createRetries prometheus.Counter
+	keyLookups    *prometheus.CounterVec
 	failovers     *prometheus.CounterVec
 	readyServers  *prometheus.GaugeVec
 	knownServers  *prometheus.GaugeVec
@@ -40,6 +41,10 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Name: "rp_gateway_create_slot_retries_total",
 			Help: "Creates retried with another slot after a cell refused the first (slot_unavailable).",
 		}),
+		keyLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rp_gateway_key_lookups_total",
+			Help: "Idempotency keys looked up in an earlier home cell before their current home may accept them, by kind (wrap, payment) and result (found, absent, failed).",
+		}, []string{"kind", "result"}),
 		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rp_gateway_server_failovers_total",
 			Help: "Calls moved to another server of the cell because the chosen one refused the connection.",
@@ -54,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 		}, []string{"cell"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.upstream, m.createRetries, m.failovers, m.readyServers, m.knownServers,
+		reg.MustRegister(m.requests, m.duration, m.upstream, m.createRetries, m.keyLookups, m.failovers, m.readyServers, m.knownServers,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "rp_gateway_routing_epoch",
 				Help: "Number of the newest epoch in the loaded routing table.",

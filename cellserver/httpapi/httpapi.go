@@ -31,6 +31,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // SlotHeader asks wrap for a packet ID in a given slot (the gateway uses it to place a
@@ -104,6 +105,9 @@ func New(cfg Config) (*API, error) {
 	v1.Handle("POST /v1/packets/{id}/grab", a.verb("grab", a.grab))
 	v1.Handle("POST /v1/packets/{id}/open", a.verb("open", a.open))
 	v1.Handle("GET /v1/packets/{id}", a.verb("details", a.details))
+	v1.Handle("POST "+routing.PathFindWrap, a.verb("find_wrap", a.findWrap))
+	v1.Handle("POST "+routing.PathPaymentClaims, a.verb("claim_payment", a.claimPayment))
+	v1.Handle("POST "+routing.PathFindPaymentClaim, a.verb("find_payment_claim", a.findPaymentClaim))
 	v1.Handle("GET /v1/users/{user}/sent", a.verb("sent", a.history(packet.RoleSent)))
 	v1.Handle("GET /v1/users/{user}/received", a.verb("received", a.history(packet.RoleReceived)))
 	v1.Handle("/v1/", a.verb("unknown", func(w http.ResponseWriter, r *http.Request) error {
@@ -229,6 +233,10 @@ func (a *API) translate(err error) *apiError {
 		return conflict("idempotency_conflict", "requestId")
 	case errors.Is(err, packet.ErrPaymentReused):
 		return conflict("idempotency_conflict", "paymentTxnId")
+	case errors.Is(err, routing.ErrKeyHandover):
+		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeKeyHandover, msg: err.Error(), retryAfter: routing.KeyHandover}
+	case errors.Is(err, packet.ErrKeyElsewhere):
+		return &apiError{status: http.StatusMisdirectedRequest, code: routing.CodeNotHome, msg: err.Error()}
 	case errors.Is(err, packet.ErrSlotUnavailable), errors.Is(err, ids.ErrSlotUnavailable):
 		return conflict("slot_unavailable", "")
 	case errors.Is(err, queue.ErrOverloaded):

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/guard"
 	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/store"
 )
 
@@ -45,6 +46,7 @@ var (
 	ErrIdempotencyClash = store.ErrIdempotencyClash
 	ErrPaymentReused    = store.ErrPaymentReused
 	ErrCancelled        = store.ErrCancelled
+	ErrKeyElsewhere     = store.ErrKeyElsewhere
 	// ErrWrongCell: the packet belongs to another cell (its slot's owner at its creation
 	// time, DESIGN.md §4.4); the gateway routed with a stale table.
 	ErrWrongCell = errors.New("packet belongs to another cell")
@@ -95,6 +97,9 @@ type Config struct {
 	// second); nil means every packet of the region. It returns an error wrapping
 	// ErrWrongCell when not.
 	Owns func(id int64) error
+	// Home reports whether this cell is the home of an idempotency key at now
+	// (routing.Table.CheckHome); nil means every key is homed here (a cell on its own).
+	Home func(key string, now time.Time) error
 }
 
 // Service runs the packet lifecycle. It is safe for concurrent use; callers serialise opens
@@ -170,18 +175,27 @@ func (s *Service) Wrap(ctx context.Context, r WrapRequest, slot int) (Packet, bo
 	if slot < 0 {
 		attempts = 3
 	}
+	key := routing.WrapKey(r.Sender, r.RequestID)
+	if err := s.home(key); err != nil {
+		// A retry that reaches an old home, or one sent during a hand-over, still gets the
+		// packet this cell holds for the key; only a new key is refused.
+		return s.wrapRefused(ctx, r, err)
+	}
+	check := func() error { return s.home(key) }
 	var err error
 	for i := 0; i < attempts; i++ {
 		var id int64
 		id, err = s.ids.Next(ctx, slot)
 		if err != nil {
-			return Packet{}, false, fmt.Errorf("allocate packet id in slot %d: %w", slot, err)
+			// A masked or tripped slot stops new IDs, not retries: the first attempt's packet
+			// is still this request's answer.
+			return s.wrapRefused(ctx, r, fmt.Errorf("allocate packet id in slot %d: %w", slot, err))
 		}
 		p := Packet{ID: id, Sender: r.Sender, RequestID: r.RequestID, Kind: r.Kind, TotalCents: r.TotalCents,
 			Count: r.Count, Group: r.Group, Greeting: r.Greeting, CreatedAt: ids.CreatedAt(id)}
 		var got Packet
 		var created bool
-		got, created, err = s.st.Wrap(ctx, p, s.cfg.Now().Add(s.cfg.Expiry))
+		got, created, err = s.st.WrapChecked(ctx, p, s.cfg.Now().Add(s.cfg.Expiry), check)
 		if err == nil || store.IsRefusal(err) || ctx.Err() != nil {
 			return got, created, err
 		}

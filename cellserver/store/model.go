@@ -110,12 +110,15 @@ var (
 	ErrIdempotencyClash = errors.New("idempotency key reused with different content")
 	ErrPaymentReused    = errors.New("payment transaction already paid another packet")
 	ErrCancelled        = errors.New("packet cancelled: never paid before its deadline")
+	// ErrKeyElsewhere: this cell is not, or not yet, the home of the request's idempotency
+	// key (docs/design.md, "Guarantees across cells"); nothing was written.
+	ErrKeyElsewhere = errors.New("idempotency key is homed in another cell")
 )
 
 // IsRefusal reports whether err is a domain refusal rather than an infrastructure failure.
 func IsRefusal(err error) bool {
 	for _, e := range []error{ErrNotFound, ErrNotPaid, ErrExpired, ErrExhausted, ErrAlreadyPaid,
-		ErrAlreadyRefunded, ErrAmountMismatch, ErrIdempotencyClash, ErrPaymentReused, ErrCancelled} {
+		ErrAlreadyRefunded, ErrAmountMismatch, ErrIdempotencyClash, ErrPaymentReused, ErrCancelled, ErrKeyElsewhere} {
 		if errors.Is(err, e) {
 			return true
 		}

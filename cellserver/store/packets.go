@@ -36,9 +36,16 @@ func scanPacket(r rowScanner) (Packet, error) {
 // request ID with different content is refused with ErrIdempotencyClash. payBy is the
 // deadline for payment; the sweeper cancels the packet after it.
 func (s *Store) Wrap(ctx context.Context, p Packet, payBy time.Time) (Packet, bool, error) {
+	return s.WrapChecked(ctx, p, payBy, nil)
+}
+
+// WrapChecked is Wrap with check run just before the commit of a new packet: the key's home
+// cell refuses to commit a wrap whose key it stopped owning while the statements ran
+// (routing.CheckHome), so the old and the new home never both create one.
+func (s *Store) WrapChecked(ctx context.Context, p Packet, payBy time.Time, check func() error) (Packet, bool, error) {
 	tbl := s.TableOf(p.ID)
 	packets, _ := s.Tables(p.ID)
-	got, created, err := s.wrap(ctx, p, payBy, packets)
+	got, created, err := s.wrap(ctx, p, payBy, packets, check)
 	s.observe(tbl, err)
 	if err != nil {
 		return Packet{}, false, fmt.Errorf("wrap packet %d for %s/%s: %w", p.ID, p.Sender, p.RequestID, err)
@@ -46,7 +53,7 @@ func (s *Store) Wrap(ctx context.Context, p Packet, payBy time.Time) (Packet, bo
 	return got, created, nil
 }
 
-func (s *Store) wrap(ctx context.Context, p Packet, payBy time.Time, packets string) (Packet, bool, error) {
+func (s *Store) wrap(ctx context.Context, p Packet, payBy time.Time, packets string, check func() error) (Packet, bool, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return Packet{}, false, err
@@ -74,6 +81,11 @@ func (s *Store) wrap(ctx context.Context, p Packet, payBy time.Time, packets str
 	}
 	if _, err := tx.ExecContext(ctx, "INSERT INTO "+s.cellTable("expiry")+" (packet_id, expires_ms) VALUES (?, ?)", p.ID, ms(payBy)); err != nil {
 		return Packet{}, false, err
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return Packet{}, false, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return Packet{}, false, err

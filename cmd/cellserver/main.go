@@ -215,6 +215,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	pcfg := packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region}
 	if watcher != nil {
 		pcfg.Owns = func(id int64) error { return owns(watcher.Current(), cfg.Cell, id) }
+		pcfg.Home = func(key string, now time.Time) error { return watcher.Current().CheckHome(key, cfg.Cell, now) }
 	}
 	svc := packet.New(st, alloc, pcfg)
 	for _, c := range svc.Collectors() {
