@@ -20,6 +20,9 @@ type CellDB struct {
 	// WalletDSN is where the cell's servers relay wallet transfers (cellserver -wallet-dsn);
 	// empty means the cell's own database.
 	WalletDSN string
+	// CellSchema, WalletSchema and ShardDBPrefix name this cell's schemas when they differ
+	// from the audit's (cells sharing one test server); empty means the audit's.
+	CellSchema, WalletSchema, ShardDBPrefix string
 }
 
 // AuditConfig says what to audit.
@@ -62,12 +65,14 @@ func (a *AuditReport) bad(format string, args ...any) {
 	a.Violations = append(a.Violations, fmt.Sprintf(format, args...))
 }
 
-// Audit checks DESIGN.md §4 over every cell after its outbox drains: per packet conservation,
+// Audit checks DESIGN.md §4 over every cell after its outbox drains (docs/design.md): per packet conservation,
 // shares ≥ 1 cent, no user twice, ledger credits, pay and refund transfers matching the
 // packet, the escrow holding exactly what remains, a balanced ledger (all via
 // cellserver/wallet.Audit); every packet in the cell owning its slot at creation; and the
 // client's view — every packet it created found in exactly that cell, every share it was
-// paid recorded with the same amount. An error means the audit could not run; violations are
+// paid recorded with the same amount. Set-wide, across all cells: no packet ID stored twice,
+// no paymentTxnId paying two packets, no (sender, requestId) naming two packets, identifiers
+// compared byte for byte. An error means the audit could not run; violations are
 // in the report.
 func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	if cfg.CellSchema == "" {
@@ -81,6 +86,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	}
 	rep := &AuditReport{}
 	home := map[int64]string{} // packet → the cell whose database holds it
+	keys := newSetKeys()
 	stores := map[string]*store.Store{}
 	for _, c := range cfg.Cells {
 		db, err := store.OpenDB(c.DSN, 8)
@@ -88,7 +94,17 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 			return nil, fmt.Errorf("audit cell %s: %w", c.Name, err)
 		}
 		defer db.Close()
-		st, err := store.New(db, store.Config{Layout: cfg.Layout, CellSchema: cfg.CellSchema})
+		ccfg := cfg
+		if c.CellSchema != "" {
+			ccfg.CellSchema = c.CellSchema
+		}
+		if c.WalletSchema != "" {
+			ccfg.WalletSchema = c.WalletSchema
+		}
+		if c.ShardDBPrefix != "" {
+			ccfg.Layout.DatabasePrefix = c.ShardDBPrefix
+		}
+		st, err := store.New(db, store.Config{Layout: ccfg.Layout, CellSchema: ccfg.CellSchema})
 		if err != nil {
 			return nil, fmt.Errorf("audit cell %s: %w", c.Name, err)
 		}
@@ -100,7 +116,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 			}
 			defer walletDB.Close()
 		}
-		ca, err := auditCell(ctx, cfg, c.Name, walletDB, st, rep, home)
+		ca, err := auditCell(ctx, ccfg, c.Name, walletDB, st, rep, home, keys)
 		if err != nil {
 			return nil, fmt.Errorf("audit cell %s: %w", c.Name, err)
 		}
@@ -136,7 +152,7 @@ func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	return rep, nil
 }
 
-func auditCell(ctx context.Context, cfg AuditConfig, cell string, walletDB *sql.DB, st *store.Store, rep *AuditReport, home map[int64]string) (CellAudit, error) {
+func auditCell(ctx context.Context, cfg AuditConfig, cell string, walletDB *sql.DB, st *store.Store, rep *AuditReport, home map[int64]string, keys *setKeys) (CellAudit, error) {
 	ca := CellAudit{Name: cell}
 	// Wallet credits trail the money path through the outbox: wait until it is relayed.
 	start := time.Now()
@@ -178,6 +194,7 @@ func auditCell(ctx context.Context, cfg AuditConfig, cell string, walletDB *sql.
 			rep.bad("packet %d: stored in both %s and %s", p.ID, prev, cell)
 		}
 		home[p.ID] = cell
+		keys.add(rep, cell, p)
 		if cfg.Routing != nil {
 			owner, _, err := cfg.Routing.OwnerAt(ids.Slot(p.ID), ids.CreatedAt(p.ID))
 			if err != nil || owner != cell {
@@ -188,4 +205,33 @@ func auditCell(ctx context.Context, cfg AuditConfig, cell string, walletDB *sql.
 		return nil
 	})
 	return ca, err
+}
+
+// setKeys are the idempotency keys seen so far across every audited cell.
+type setKeys struct {
+	payments map[string]string // paymentTxnId → "packet in cell"
+	wraps    map[[2]string]string
+}
+
+func newSetKeys() *setKeys {
+	return &setKeys{payments: map[string]string{}, wraps: map[[2]string]string{}}
+}
+
+// add records p's keys and reports the set-wide invariants it breaks: a payment notice
+// activates at most one packet, and a (sender, requestId) names at most one packet.
+func (k *setKeys) add(rep *AuditReport, cell string, p store.Packet) {
+	where := fmt.Sprintf("packet %d in %s", p.ID, cell)
+	if p.PaymentTxnID != "" {
+		if prev, dup := k.payments[p.PaymentTxnID]; dup {
+			rep.bad("payment %q paid two packets: %s and %s", p.PaymentTxnID, prev, where)
+		} else {
+			k.payments[p.PaymentTxnID] = where
+		}
+	}
+	wk := [2]string{p.Sender, p.RequestID}
+	if prev, dup := k.wraps[wk]; dup {
+		rep.bad("wrap request %q of sender %q names two packets: %s and %s", p.RequestID, p.Sender, prev, where)
+	} else {
+		k.wraps[wk] = where
+	}
 }
