@@ -226,7 +226,7 @@ func (g *Gateway) Handler() http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := g.Ready(); err != nil {
-			writeError(w, http.StatusServiceUnavailable, "not_ready", "", err.Error())
+			writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", err.Error())
 			return
 		}
 		w.Write([]byte("ok\n"))
@@ -257,15 +257,17 @@ func (g *Gateway) Handler() http.Handler {
 	return mux
 }
 
+// notFound answers a path the API does not have. not_found is for a packet that does not exist,
+// and a client must be able to tell the two apart.
 func notFound(w http.ResponseWriter, r *http.Request) {
-	writeError(w, http.StatusNotFound, "not_found", "", "no such endpoint: "+r.URL.Path)
+	writeError(w, http.StatusNotFound, routing.CodeNoRoute, "", r.Method+" "+r.URL.Path+" is not a route")
 }
 
 // servePacket forwards a request about one existing packet to its server.
 func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb string) {
 	id, err := ParsePacketID(r.PathValue("id"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "id", err.Error())
+		writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "id", err.Error())
 		return
 	}
 	cell, _, status, err := g.route(id)
@@ -437,9 +439,9 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "", fmt.Sprintf("body larger than %d bytes", g.cfg.MaxBody))
+			writeError(w, http.StatusRequestEntityTooLarge, routing.CodeTooLarge, "", fmt.Sprintf("body larger than %d bytes", g.cfg.MaxBody))
 		} else {
-			writeError(w, http.StatusBadRequest, "invalid_argument", "", "cannot read body")
+			writeError(w, http.StatusBadRequest, routing.CodeMalformedJSON, "", "cannot read body")
 		}
 		return nil, false
 	}
@@ -548,15 +550,15 @@ func (g *Gateway) call(ctx context.Context, verb, cell, server, method, requestU
 func (g *Gateway) upstreamFailed(w http.ResponseWriter, verb, cell string, err error) {
 	g.log.Warn("cell call failed", "verb", verb, "cell", cell, "err", err)
 	if errors.Is(err, errNoReadyServer) {
-		writeError(w, http.StatusServiceUnavailable, "cell_unavailable", "", fmt.Sprintf("cell %s has no ready server", cell))
+		writeError(w, http.StatusServiceUnavailable, routing.CodeCellUnavailable, "", fmt.Sprintf("cell %s has no ready server", cell))
 		return
 	}
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody reads this answer, but the metric should not say 502.
-		writeError(w, 499, "cancelled", "", "client closed the request")
+		writeError(w, 499, routing.CodeClientClosed, "", "client closed the request")
 		return
 	}
-	writeError(w, http.StatusBadGateway, "upstream_unavailable", "", fmt.Sprintf("cell %s did not answer", cell))
+	writeError(w, http.StatusBadGateway, routing.CodeUpstreamUnavailable, "", fmt.Sprintf("cell %s did not answer", cell))
 }
 
 func hopByHop(k string) bool {
@@ -567,13 +569,8 @@ func hopByHop(k string) bool {
 	return false
 }
 
-// writeError answers with the project's JSON error shape.
+// writeError answers with the JSON error body the cells use too, so a client cannot tell
+// which tier refused.
 func writeError(w http.ResponseWriter, status int, code, field, message string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-		Field   string `json:"field"`
-	}{code, message, field})
+	routing.WriteError(w, status, code, field, message)
 }

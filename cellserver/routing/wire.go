@@ -45,7 +45,7 @@ const (
 	CodeIdempotencyConflict = "idempotency_conflict"
 
 	CodeOverloaded          = "overloaded"           // 429
-	CodeClientClosed        = "cancelled"            // 499: the client went away (nobody reads it)
+	CodeClientClosed        = "client_closed"        // 499: the client went away (nobody reads it)
 	CodeInternal            = "internal"             // 500
 	CodeUpstreamUnavailable = "upstream_unavailable" // 502: the cell did not answer
 	CodeUpstreamInvalid     = "upstream_invalid"     // 502: the cell answered something unreadable
