@@ -21,7 +21,7 @@
 // so a replay to another server is refused whether its Host is left alone (not this server)
 // or rewritten (the signature no longer matches). A request therefore has one server that can
 // accept it, and that server's cache sees it once: replay protection per cell without a shared
-// store or a database write per request (docs/design.md §4).
+// store or a database write per request (docs/design.md §2, Security).
 //
 // This package must never log or return key material, and never accept a request whose
 // signature it has not compared in constant time.
