@@ -261,7 +261,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		// The verifier answers only to this server's own authority, so a request signed for a
 		// sibling server of the cell is refused here even though its ID is not in this
 		// server's replay cache (cellserver/signing).
-		apiCfg.V1Middleware = signing.NewVerifier(key, cfg.SigningWindow, signing.WithAuthorities(cfg.Authorities...)).Middleware
+		refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "redpacket_signing_refused_total",
+			Help: "Signed-request refusals per reason; wrong_server is a replay from a sibling server or a caller using an address missing from -authority.",
+		}, []string{"reason"})
+		if err := reg.Register(refused); err != nil {
+			return fmt.Errorf("register signing metrics: %w", err)
+		}
+		apiCfg.V1Middleware = signing.NewVerifier(key, cfg.SigningWindow, signing.WithAuthorities(cfg.Authorities...),
+			signing.WithOnReject(func(reason string) { refused.WithLabelValues(reason).Inc() })).Middleware
 	}
 	api, err := httpapi.New(apiCfg)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -181,7 +182,8 @@ func TestReplayToSiblingServerIsRefused(t *testing.T) {
 		t.Fatalf("details through the gateway: %d %s", code, raw)
 	}
 
-	for _, c := range []captured{tap.last(t, "POST", "/open"), tap.last(t, "GET", "/"+id), tap.last(t, "POST", "/pay"), tap.last(t, "POST", "/v1/packets")} {
+	replays := []captured{tap.last(t, "POST", "/open"), tap.last(t, "GET", "/"+id), tap.last(t, "POST", "/pay"), tap.last(t, "POST", "/v1/packets")}
+	for _, c := range replays {
 		sibling := servers[0]
 		if c.server == servers[0] {
 			sibling = servers[1]
@@ -201,6 +203,14 @@ func TestReplayToSiblingServerIsRefused(t *testing.T) {
 		if code != http.StatusUnauthorized || body["field"] != signing.HeaderRequestID {
 			t.Errorf("%s %s replayed to its own server: %d %s, want 401 on the request id", c.method, c.uri, code, raw)
 		}
+	}
+	// Each replay as captured reached a sibling, which counted it.
+	wrong := 0.0
+	for _, s := range servers {
+		wrong += metricValue(t, s, `redpacket_signing_refused_total{reason="wrong_server"}`)
+	}
+	if wrong != float64(len(replays)) {
+		t.Errorf("servers counted %v wrong_server refusals, want %d", wrong, len(replays))
 	}
 	// The refusals changed nothing, and the gateway still serves.
 	code, d, raw := call(t, "GET", front+"/v1/packets/"+id, "", nil, nil)
@@ -273,4 +283,25 @@ func TestAuthorityFlag(t *testing.T) {
 	if _, err := parseFlags([]string{"-authority", "a:1,,b:2"}); err == nil {
 		t.Fatal("empty authority accepted")
 	}
+}
+
+// metricValue reads one sample from a server's /metrics (0 when absent).
+func metricValue(t *testing.T, base, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for line := range strings.Lines(string(raw)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }
