@@ -1,8 +1,9 @@
 // Package httpapi owns the cell server's HTTP surface: JSON under /v1 for the packet
 // lifecycle, /healthz, /readyz and /metrics. It translates requests into packet service and
 // queue calls and every refusal into a JSON error {"code","message","field"} with the right
-// status; the codes and the body are the wire's (cellserver/routing), shared with the gateway. Packet IDs travel as decimal strings, because JSON numbers above 2^53 lose digits
-// in JavaScript clients.
+// status; the codes and the body are the wire's (cellserver/routing), shared with the gateway.
+// Packet IDs travel as decimal strings, because JSON numbers above 2^53 lose digits in
+// JavaScript clients.
 //
 // It must never decide money: the packet service and the store do. It only validates shape
 // (size, JSON, types), routes opens and payments through the per-packet queue, and reports.
@@ -346,7 +347,8 @@ func checkObject(body []byte, names map[string]bool) error {
 	return nil
 }
 
-// jsonNames are the keys encoding/json writes for struct type t, memoised per type.
+// jsonNames are the keys encoding/json writes for struct type t, memoised per type. Request
+// bodies are flat structs, so embedded and nested fields need no handling here.
 func jsonNames(t reflect.Type) map[string]bool {
 	if m, ok := jsonNameCache.Load(t); ok {
 		return m.(map[string]bool)
