@@ -226,7 +226,7 @@ func (g *Gateway) Handler() http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := g.Ready(); err != nil {
-			writeError(w, http.StatusServiceUnavailable, "not_ready", "", err.Error())
+			writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", err.Error())
 			return
 		}
 		w.Write([]byte("ok\n"))
@@ -257,22 +257,24 @@ func (g *Gateway) Handler() http.Handler {
 	return mux
 }
 
+// notFound answers a path the API does not have. not_found is for a packet that does not exist,
+// and a client must be able to tell the two apart.
 func notFound(w http.ResponseWriter, r *http.Request) {
-	writeError(w, http.StatusNotFound, "not_found", "", "no such endpoint: "+r.URL.Path)
+	writeError(w, http.StatusNotFound, routing.CodeNoRoute, "", r.Method+" "+r.URL.Path+" is not a route")
 }
 
 // servePacket forwards a request about one existing packet to its server.
 func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb string) {
 	id, err := ParsePacketID(r.PathValue("id"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "id", err.Error())
+		writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "id", err.Error())
 		return
 	}
 	cell, _, status, err := g.route(id)
 	if err != nil {
-		code := "not_found"
+		code := routing.CodeNotFound
 		if status == http.StatusServiceUnavailable {
-			code = "cell_unavailable"
+			code = routing.CodeCellUnavailable
 		} else if status == http.StatusMisdirectedRequest {
 			code = "wrong_region"
 		}
@@ -325,7 +327,7 @@ func (g *Gateway) serveCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	t := g.cfg.Routing.Current()
 	if t == nil {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", "", "no routing table loaded")
+		writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", "no routing table loaded")
 		return
 	}
 	sender, requestID, keyed := createIdentity(body)
@@ -372,7 +374,7 @@ func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routi
 		case ok:
 			extra = http.Header{HeaderSlot: []string{strconv.Itoa(slot)}}
 		case cell == "":
-			writeError(w, http.StatusServiceUnavailable, "no_slot_available", "", "no unmasked slot with a ready cell server")
+			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", "no unmasked slot with a ready cell server")
 			return
 		default:
 			// The home has no creatable slot left (all masked): it still answers a retry with
@@ -391,7 +393,7 @@ func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routi
 			continue
 		}
 		if !ok && resp.slotUnavailable() {
-			writeError(w, http.StatusServiceUnavailable, "no_slot_available", "", fmt.Sprintf("cell %s, home of this request, has no unmasked slot", cell))
+			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", fmt.Sprintf("cell %s, home of this request, has no unmasked slot", cell))
 			return
 		}
 		resp.write(w, target)
@@ -406,7 +408,7 @@ func (g *Gateway) refuseKey(w http.ResponseWriter, field string, err error) {
 		writeError(w, http.StatusServiceUnavailable, routing.CodeKeyHandover, field, err.Error())
 		return
 	}
-	writeError(w, http.StatusServiceUnavailable, "not_ready", field, err.Error())
+	writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, field, err.Error())
 }
 
 // claimPayment makes sure the payment notice in body may activate packet id and no other in
@@ -463,11 +465,11 @@ func (g *Gateway) claimAnswer(w http.ResponseWriter, resp *upstream, cell string
 		PacketID string `json:"packetId"`
 	}
 	if json.Unmarshal(resp.body, &c) != nil {
-		writeError(w, http.StatusBadGateway, "upstream_unavailable", "", fmt.Sprintf("cell %s answered a claim it cannot have meant", cell))
+		writeError(w, http.StatusBadGateway, routing.CodeUpstreamInvalid, "", fmt.Sprintf("cell %s answered a claim it cannot have meant", cell))
 		return false
 	}
 	if c.PacketID != strconv.FormatInt(id, 10) {
-		writeError(w, http.StatusConflict, "idempotency_conflict", "paymentTxnId", "payment transaction already paid another packet")
+		writeError(w, http.StatusConflict, routing.CodeIdempotencyConflict, "paymentTxnId", "payment transaction already paid another packet")
 		return false
 	}
 	return true
@@ -558,9 +560,9 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", "", fmt.Sprintf("body larger than %d bytes", g.cfg.MaxBody))
+			writeError(w, http.StatusRequestEntityTooLarge, routing.CodeTooLarge, "", fmt.Sprintf("body larger than %d bytes", g.cfg.MaxBody))
 		} else {
-			writeError(w, http.StatusBadRequest, "invalid_argument", "", "cannot read body")
+			writeError(w, http.StatusBadRequest, routing.CodeMalformedJSON, "", "cannot read body")
 		}
 		return nil, false
 	}
@@ -669,15 +671,15 @@ func (g *Gateway) call(ctx context.Context, verb, cell, server, method, requestU
 func (g *Gateway) upstreamFailed(w http.ResponseWriter, verb, cell string, err error) {
 	g.log.Warn("cell call failed", "verb", verb, "cell", cell, "err", err)
 	if errors.Is(err, errNoReadyServer) {
-		writeError(w, http.StatusServiceUnavailable, "cell_unavailable", "", fmt.Sprintf("cell %s has no ready server", cell))
+		writeError(w, http.StatusServiceUnavailable, routing.CodeCellUnavailable, "", fmt.Sprintf("cell %s has no ready server", cell))
 		return
 	}
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody reads this answer, but the metric should not say 502.
-		writeError(w, 499, "cancelled", "", "client closed the request")
+		writeError(w, 499, routing.CodeClientClosed, "", "client closed the request")
 		return
 	}
-	writeError(w, http.StatusBadGateway, "upstream_unavailable", "", fmt.Sprintf("cell %s did not answer", cell))
+	writeError(w, http.StatusBadGateway, routing.CodeUpstreamUnavailable, "", fmt.Sprintf("cell %s did not answer", cell))
 }
 
 func hopByHop(k string) bool {
@@ -688,13 +690,8 @@ func hopByHop(k string) bool {
 	return false
 }
 
-// writeError answers with the project's JSON error shape.
+// writeError answers with the JSON error body the cells use too, so a client cannot tell
+// which tier refused.
 func writeError(w http.ResponseWriter, status int, code, field, message string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-		Field   string `json:"field"`
-	}{code, message, field})
+	routing.WriteError(w, status, code, field, message)
 }

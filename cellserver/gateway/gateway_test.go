@@ -96,7 +96,7 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 		json.NewDecoder(r.Body).Decode(&req)
 		slot, err := strconv.Atoi(r.Header.Get(HeaderSlot))
 		if err != nil {
-			http.Error(w, `{"code":"invalid_argument"}`, http.StatusBadRequest)
+			http.Error(w, `{"code":"invalid_input"}`, http.StatusBadRequest)
 			return
 		}
 		c.mu.Lock()
@@ -126,7 +126,7 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 		if b := q.Get("before"); b != "" {
 			cur, err := ParseCursor(b)
 			if err != nil {
-				http.Error(w, `{"code":"invalid_argument","field":"before"}`, http.StatusBadRequest)
+				http.Error(w, `{"code":"invalid_input","field":"before"}`, http.StatusBadRequest)
 				return
 			}
 			items = slices.DeleteFunc(items, func(it histItem) bool { return !cur.newerThan(itemPos(it)) })
@@ -332,7 +332,7 @@ func TestBadPacketRequests(t *testing.T) {
 	h := newHarness(t, table, 1, cellsABC()...)
 	for _, bad := range []string{"abc", "0", "-5", "012", "99999999999999999999", "1.5"} {
 		a := h.do("GET", "/v1/packets/"+bad, "")
-		if a.status != http.StatusBadRequest || a.body["code"] != "invalid_argument" || a.body["field"] != "id" || a.body["message"] == "" {
+		if a.status != http.StatusBadRequest || a.body["code"] != "invalid_input" || a.body["field"] != "id" || a.body["message"] == "" {
 			t.Errorf("id %q: %d %s", bad, a.status, a.raw)
 		}
 	}
@@ -349,8 +349,16 @@ func TestBadPacketRequests(t *testing.T) {
 	if a := h.do("DELETE", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 1, 0)), ""); a.status != http.StatusMethodNotAllowed || a.body["code"] != "method_not_allowed" {
 		t.Errorf("DELETE open: %d %s", a.status, a.raw)
 	}
-	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/steal", packetID(t, epoch2, 1, 0)), ""); a.status != http.StatusNotFound {
-		t.Errorf("unknown verb: %d %s", a.status, a.raw)
+	// Unknown paths: 404 no_route, and no "field" since no input is at fault (docs/api.md).
+	for _, path := range []string{fmt.Sprintf("/v1/packets/%d/steal", packetID(t, epoch2, 1, 0)), "/v1/users/u1/liked", "/v1/nothing", "/v2/packets", "/", "/v1/packets/1/open/more"} {
+		a := h.do("POST", path, "")
+		if _, hasField := a.body["field"]; a.status != http.StatusNotFound || a.body["code"] != "no_route" || hasField || a.body["message"] == "" {
+			t.Errorf("unknown path %s: %d %s", path, a.status, a.raw)
+		}
+	}
+	// Every gateway refusal omits an empty field, like the cell's.
+	if a := h.do("DELETE", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 1, 0)), ""); strings.Contains(a.raw, `"field"`) {
+		t.Errorf("empty field written: %s", a.raw)
 	}
 	// A cell whose servers are all unready answers 503, and the gateway is not ready.
 	h.cells["c"].mu.Lock()
@@ -608,7 +616,7 @@ func TestHistoryMergesAcrossCellsWithCursor(t *testing.T) {
 		if strings.Contains(bad, "before") {
 			field = "before"
 		}
-		if a.status != http.StatusBadRequest || a.body["field"] != field {
+		if a.status != http.StatusBadRequest || a.body["code"] != "invalid_input" || a.body["field"] != field {
 			t.Errorf("%s: %d %s", bad, a.status, a.raw)
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // Cursor is a position in a user's history: items strictly before (At, PacketID) in the order
@@ -70,7 +72,7 @@ type historyItem struct {
 func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role string) {
 	user := r.PathValue("user")
 	if user == "" {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "user", "user must not be empty")
+		writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "user", "user must not be empty")
 		return
 	}
 	q := r.URL.Query()
@@ -78,7 +80,7 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > g.cfg.MaxHistoryLimit {
-			writeError(w, http.StatusBadRequest, "invalid_argument", "limit", fmt.Sprintf("limit must be an integer in 1..%d", g.cfg.MaxHistoryLimit))
+			writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "limit", fmt.Sprintf("limit must be an integer in 1..%d", g.cfg.MaxHistoryLimit))
 			return
 		}
 		limit = n
@@ -86,13 +88,13 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 	before := q.Get("before")
 	if before != "" {
 		if _, err := ParseCursor(before); err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_argument", "before", err.Error())
+			writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "before", err.Error())
 			return
 		}
 	}
 	t := g.cfg.Routing.Current()
 	if t == nil {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", "", "no routing table loaded")
+		writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", "no routing table loaded")
 		return
 	}
 	cells := t.AllCells()
@@ -100,7 +102,7 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 	// it for good; refusing the whole query is the honest answer.
 	for _, cell := range cells {
 		if len(g.ready.Ready(cell)) == 0 {
-			writeError(w, http.StatusServiceUnavailable, "cell_unavailable", "", fmt.Sprintf("cell %s has no ready server; history incomplete", cell))
+			writeError(w, http.StatusServiceUnavailable, routing.CodeCellUnavailable, "", fmt.Sprintf("cell %s has no ready server; history incomplete", cell))
 			return
 		}
 	}
@@ -143,7 +145,7 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 		page, err := decodeHistory(a.body)
 		if err != nil {
 			g.log.Warn("cell sent an unreadable history page", "cell", cell, "err", err)
-			writeError(w, http.StatusBadGateway, "upstream_invalid", "", fmt.Sprintf("cell %s sent an unreadable history page", cell))
+			writeError(w, http.StatusBadGateway, routing.CodeUpstreamInvalid, "", fmt.Sprintf("cell %s sent an unreadable history page", cell))
 			return
 		}
 		items = append(items, page.items...)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // metrics are the gateway's Prometheus series. They are created per Gateway, so tests can run
@@ -107,7 +109,7 @@ func (g *Gateway) instrument(verb, method string, h http.HandlerFunc) http.Handl
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		if method != "" && r.Method != method {
 			rec.Header().Set("Allow", method)
-			writeError(rec, http.StatusMethodNotAllowed, "method_not_allowed", "", r.Method+" not allowed here; use "+method)
+			writeError(rec, http.StatusMethodNotAllowed, routing.CodeMethodNotAllowed, "", r.Method+" not allowed here; use "+method)
 		} else {
 			h(rec, r)
 		}

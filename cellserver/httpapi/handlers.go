@@ -8,6 +8,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/packet"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // PacketJSON is a packet on the wire. Times are unix milliseconds (0 = not yet).
@@ -68,7 +69,7 @@ func (a *API) wrap(w http.ResponseWriter, r *http.Request) error {
 	if v := r.Header.Get(SlotHeader); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 || n >= ids.MaxSlots {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_input", field: SlotHeader, msg: "slot must be 0..999"}
+			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: SlotHeader, msg: "slot must be 0..999"}
 		}
 		slot = n
 	}
@@ -202,7 +203,7 @@ func (a *API) details(w http.ResponseWriter, r *http.Request) error {
 	if v := r.URL.Query().Get("after"); v != "" {
 		after, err = strconv.Atoi(v)
 		if err != nil || after < 0 {
-			return &apiError{status: http.StatusBadRequest, code: "invalid_input", field: "after", msg: "after must be a receiver seq from a previous page"}
+			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: "after", msg: "after must be a receiver seq from a previous page"}
 		}
 	}
 	p, rs, err := a.cfg.Service.Details(r.Context(), id, after, limit)

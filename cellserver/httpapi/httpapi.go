@@ -1,14 +1,16 @@
 // Package httpapi owns the cell server's HTTP surface: JSON under /v1 for the packet
 // lifecycle, /healthz, /readyz and /metrics. It translates requests into packet service and
 // queue calls and every refusal into a JSON error {"code","message","field"} with the right
-// status. Packet IDs travel as decimal strings, because JSON numbers above 2^53 lose digits
-// in JavaScript clients.
+// status; the codes and the body are the wire's (cellserver/routing), shared with the gateway.
+// Packet IDs travel as decimal strings, because JSON numbers above 2^53 lose digits in
+// JavaScript clients.
 //
 // It must never decide money: the packet service and the store do. It only validates shape
 // (size, JSON, types), routes opens and payments through the per-packet queue, and reports.
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"encoding/json"
@@ -19,8 +21,10 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,7 +40,7 @@ import (
 
 // SlotHeader asks wrap for a packet ID in a given slot (the gateway uses it to place a
 // packet in a cell's slot range).
-const SlotHeader = "X-Redpacket-Slot"
+const SlotHeader = routing.HeaderSlot
 
 // Config wires the API; Service and Queue are required.
 type Config struct {
@@ -111,7 +115,7 @@ func New(cfg Config) (*API, error) {
 	v1.Handle("GET /v1/users/{user}/sent", a.verb("sent", a.history(packet.RoleSent)))
 	v1.Handle("GET /v1/users/{user}/received", a.verb("received", a.history(packet.RoleReceived)))
 	v1.Handle("/v1/", a.verb("unknown", func(w http.ResponseWriter, r *http.Request) error {
-		return &apiError{status: http.StatusNotFound, code: "no_route", msg: r.Method + " " + r.URL.Path + " is not a route"}
+		return noRoute(r)
 	}))
 	var h http.Handler = v1
 	if cfg.V1Middleware != nil {
@@ -125,6 +129,8 @@ func New(cfg Config) (*API, error) {
 	if cfg.Gatherer != nil {
 		a.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
+	// Outside /v1 too an unknown path answers in the API's shape, not ServeMux's plain text.
+	a.mux.Handle("/", a.verb("unknown", func(w http.ResponseWriter, r *http.Request) error { return noRoute(r) }))
 	return a, nil
 }
 
@@ -136,7 +142,7 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := a.cfg.Ready(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, errorBody{Code: "not_ready", Message: err.Error()})
+			routing.WriteError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", err.Error())
 			return
 		}
 	}
@@ -153,12 +159,6 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.msg }
-
-type errorBody struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	Field   string `json:"field,omitempty"`
-}
 
 type statusWriter struct {
 	http.ResponseWriter
@@ -187,7 +187,7 @@ func (a *API) verb(name string, h func(http.ResponseWriter, *http.Request) error
 				sw.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.retryAfter.Seconds()))))
 			}
 			a.failures.WithLabelValues(name, e.code).Inc()
-			writeJSON(sw, e.status, errorBody{Code: e.code, Message: e.msg, Field: e.field})
+			routing.WriteError(sw, e.status, e.code, e.field, e.msg)
 		}
 		if sw.status == 0 {
 			sw.status = http.StatusOK
@@ -208,49 +208,49 @@ func (a *API) translate(err error) *apiError {
 	case errors.As(err, &ae):
 		return ae
 	case errors.As(err, &tooBig):
-		return &apiError{status: http.StatusRequestEntityTooLarge, code: "too_large", msg: fmt.Sprintf("body larger than %d bytes", tooBig.Limit)}
+		return &apiError{status: http.StatusRequestEntityTooLarge, code: routing.CodeTooLarge, msg: fmt.Sprintf("body larger than %d bytes", tooBig.Limit)}
 	case errors.As(err, &fe):
-		return &apiError{status: http.StatusBadRequest, code: "invalid_input", msg: fe.Message, field: fe.Field}
+		return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, msg: fe.Message, field: fe.Field}
 	case errors.Is(err, packet.ErrNotFound):
-		return &apiError{status: http.StatusNotFound, code: "not_found", msg: err.Error(), field: "id"}
+		return &apiError{status: http.StatusNotFound, code: routing.CodeNotFound, msg: err.Error(), field: "id"}
 	case errors.Is(err, packet.ErrWrongCell):
-		return &apiError{status: http.StatusMisdirectedRequest, code: "wrong_cell", msg: err.Error(), field: "id"}
+		return &apiError{status: http.StatusMisdirectedRequest, code: routing.CodeWrongCell, msg: err.Error(), field: "id"}
 	case errors.Is(err, packet.ErrNotPaid):
-		return conflict("not_paid", "")
+		return conflict(routing.CodeNotPaid, "")
 	case errors.Is(err, packet.ErrExpired):
-		return conflict("expired", "")
+		return conflict(routing.CodeExpired, "")
 	case errors.Is(err, packet.ErrCancelled):
-		return conflict("cancelled", "")
+		return conflict(routing.CodeCancelled, "")
 	case errors.Is(err, packet.ErrExhausted):
-		return conflict("exhausted", "")
+		return conflict(routing.CodeExhausted, "")
 	case errors.Is(err, packet.ErrAlreadyPaid):
-		return conflict("already_paid", "paymentTxnId")
+		return conflict(routing.CodeAlreadyPaid, "paymentTxnId")
 	case errors.Is(err, packet.ErrAlreadyRefunded):
-		return conflict("already_refunded", "")
+		return conflict(routing.CodeAlreadyRefunded, "")
 	case errors.Is(err, packet.ErrAmountMismatch):
-		return conflict("amount_mismatch", "amountCents")
+		return conflict(routing.CodeAmountMismatch, "amountCents")
 	case errors.Is(err, packet.ErrIdempotencyClash):
-		return conflict("idempotency_conflict", "requestId")
+		return conflict(routing.CodeIdempotencyConflict, "requestId")
 	case errors.Is(err, packet.ErrPaymentReused):
-		return conflict("idempotency_conflict", "paymentTxnId")
+		return conflict(routing.CodeIdempotencyConflict, "paymentTxnId")
 	case errors.Is(err, routing.ErrKeyHandover):
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeKeyHandover, msg: err.Error(), retryAfter: routing.KeyHandover}
 	case errors.Is(err, packet.ErrKeyElsewhere):
 		return &apiError{status: http.StatusMisdirectedRequest, code: routing.CodeNotHome, msg: err.Error()}
 	case errors.Is(err, packet.ErrSlotUnavailable), errors.Is(err, ids.ErrSlotUnavailable):
-		return conflict("slot_unavailable", "")
+		return conflict(routing.CodeSlotUnavailable, "")
 	case errors.Is(err, queue.ErrOverloaded):
-		return &apiError{status: http.StatusTooManyRequests, code: "overloaded", msg: "too many requests for this packet; retry later", retryAfter: a.cfg.Queue.RetryAfter()}
+		return &apiError{status: http.StatusTooManyRequests, code: routing.CodeOverloaded, msg: "too many requests for this packet; retry later", retryAfter: a.cfg.Queue.RetryAfter()}
 	case errors.Is(err, queue.ErrClosed):
-		return &apiError{status: http.StatusServiceUnavailable, code: "shutting_down", msg: "server is draining", retryAfter: time.Second}
+		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeShuttingDown, msg: "server is draining", retryAfter: time.Second}
 	case errors.Is(err, ids.ErrNoSlot), errors.Is(err, ids.ErrNotIssuing), errors.Is(err, ids.ErrExhausted):
-		return &apiError{status: http.StatusServiceUnavailable, code: "unavailable", msg: err.Error(), retryAfter: time.Second}
+		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeUnavailable, msg: err.Error(), retryAfter: time.Second}
 	case dbUnavailable(err):
-		return &apiError{status: http.StatusServiceUnavailable, code: "db_unavailable", msg: "the cell database is unavailable; retry (every call is idempotent)", retryAfter: time.Second}
+		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeDBUnavailable, msg: "the cell database is unavailable; retry (every call is idempotent)", retryAfter: time.Second}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return &apiError{status: http.StatusServiceUnavailable, code: "timeout", msg: "request timed out", retryAfter: time.Second}
+		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeTimeout, msg: "request timed out", retryAfter: time.Second}
 	}
-	return &apiError{status: http.StatusInternalServerError, code: "internal", msg: "internal error"}
+	return &apiError{status: http.StatusInternalServerError, code: routing.CodeInternal, msg: "internal error"}
 }
 
 // dbUnavailable recognises failures that say "try again later" rather than "bug": the
@@ -279,41 +279,116 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// decode reads exactly one JSON object with known fields into v.
+// decode reads exactly one JSON object into v, a pointer to a struct whose json names are the
+// only keys accepted, each at most once and spelled exactly. encoding/json alone folds case
+// ("TotalCents" fills totalCents), keeps the last of duplicate keys and takes null for an
+// object: each would let one body mean one thing to a client, a proxy or the gateway reading
+// it and another to the cell that moves the money.
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return err
+		}
+		return &apiError{status: http.StatusBadRequest, code: routing.CodeMalformedJSON, msg: "cannot read body"}
+	}
+	if err := checkObject(body, jsonNames(reflect.TypeOf(v).Elem())); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
 		var typeErr *json.UnmarshalTypeError
-		var syntax *json.SyntaxError
-		switch {
-		case errors.As(err, &tooBig):
-			return err
-		case errors.As(err, &typeErr) && typeErr.Field == "":
-			return &apiError{status: http.StatusBadRequest, code: "malformed_json", msg: "body must be a JSON object"}
-		case errors.As(err, &typeErr):
-			return &apiError{status: http.StatusBadRequest, code: "invalid_input", field: typeErr.Field,
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: typeErr.Field,
 				msg: fmt.Sprintf("%s must be a %s that fits", typeErr.Field, typeErr.Type)}
-		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-			return &apiError{status: http.StatusBadRequest, code: "malformed_json", msg: "body is not a JSON object"}
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			return &apiError{status: http.StatusBadRequest, code: "invalid_input", field: field, msg: "unknown field"}
 		}
-		return &apiError{status: http.StatusBadRequest, code: "malformed_json", msg: err.Error()}
-	}
-	if dec.More() {
-		return &apiError{status: http.StatusBadRequest, code: "malformed_json", msg: "body has data after the JSON object"}
+		return &apiError{status: http.StatusBadRequest, code: routing.CodeMalformedJSON, msg: err.Error()}
 	}
 	return nil
+}
+
+func malformed(msg string) *apiError {
+	return &apiError{status: http.StatusBadRequest, code: routing.CodeMalformedJSON, msg: msg}
+}
+
+// checkObject accepts body when it is one JSON object, and nothing after it, whose keys are
+// all in names and none repeated.
+func checkObject(body []byte, names map[string]bool) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return malformed("body must be a JSON object")
+	}
+	seen := make(map[string]bool, len(names))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return malformed("body is not a JSON object")
+		}
+		key, _ := tok.(string)
+		switch {
+		case !names[key]:
+			msg := "unknown field"
+			for n := range names {
+				if strings.EqualFold(n, key) {
+					msg = fmt.Sprintf("unknown field (names are case-sensitive: %s)", n)
+				}
+			}
+			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: key, msg: msg}
+		case seen[key]:
+			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: key, msg: "field given more than once"}
+		}
+		seen[key] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return malformed("body is not a JSON object")
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return malformed("body is not a JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return malformed("body has data after the JSON object")
+	}
+	return nil
+}
+
+// jsonNames are the keys encoding/json writes for struct type t, memoised per type. Request
+// bodies are flat structs, so embedded and nested fields need no handling here.
+func jsonNames(t reflect.Type) map[string]bool {
+	if m, ok := jsonNameCache.Load(t); ok {
+		return m.(map[string]bool)
+	}
+	m := map[string]bool{}
+	for f := range t.Fields() {
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = f.Name
+		}
+		m[name] = true
+	}
+	jsonNameCache.Store(t, m)
+	return m
+}
+
+var jsonNameCache sync.Map // reflect.Type -> map[string]bool
+
+func noRoute(r *http.Request) error {
+	return &apiError{status: http.StatusNotFound, code: routing.CodeNoRoute, msg: r.Method + " " + r.URL.Path + " is not a route"}
 }
 
 func pathID(r *http.Request) (int64, error) {
 	v := r.PathValue("id")
 	id, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || id <= 0 {
-		return 0, &apiError{status: http.StatusBadRequest, code: "invalid_input", field: "id", msg: "packet id must be a positive decimal integer"}
+		return 0, &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: "id", msg: "packet id must be a positive decimal integer"}
 	}
 	return id, nil
 }
@@ -325,7 +400,7 @@ func (a *API) limit(r *http.Request) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > a.cfg.MaxLimit {
-		return 0, &apiError{status: http.StatusBadRequest, code: "invalid_input", field: "limit", msg: fmt.Sprintf("limit must be 1..%d", a.cfg.MaxLimit)}
+		return 0, &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: "limit", msg: fmt.Sprintf("limit must be 1..%d", a.cfg.MaxLimit)}
 	}
 	return n, nil
 }

@@ -330,6 +330,19 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"history bad cursor", "GET", "/v1/users/bob/sent?before=yesterday", nil, nil, 400, "invalid_input", "before"},
 		{"history bad user", "GET", "/v1/users/" + strings.Repeat("b", 65) + "/received", nil, nil, 400, "invalid_input", "user"},
 		{"no such route", "POST", "/v1/packets/" + active + "/steal", map[string]any{}, nil, 404, "no_route", ""},
+		{"no such route outside v1", "GET", "/v2/packets", nil, nil, 404, "no_route", ""},
+		// encoding/json matches names case-insensitively; the API's names are exact.
+		{"case-variant field", "POST", "/v1/packets", `{"sender":"a","requestId":"cv","TotalCents":1000,"count":1,"kind":"random"}`, nil, 400, "invalid_input", "TotalCents"},
+		{"case-variant field only differs in one letter", "POST", "/v1/packets", `{"sender":"a","requestID":"cv","totalCents":1000,"count":1,"kind":"random"}`, nil, 400, "invalid_input", "requestID"},
+		{"case-variant user", "POST", "/v1/packets/" + active + "/open", `{"User":"mallory"}`, nil, 400, "invalid_input", "User"},
+		{"case-variant pay field", "POST", "/v1/packets/" + unpaid + "/pay", `{"paymentTxnId":"cv","AmountCents":300}`, nil, 400, "invalid_input", "AmountCents"},
+		// With duplicates encoding/json keeps the last value; a client or proxy that keeps the
+		// first would see another packet than the one created.
+		{"duplicate field", "POST", "/v1/packets", `{"sender":"a","requestId":"dup","totalCents":1,"count":1,"kind":"random","totalCents":1000}`, nil, 400, "invalid_input", "totalCents"},
+		{"null body", "POST", "/v1/packets", `null`, nil, 400, "malformed_json", ""},
+		{"null body on open", "POST", "/v1/packets/" + active + "/open", `null`, nil, 400, "malformed_json", ""},
+		{"null body on pay", "POST", "/v1/packets/" + unpaid + "/pay", ` null `, nil, 400, "malformed_json", ""},
+		{"string body", "POST", "/v1/packets/" + active + "/open", `"u"`, nil, 400, "malformed_json", ""},
 	}
 	before := fingerprint(t, s.env.DB, s.env.Prefix)
 	for _, c := range cases {
@@ -337,6 +350,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 			a := s.do(t, c.method, c.path, c.body, c.hdr...)
 			if a.status != c.status || a.str("code") != c.code || a.str("field") != c.field || a.str("message") == "" {
 				t.Fatalf("got %d %s, want %d code=%s field=%s", a.status, a.raw, c.status, c.code, c.field)
+			}
+			if _, present := a.body["field"]; c.field == "" && present {
+				t.Fatalf("field must be omitted when no input is at fault: %s", a.raw)
 			}
 			if after := fingerprint(t, s.env.DB, s.env.Prefix); after != before {
 				t.Fatalf("refused request changed the DB:\nbefore %s\nafter  %s", before, after)
@@ -545,5 +561,18 @@ func TestDatabaseOutageAnswers503AndRecovers(t *testing.T) {
 	rep, err := wallet.Audit(ctx, s.env.Store, s.ledger, time.Now().Add(-time.Hour), time.Now())
 	if err != nil || !rep.OK() || rep.Receipts != 2 {
 		t.Fatalf("audit: %+v %v", rep, err)
+	}
+}
+
+// TestStrictJSONStillTakesOrdinaryBodies: exact names in any order, whitespace around the
+// object (curl and json.Encoder end with a newline) and nested values are all fine.
+func TestStrictJSONStillTakesOrdinaryBodies(t *testing.T) {
+	s := start(t)
+	w := s.do(t, "POST", "/v1/packets", " \n{\"kind\":\"random\",\"count\":2,\n \"totalCents\":200,\"requestId\":\"ws\",\"sender\":\"alice\",\"greeting\":\"{\\\"x\\\":1}\"}\n\t")
+	if w.status != http.StatusCreated || w.num("totalCents") != 200 || w.str("greeting") != `{"x":1}` {
+		t.Fatalf("wrap with whitespace: %d %s", w.status, w.raw)
+	}
+	if p := s.do(t, "POST", "/v1/packets/"+w.str("packetId")+"/pay", "{\"paymentTxnId\":\"ws\",\"amountCents\":200}\n"); p.status != http.StatusOK {
+		t.Fatalf("pay with trailing newline: %d %s", p.status, p.raw)
 	}
 }

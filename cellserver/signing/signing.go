@@ -4,18 +4,24 @@
 //
 // A signature is HMAC-SHA256, under a key shared through a Kubernetes Secret, over
 //
-//	METHOD \n REQUEST-URI \n hex(SHA-256(body)) \n timestamp \n request-id
+//	METHOD \n AUTHORITY \n REQUEST-URI \n hex(SHA-256(body)) \n timestamp \n request-id
 //
+// where AUTHORITY is the host:port the request is addressed to (its Host header), lower-case,
+// with the scheme's default port filled in and IP addresses in their canonical text form.
 // carried in three headers: X-Rp-Timestamp (unix seconds), X-Rp-Request-Id (128 random bits in
 // hex) and X-Rp-Signature (hex). The timestamp bounds how long a captured request stays usable
 // (the window, 30 s by default, either way to tolerate clock skew); within the window a bounded
 // cache of the request IDs already seen refuses replays. A request ID is remembered only after
 // its signature verified, so unsigned junk cannot fill the cache.
 //
-// The cache is per server process. A request captured on its way to one server could be
-// replayed once to a sibling server of the same cell within the window; that is tolerable
-// because every mutating call is idempotent in the cell's database (DESIGN.md §2, Idempotency),
-// so the replay returns the first answer and moves no money.
+// The cache is per server process, and a cell has several servers sharing the key. What keeps
+// a request captured on its way to one server from being replayed to a sibling is the
+// authority in the signature: a verifier accepts only requests signed for an authority that
+// names itself (the address the connection arrived at, or the names it was configured with),
+// so a replay to another server is refused whether its Host is left alone (not this server)
+// or rewritten (the signature no longer matches). A request therefore has one server that can
+// accept it, and that server's cache sees it once: replay protection per cell without a shared
+// store or a database write per request (docs/design.md §2, Security).
 //
 // This package must never log or return key material, and never accept a request whose
 // signature it has not compared in constant time.
@@ -30,10 +36,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // Header names.
@@ -58,8 +68,9 @@ func NewSigner(key []byte) *Signer {
 	return &Signer{key: bytes.Clone(key), now: time.Now}
 }
 
-// Sign stamps req with a fresh timestamp and request ID and signs it. body must be exactly the
-// bytes req will send (nil for none); Sign does not touch req.Body.
+// Sign stamps req with a fresh timestamp and request ID and signs it for the server it is
+// addressed to (req.Host, or else req.URL.Host). body must be exactly the bytes req will send
+// (nil for none); Sign does not touch req.Body.
 func (s *Signer) Sign(req *http.Request, body []byte) error {
 	var id [16]byte
 	if _, err := rand.Read(id[:]); err != nil {
@@ -69,7 +80,12 @@ func (s *Signer) Sign(req *http.Request, body []byte) error {
 	ts := strconv.FormatInt(s.now().Unix(), 10)
 	req.Header.Set(HeaderTimestamp, ts)
 	req.Header.Set(HeaderRequestID, requestID)
-	req.Header.Set(HeaderSignature, hex.EncodeToString(mac(s.key, req.Method, req.URL.RequestURI(), body, ts, requestID)))
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	authority := canonicalAuthority(host, defaultPort(req.URL.Scheme == "https"))
+	req.Header.Set(HeaderSignature, hex.EncodeToString(mac(s.key, req.Method, authority, req.URL.RequestURI(), body, ts, requestID)))
 	return nil
 }
 
@@ -101,15 +117,46 @@ func (s *Signer) RoundTripper(next http.RoundTripper) http.RoundTripper {
 	})
 }
 
+// canonicalAuthority is the form of a host[:port] that signer and verifier compare: the
+// Host header may differ from what the client was given only cosmetically (case, a default
+// port left out, a zone the transport strips, another spelling of an IPv6 address).
+func canonicalAuthority(hostport, defaultPort string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]"), ""
+	}
+	if port == "" {
+		port = defaultPort
+	}
+	if i := strings.IndexByte(host, '%'); i >= 0 {
+		host = host[:i]
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		host = ip.String()
+	} else {
+		host = strings.ToLower(host)
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func defaultPort(tls bool) string {
+	if tls {
+		return "443"
+	}
+	return "80"
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // mac computes the signature over the canonical form of a request.
-func mac(key []byte, method, requestURI string, body []byte, ts, requestID string) []byte {
+func mac(key []byte, method, authority, requestURI string, body []byte, ts, requestID string) []byte {
 	bodyHash := sha256.Sum256(body)
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(method))
+	m.Write([]byte{'\n'})
+	m.Write([]byte(authority))
 	m.Write([]byte{'\n'})
 	m.Write([]byte(requestURI))
 	m.Write([]byte{'\n'})
@@ -155,7 +202,11 @@ const (
 	ReasonReplayed     = "replayed"
 	ReasonTooLarge     = "too_large"
 	ReasonBusy         = "nonce_cache_full"
+	ReasonWrongServer  = "wrong_server" // authentic, but signed for another server
 )
+
+// HeaderHost names the Host header in refusals about the authority a request was signed for.
+const HeaderHost = "Host"
 
 func (e *Error) Error() string {
 	if e.Field == "" {
@@ -174,5 +225,5 @@ func ReasonOf(err error) string {
 }
 
 func unauthorized(field, reason, msg string) *Error {
-	return &Error{Status: http.StatusUnauthorized, Code: "unauthorized", Field: field, Reason: reason, Message: msg}
+	return &Error{Status: http.StatusUnauthorized, Code: routing.CodeUnauthorized, Field: field, Reason: reason, Message: msg}
 }

@@ -296,3 +296,96 @@ func TestExemptPathsAndRejectHook(t *testing.T) {
 		t.Errorf("reject hook saw %v", reasons)
 	}
 }
+
+// TestSignatureIsBoundToTheServer: two servers of one cell share the key but not their replay
+// caches, so a request captured on its way to one must not be accepted by the other, whether
+// replayed byte for byte (its Host still names the first) or with the Host rewritten.
+func TestSignatureIsBoundToTheServer(t *testing.T) {
+	s, clock, first, _ := newPair(t)
+	second := httptest.NewServer(NewVerifier(testKey, 30*time.Second, WithClock(clock.now)).Middleware(echo))
+	t.Cleanup(second.Close)
+	body := []byte(`{"user":"u1"}`)
+	for _, method := range []string{"GET", "POST"} {
+		req := signed(t, s, method, first.URL+"/v1/packets/5000/open", body)
+		replay := func(host string) *http.Request {
+			r := req.Clone(req.Context())
+			r.URL.Host = strings.TrimPrefix(second.URL, "http://")
+			r.Host = host
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			return r
+		}
+		firstHost := strings.TrimPrefix(first.URL, "http://")
+		if code, _, r := send(t, replay(firstHost)); code != http.StatusUnauthorized || r.Code != "unauthorized" || r.Field != "Host" || r.Message == "" {
+			t.Fatalf("%s replayed to the sibling as captured: %d %+v, want 401 on Host", method, code, r)
+		}
+		if code, _, r := send(t, replay("")); code != http.StatusUnauthorized || r.Field != HeaderSignature {
+			t.Fatalf("%s replayed to the sibling with its own Host: %d %+v, want 401 on the signature", method, code, r)
+		}
+		// Refused elsewhere, the request still works where it was addressed, once.
+		r := req.Clone(req.Context())
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if code, got, _ := send(t, r); code != http.StatusOK || got != string(body) {
+			t.Fatalf("%s to its own server: %d %q", method, code, got)
+		}
+	}
+}
+
+// TestNamedAuthorities: a server reached under a name (or through a port mapping) is told the
+// authorities it answers to, and then answers to those only.
+func TestNamedAuthorities(t *testing.T) {
+	s := NewSigner(testKey)
+	srv := httptest.NewServer(NewVerifier(testKey, 0, WithAuthorities("Cell-0-Server-1.rp.svc:8080", "cell-0-server-1.rp.svc")).Middleware(echo))
+	t.Cleanup(srv.Close)
+	for host, want := range map[string]int{
+		"cell-0-server-1.rp.svc:8080":          http.StatusOK, // names compare without case
+		"cell-0-server-1.rp.svc":               http.StatusOK,
+		"cell-0-server-1.rp.svc:80":            http.StatusOK, // the default port is the same authority
+		"cell-0-server-2.rp.svc:8080":          http.StatusUnauthorized,
+		"cell-0-server-1.rp.svc:8081":          http.StatusUnauthorized,
+		strings.TrimPrefix(srv.URL, "http://"): http.StatusUnauthorized, // named: the bare address is not one of them
+	} {
+		req, _ := http.NewRequest("GET", srv.URL+"/v1/packets/1", nil)
+		req.Host = host
+		if err := s.Sign(req, nil); err != nil {
+			t.Fatal(err)
+		}
+		if code, _, r := send(t, req); code != want || (want != http.StatusOK && r.Field != "Host") {
+			t.Errorf("Host %s: %d %+v, want %d", host, code, r, want)
+		}
+	}
+}
+
+// TestUnknownIdentityRefuses: without configured authorities and without the connection's
+// local address there is nothing to check the Host against, so nothing is accepted.
+func TestUnknownIdentityRefuses(t *testing.T) {
+	s := NewSigner(testKey)
+	v := NewVerifier(testKey, 0)
+	req := httptest.NewRequest("GET", "/v1/packets/1", nil)
+	req.Host = "10.0.0.7:8080"
+	if err := s.Sign(req, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Verify(req, nil); ReasonOf(err) != ReasonWrongServer {
+		t.Fatalf("Verify without an identity: %v", err)
+	}
+}
+
+func TestCanonicalAuthority(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.0.0.7:8080":          "10.0.0.7:8080",
+		"10.0.0.7":               "10.0.0.7:80",
+		"Cell-0.RP.svc:8080":     "cell-0.rp.svc:8080",
+		"[::1]:8080":             "[::1]:8080",
+		"[::1]":                  "[::1]:80",
+		"[0:0:0:0:0:0:0:1]:8080": "[::1]:8080",
+		"[fe80::1%eth0]:8080":    "[fe80::1]:8080",
+		"[::ffff:10.0.0.7]:8080": "10.0.0.7:8080",
+		"":                       ":80",
+		"cell-0.rp.svc.:8080":    "cell-0.rp.svc.:8080",
+		"cell-0.rp.svc:":         "cell-0.rp.svc:80",
+	} {
+		if got := canonicalAuthority(in, "80"); got != want {
+			t.Errorf("canonicalAuthority(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -5,14 +5,16 @@ import (
 	"container/heap"
 	"crypto/hmac"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // Defaults of a Verifier.
@@ -31,6 +33,9 @@ type Verifier struct {
 	nonces  nonceCache
 	exempt  map[string]bool
 	reject  func(reason string)
+	// authorities are the host:port names this server answers to; none means the address
+	// each connection arrived at.
+	authorities []string
 }
 
 // Option adjusts a Verifier.
@@ -53,6 +58,15 @@ func WithExempt(paths ...string) Option {
 			v.exempt[p] = true
 		}
 	}
+}
+
+// WithAuthorities names the authorities (host[:port], as the caller puts them in its URLs)
+// this server answers to, and makes it answer to those only. Without it a server answers to
+// the address each connection arrived at, which is how callers that address servers by IP
+// (the gateway's DNS and static endpoints) reach it; a server reached under a name, or
+// through a port mapping, must be given the name.
+func WithAuthorities(authorities ...string) Option {
+	return func(v *Verifier) { v.authorities = append(v.authorities, authorities...) }
 }
 
 // WithOnReject is called with the Reason of every refused request, for a metric.
@@ -114,8 +128,16 @@ func (v *Verifier) Verify(req *http.Request, body []byte) error {
 	if uri == "" {
 		uri = req.URL.RequestURI()
 	}
-	if !hmac.Equal(got, mac(v.key, req.Method, uri, body, ts, requestID)) {
+	port := defaultPort(req.TLS != nil)
+	authority := canonicalAuthority(req.Host, port)
+	if !hmac.Equal(got, mac(v.key, req.Method, authority, uri, body, ts, requestID)) {
 		return unauthorized(HeaderSignature, ReasonBadSignature, "signature does not match")
+	}
+	// Checked after the signature, so that this refusal only ever names an authentic request:
+	// one replayed from a sibling server, or a caller addressing this server by a name it was
+	// not told.
+	if err := v.addressedHere(req, authority, port); err != nil {
+		return err
 	}
 	// The ID must be remembered until the timestamp leaves the window (the window is inclusive,
 	// hence the extra nanosecond); after that the timestamp check refuses the request on its own.
@@ -123,8 +145,28 @@ func (v *Verifier) Verify(req *http.Request, body []byte) error {
 	case nonceReplayed:
 		return unauthorized(HeaderRequestID, ReasonReplayed, "request id already used: replayed request")
 	case nonceFull:
-		return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Field: HeaderRequestID, Reason: ReasonBusy,
+		return &Error{Status: http.StatusServiceUnavailable, Code: routing.CodeUnavailable, Field: HeaderRequestID, Reason: ReasonBusy,
 			Message: "too many signed requests in the replay window; retry shortly"}
+	}
+	return nil
+}
+
+// addressedHere checks that authority, which the request was signed for, names this server.
+func (v *Verifier) addressedHere(req *http.Request, authority, port string) error {
+	if len(v.authorities) > 0 {
+		for _, a := range v.authorities {
+			if canonicalAuthority(a, port) == authority {
+				return nil
+			}
+		}
+		return unauthorized(HeaderHost, ReasonWrongServer, fmt.Sprintf("request was signed for %s, not for this server", authority))
+	}
+	local, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return unauthorized(HeaderHost, ReasonWrongServer, "this server does not know its own address; configure the authorities it answers to")
+	}
+	if canonicalAuthority(local.String(), port) != authority {
+		return unauthorized(HeaderHost, ReasonWrongServer, fmt.Sprintf("request was signed for %s, this server is %s", authority, local))
 	}
 	return nil
 }
@@ -144,11 +186,11 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			if err != nil {
 				var tooBig *http.MaxBytesError
 				if errors.As(err, &tooBig) {
-					v.refuse(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Reason: ReasonTooLarge,
+					v.refuse(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: routing.CodeTooLarge, Reason: ReasonTooLarge,
 						Message: fmt.Sprintf("body larger than %d bytes", v.maxBody)})
 					return
 				}
-				v.refuse(w, &Error{Status: http.StatusBadRequest, Code: "bad_request", Reason: ReasonMalformed, Message: "cannot read body"})
+				v.refuse(w, &Error{Status: http.StatusBadRequest, Code: routing.CodeMalformedJSON, Reason: ReasonMalformed, Message: "cannot read body"})
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
@@ -179,13 +221,7 @@ func (v *Verifier) refuse(w http.ResponseWriter, e *Error) {
 }
 
 func writeError(w http.ResponseWriter, e *Error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(e.Status)
-	_ = json.NewEncoder(w).Encode(struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-		Field   string `json:"field,omitempty"`
-	}{e.Code, e.Message, e.Field})
+	routing.WriteError(w, e.Status, e.Code, e.Field, e.Message)
 }
 
 type nonceResult int

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -67,6 +68,7 @@ type Config struct {
 	MaxCount       int
 	SigningKeyFile string
 	SigningWindow  time.Duration
+	Authorities    []string
 	DrainTimeout   time.Duration
 	SweepEvery     time.Duration
 	ReconcileEvery time.Duration
@@ -102,6 +104,15 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.MaxCount, "max-count", packet.DefaultLimits.MaxCount, "most shares in one packet")
 	fs.StringVar(&c.SigningKeyFile, "signing-key-file", "", "HMAC key file; when set every /v1 request must be signed")
 	fs.DurationVar(&c.SigningWindow, "signing-window", signing.DefaultWindow, "accepted clock skew of signed requests")
+	fs.Func("authority", "host:port callers address this server by, repeatable or comma-separated; signed requests for any other server are refused (default: the address each connection arrived at, which is how the gateway reaches servers by IP)", func(v string) error {
+		for a := range strings.SplitSeq(v, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				return errors.New("empty authority")
+			}
+			c.Authorities = append(c.Authorities, a)
+		}
+		return nil
+	})
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 25*time.Second, "how long shutdown waits for queues and outbox")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Second, "expiry sweeper period")
 	fs.DurationVar(&c.ReconcileEvery, "reconcile-every", 0, "compare the last expiry+1d of packets with the wallet ledger and requeue missing effects; 0 = off (one server per cell is enough)")
@@ -248,7 +259,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		if err != nil {
 			return fmt.Errorf("signing key: %w", err)
 		}
-		apiCfg.V1Middleware = signing.NewVerifier(key, cfg.SigningWindow).Middleware
+		// The verifier answers only to this server's own authority, so a request signed for a
+		// sibling server of the cell is refused here even though its ID is not in this
+		// server's replay cache (cellserver/signing).
+		refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "redpacket_signing_refused_total",
+			Help: "Signed-request refusals per reason; wrong_server is a replay from a sibling server or a caller using an address missing from -authority.",
+		}, []string{"reason"})
+		if err := reg.Register(refused); err != nil {
+			return fmt.Errorf("register signing metrics: %w", err)
+		}
+		apiCfg.V1Middleware = signing.NewVerifier(key, cfg.SigningWindow, signing.WithAuthorities(cfg.Authorities...),
+			signing.WithOnReject(func(reason string) { refused.WithLabelValues(reason).Inc() })).Middleware
 	}
 	api, err := httpapi.New(apiCfg)
 	if err != nil {
