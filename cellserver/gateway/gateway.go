@@ -276,7 +276,7 @@ func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb strin
 		if status == http.StatusServiceUnavailable {
 			code = routing.CodeCellUnavailable
 		} else if status == http.StatusMisdirectedRequest {
-			code = "wrong_region"
+			code = routing.CodeWrongRegion
 		}
 		writeError(w, status, code, "id", err.Error())
 		return
