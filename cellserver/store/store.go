@@ -368,7 +368,7 @@ feed:
 		return err
 	default:
 	}
-	altered, err := exactid.Migrate(ctx, s.db, s.idFamilies(), 8)
+	altered, err := exactid.Migrate(ctx, s.db, s.cell, s.idFamilies(), 8)
 	for _, a := range altered {
 		s.migrated.Add(float64(len(a.Columns)))
 	}

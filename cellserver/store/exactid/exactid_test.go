@@ -28,18 +28,18 @@ func TestMigrateRewritesOnlyFamilyColumnsOnce(t *testing.T) {
 	}
 	fams := []exactid.Family{{Schemas: []string{ours}, Tables: regexp.MustCompile(`^keys_[0-9]+$`), Columns: map[string]string{"k": "VARBINARY(16) NOT NULL"}}}
 	ctx := context.Background()
-	altered, err := exactid.Migrate(ctx, db, fams, 4)
-	if err != nil || len(altered) != 1 || altered[0].Table != ours+".keys_1" || len(altered[0].Columns) != 1 {
+	altered, err := exactid.Migrate(ctx, db, ours, fams, 4)
+	if err != nil || len(altered) != 1 || altered[0].String() != ours+".keys_1" || len(altered[0].Columns) != 1 {
 		t.Fatalf("first migrate: %+v %v", altered, err)
 	}
-	if again, err := exactid.Migrate(ctx, db, fams, 4); err != nil || len(again) != 0 {
+	if again, err := exactid.Migrate(ctx, db, ours, fams, 4); err != nil || len(again) != 0 {
 		t.Fatalf("second migrate altered %+v (%v)", again, err)
 	}
 	if _, err := db.Exec("INSERT INTO " + ours + ".keys_1 VALUES ('Alice', 'y', 2)"); err != nil {
 		t.Fatalf("Alice beside alice after migration: %v", err)
 	}
 	var v int
-	if err := db.QueryRow("SELECT v FROM "+ours+".keys_1 WHERE k = 'alice'").Scan(&v); err != nil || v != 1 {
+	if err := db.QueryRow("SELECT v FROM " + ours + ".keys_1 WHERE k = 'alice'").Scan(&v); err != nil || v != 1 {
 		t.Fatalf("alice's row: %d %v", v, err)
 	}
 	// Columns and tables outside the families keep their collation.
