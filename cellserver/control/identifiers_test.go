@@ -90,7 +90,7 @@ func TestEnsureSchemaMigratesOldErrorCounts(t *testing.T) {
 	}
 	ddl := func(s string) string {
 		var name, out string
-		if err := db.QueryRow("SHOW CREATE TABLE `" + s + "`.`table_errors`").Scan(&name, &out); err != nil {
+		if err := db.QueryRow("SHOW CREATE TABLE `"+s+"`.`table_errors`").Scan(&name, &out); err != nil {
 			t.Fatal(err)
 		}
 		return out

@@ -14,7 +14,10 @@
 //     are conditional UPDATEs on the values read under the row lock;
 //   - one open per user: UNIQUE (packet_id, user_id) on receive records;
 //   - exactly-once effects: UNIQUE idem_key on the outbox, and the wallet's own unique key;
-//   - idempotent wrap and pay: primary keys (sender, request_id) and (payment_txn_id).
+//   - idempotent wrap and pay: primary keys (sender, request_id) and (payment_txn_id);
+//   - identifiers as byte strings: every ID, key and account column is VARBINARY, so the
+//     keys above tell "Alice" from "alice" as Go does (older cells are migrated by
+//     EnsureSchema).
 //
 // Placement: a packet's shard follows from its ID alone (slot → logical table, creation
 // second → day table), so no lookup table sits on the hot path. The per-cell schema sits on
