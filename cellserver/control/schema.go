@@ -19,6 +19,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/redpacketset/redpacket/cellserver/store/exactid"
 )
 
 // DefaultSchema is the control schema's name when none is configured.
@@ -73,10 +75,12 @@ func EnsureSchema(ctx context.Context, db *sql.DB, schema string) error {
 			" lifted_at DATETIME(6) NULL," +
 			" KEY masks_active (lifted_at, slot_start)" +
 			") ENGINE=InnoDB",
+		// The names are the keys errors add up under, so they compare byte for byte, as
+		// every identifier of the cell does (package exactid says why binary strings).
 		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`table_errors` (" +
-			" logical_table VARCHAR(64) NOT NULL," +
+			" logical_table VARBINARY(64) NOT NULL," +
 			" window_start DATETIME NOT NULL," +
-			" server VARCHAR(255) NOT NULL," +
+			" server VARBINARY(255) NOT NULL," +
 			" errors BIGINT NOT NULL DEFAULT 0," +
 			" calls BIGINT NOT NULL DEFAULT 0," +
 			" updated_at DATETIME(6) NOT NULL," +
@@ -88,6 +92,11 @@ func EnsureSchema(ctx context.Context, db *sql.DB, schema string) error {
 		if _, err := db.ExecContext(ctx, s); err != nil {
 			return fmt.Errorf("ensure control schema %s: %w", schema, err)
 		}
+	}
+	// A schema created by an earlier release has these columns case-insensitive.
+	if _, err := exactid.Migrate(ctx, db, schema, []exactid.Family{{Schemas: []string{schema}, Tables: regexp.MustCompile(`^table_errors$`),
+		Columns: map[string]string{"logical_table": "VARBINARY(64) NOT NULL", "server": "VARBINARY(255) NOT NULL"}}}, 1); err != nil {
+		return fmt.Errorf("ensure control schema %s: %w", schema, err)
 	}
 	var b strings.Builder
 	b.WriteString("INSERT IGNORE INTO `" + schema + "`.`id_workers` (worker) VALUES ")

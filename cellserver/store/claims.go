@@ -14,9 +14,9 @@ import (
 // one txn activate at most one packet in the whole set. A wrap needs no extra table: its home
 // cell creates the packet itself, and wrap_requests is the key's row.
 //
-// Identifiers compare byte for byte (ascii_bin): "Tx1" and "tx1" are two payments.
+// Identifiers compare byte for byte (VARBINARY, like every identifier column): "Tx1" and "tx1" are two payments.
 const claimsDDL = `CREATE TABLE IF NOT EXISTS %s.payment_claims (
-  payment_txn_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+  payment_txn_id VARBINARY(64) NOT NULL PRIMARY KEY,
   packet_id BIGINT NOT NULL,
   amount_cents BIGINT NOT NULL,
   claimed_ms BIGINT NOT NULL

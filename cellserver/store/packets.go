@@ -95,16 +95,28 @@ func (s *Store) wrap(ctx context.Context, p Packet, payBy time.Time, packets str
 	return p, true, nil
 }
 
+// existingWrap answers a wrap whose (sender, request ID) key is taken. The key's row and the
+// packet must name this exact sender and request: the columns compare byte for byte, but a
+// table that does not (restored from an old backup, recreated by an old release before the
+// next EnsureSchema) would otherwise hand one user another's packet. Such a mismatch is a
+// schema fault, not a refusal: the caller gets an error and no packet.
 func (s *Store) existingWrap(ctx context.Context, p Packet) (Packet, bool, error) {
 	var id int64
-	err := s.db.QueryRowContext(ctx, "SELECT packet_id FROM "+s.cellTable("wrap_requests")+" WHERE sender = ? AND request_id = ?",
-		p.Sender, p.RequestID).Scan(&id)
+	var sender, requestID string
+	err := s.db.QueryRowContext(ctx, "SELECT packet_id, sender, request_id FROM "+s.cellTable("wrap_requests")+" WHERE sender = ? AND request_id = ?",
+		p.Sender, p.RequestID).Scan(&id, &sender, &requestID)
 	if err != nil {
 		return Packet{}, false, fmt.Errorf("read wrap request: %w", err)
+	}
+	if sender != p.Sender || requestID != p.RequestID {
+		return Packet{}, false, fmt.Errorf("wrap request key %q/%q matched %q/%q: %s.wrap_requests does not compare identifiers byte for byte", p.Sender, p.RequestID, sender, requestID, s.cell)
 	}
 	got, err := s.get(ctx, id)
 	if err != nil {
 		return Packet{}, false, err
+	}
+	if got.Sender != p.Sender || got.RequestID != p.RequestID {
+		return Packet{}, false, fmt.Errorf("wrap request %q/%q points at packet %d of %q/%q", p.Sender, p.RequestID, id, got.Sender, got.RequestID)
 	}
 	if got.TotalCents != p.TotalCents || got.Count != p.Count || got.Kind != p.Kind || got.Group != p.Group || got.Greeting != p.Greeting {
 		return Packet{}, false, fmt.Errorf("request %s already wrapped packet %d: %w", p.RequestID, id, ErrIdempotencyClash)

@@ -14,7 +14,10 @@
 //     are conditional UPDATEs on the values read under the row lock;
 //   - one open per user: UNIQUE (packet_id, user_id) on receive records;
 //   - exactly-once effects: UNIQUE idem_key on the outbox, and the wallet's own unique key;
-//   - idempotent wrap and pay: primary keys (sender, request_id) and (payment_txn_id).
+//   - idempotent wrap and pay: primary keys (sender, request_id) and (payment_txn_id);
+//   - identifiers as byte strings: every ID, key and account column is VARBINARY, so the
+//     keys above tell "Alice" from "alice" as Go does (older cells are migrated by
+//     EnsureSchema).
 //
 // Placement: a packet's shard follows from its ID alone (slot → logical table, creation
 // second → day table), so no lookup table sits on the hot path. The per-cell schema sits on
@@ -36,6 +39,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/shard"
+	"github.com/redpacketset/redpacket/cellserver/store/exactid"
 )
 
 // Observer receives the outcome of every call against a logical table (nil on success), so a
@@ -59,12 +63,13 @@ type Config struct {
 
 // Store is safe for concurrent use.
 type Store struct {
-	db      *sql.DB
-	layout  shard.Layout
-	cell    string
-	keep    time.Duration
-	obs     Observer
-	tblErrs *prometheus.CounterVec
+	db       *sql.DB
+	layout   shard.Layout
+	cell     string
+	keep     time.Duration
+	obs      Observer
+	tblErrs  *prometheus.CounterVec
+	migrated prometheus.Counter
 }
 
 var identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,48}$`)
@@ -90,10 +95,16 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 		tblErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "redpacket_store_table_errors_total",
 			Help: "Failed calls per logical table (db_xx.t_y), the signal the breaker and masking act on.",
-		}, []string{"table"})}
+		}, []string{"table"}),
+		migrated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "redpacket_store_identifier_columns_migrated_total",
+			Help: "Identifier columns of an older cell rewritten to compare byte for byte (docs/operator.md, upgrades).",
+		})}
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(s.tblErrs); err != nil {
-			return nil, fmt.Errorf("store: register metrics: %w", err)
+		for _, c := range []prometheus.Collector{s.tblErrs, s.migrated} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("store: register metrics: %w", err)
+			}
 		}
 	}
 	return s, nil
@@ -166,8 +177,8 @@ func (s *Store) observe(t shard.Table, err error) {
 
 const packetDDL = `CREATE TABLE IF NOT EXISTS %s (
   id BIGINT NOT NULL PRIMARY KEY,
-  sender VARCHAR(64) CHARACTER SET ascii NOT NULL,
-  request_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  sender VARBINARY(64) NOT NULL,
+  request_id VARBINARY(64) NOT NULL,
   kind TINYINT NOT NULL,
   status TINYINT NOT NULL,
   total_cents BIGINT NOT NULL,
@@ -175,9 +186,9 @@ const packetDDL = `CREATE TABLE IF NOT EXISTS %s (
   remaining_cents BIGINT NOT NULL,
   remaining_count INT NOT NULL,
   refunded_cents BIGINT NOT NULL DEFAULT 0,
-  grp VARCHAR(64) CHARACTER SET ascii NOT NULL DEFAULT '',
+  grp VARBINARY(64) NOT NULL DEFAULT '',
   greeting VARCHAR(128) NOT NULL DEFAULT '',
-  payment_txn_id VARCHAR(64) CHARACTER SET ascii NULL,
+  payment_txn_id VARBINARY(64) NULL,
   created_ms BIGINT NOT NULL,
   paid_ms BIGINT NOT NULL DEFAULT 0,
   expires_ms BIGINT NOT NULL,
@@ -190,7 +201,7 @@ const packetDDL = `CREATE TABLE IF NOT EXISTS %s (
 const receiptDDL = `CREATE TABLE IF NOT EXISTS %s (
   packet_id BIGINT NOT NULL,
   seq INT NOT NULL,
-  user_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  user_id VARBINARY(64) NOT NULL,
   amount_cents BIGINT NOT NULL,
   opened_ms BIGINT NOT NULL,
   PRIMARY KEY (packet_id, seq),
@@ -205,13 +216,13 @@ const receiptDDL = `CREATE TABLE IF NOT EXISTS %s (
 // server, so the rows commit in the same local transaction as the packet.
 var cellDDL = []string{
 	`CREATE TABLE IF NOT EXISTS %s.wrap_requests (
-  sender VARCHAR(64) CHARACTER SET ascii NOT NULL,
-  request_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  sender VARBINARY(64) NOT NULL,
+  request_id VARBINARY(64) NOT NULL,
   packet_id BIGINT NOT NULL,
   PRIMARY KEY (sender, request_id)
 ) ENGINE=InnoDB`,
 	`CREATE TABLE IF NOT EXISTS %s.payments (
-  payment_txn_id VARCHAR(64) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+  payment_txn_id VARBINARY(64) NOT NULL PRIMARY KEY,
   packet_id BIGINT NOT NULL,
   amount_cents BIGINT NOT NULL
 ) ENGINE=InnoDB`,
@@ -223,12 +234,12 @@ var cellDDL = []string{
 	`CREATE TABLE IF NOT EXISTS %s.outbox (
   id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
   kind TINYINT NOT NULL,
-  idem_key VARCHAR(100) CHARACTER SET ascii NOT NULL,
+  idem_key VARBINARY(100) NOT NULL,
   packet_id BIGINT NOT NULL,
-  account VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  account VARBINARY(64) NOT NULL,
   amount_cents BIGINT NOT NULL,
   share_count INT NOT NULL DEFAULT 0,
-  grp VARCHAR(64) CHARACTER SET ascii NOT NULL DEFAULT '',
+  grp VARBINARY(64) NOT NULL DEFAULT '',
   at_ms BIGINT NOT NULL,
   delivered TINYINT NOT NULL DEFAULT 0,
   attempts INT NOT NULL DEFAULT 0,
@@ -238,21 +249,64 @@ var cellDDL = []string{
   KEY pending (delivered, id)
 ) ENGINE=InnoDB`,
 	`CREATE TABLE IF NOT EXISTS %s.history (
-  user_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+  user_id VARBINARY(64) NOT NULL,
   role TINYINT NOT NULL,
   packet_id BIGINT NOT NULL,
   at_ms BIGINT NOT NULL,
   amount_cents BIGINT NOT NULL,
   share_count INT NOT NULL DEFAULT 0,
-  grp VARCHAR(64) CHARACTER SET ascii NOT NULL DEFAULT '',
+  grp VARBINARY(64) NOT NULL DEFAULT '',
   PRIMARY KEY (user_id, role, packet_id),
   KEY page (user_id, role, at_ms, packet_id)
 ) ENGINE=InnoDB`,
 }
 
+// Identifier columns are VARBINARY: IDs are byte strings and must compare byte for byte
+// (docs/design.md §4.2; why binary strings and not a _bin collation: package exactid). The
+// definitions here are the ones in the DDL above, so a migrated table ends up exactly as a
+// new one.
+var (
+	packetIDColumns = map[string]string{
+		"sender":         "VARBINARY(64) NOT NULL",
+		"request_id":     "VARBINARY(64) NOT NULL",
+		"grp":            "VARBINARY(64) NOT NULL DEFAULT ''",
+		"payment_txn_id": "VARBINARY(64) NULL",
+	}
+	receiptIDColumns = map[string]string{"user_id": "VARBINARY(64) NOT NULL"}
+	cellIDColumns    = map[string]map[string]string{
+		"wrap_requests": {"sender": "VARBINARY(64) NOT NULL", "request_id": "VARBINARY(64) NOT NULL"},
+		"payments":      {"payment_txn_id": "VARBINARY(64) NOT NULL"},
+		"outbox": {"idem_key": "VARBINARY(100) NOT NULL", "account": "VARBINARY(64) NOT NULL",
+			"grp": "VARBINARY(64) NOT NULL DEFAULT ''"},
+		"history": {"user_id": "VARBINARY(64) NOT NULL", "grp": "VARBINARY(64) NOT NULL DEFAULT ''"},
+	}
+	packetTables  = regexp.MustCompile(`^t_[0-9]+_([0-9]{2}|cold)$`)
+	receiptTables = regexp.MustCompile(`^r_[0-9]+_([0-9]{2}|cold)$`)
+)
+
+// idFamilies covers every table of the cell that holds identifiers, every day table
+// included: a packet created under the old DDL is opened in its own day table for days.
+func (s *Store) idFamilies() []exactid.Family {
+	shards := make([]string, s.layout.Databases)
+	for i := range shards {
+		shards[i] = s.layout.DBName(i)
+	}
+	fams := []exactid.Family{
+		{Schemas: shards, Tables: packetTables, Columns: packetIDColumns},
+		{Schemas: shards, Tables: receiptTables, Columns: receiptIDColumns},
+	}
+	for table, cols := range cellIDColumns {
+		fams = append(fams, exactid.Family{Schemas: []string{s.cell}, Tables: regexp.MustCompile("^" + table + "$"), Columns: cols})
+	}
+	return fams
+}
+
 // EnsureSchema creates, idempotently, the per-cell schema, every logical database, their
 // cold tables and the day tables for the day of now and the next day, so the first packet
-// after midnight never waits for DDL.
+// after midnight never waits for DDL. It then makes identifier columns that a cell created
+// by an earlier release left case-insensitive byte-exact (one information_schema query when
+// none is left). That check runs on every call, not once per process: a server of the
+// previous release may still create tomorrow's tables during a rolling upgrade.
 func (s *Store) EnsureSchema(ctx context.Context, now time.Time) error {
 	if _, err := s.db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+s.cell); err != nil {
 		return fmt.Errorf("create cell schema %s: %w", s.cell, err)
@@ -316,8 +370,15 @@ feed:
 	case err := <-errs:
 		return err
 	default:
-		return nil
 	}
+	altered, err := exactid.Migrate(ctx, s.db, s.cell, s.idFamilies(), 8)
+	for _, a := range altered {
+		s.migrated.Add(float64(len(a.Columns)))
+	}
+	if err != nil {
+		return fmt.Errorf("cell %s: %w", s.cell, err)
+	}
+	return nil
 }
 
 // isDuplicate reports a unique-key violation (MySQL error 1062).

@@ -33,7 +33,8 @@ func (r Report) Error() string {
 //   - no user twice (the unique key guarantees it; counted again here);
 //   - ledger credits match receive records one to one, the refund matches the refunded
 //     amount, the pay transfer matches the total, and the escrow balance equals remaining;
-//   - the ledger as a whole balances to zero.
+//   - the ledger as a whole balances to zero, and every account's balance is the sum of its
+//     postings.
 func Audit(ctx context.Context, st *store.Store, l *Ledger, from, to time.Time) (Report, error) {
 	var rep Report
 	bad := func(format string, args ...any) {
@@ -133,6 +134,15 @@ func Audit(ctx context.Context, st *store.Store, l *Ledger, from, to time.Time) 
 	}
 	if b != 0 || p != 0 {
 		bad("ledger does not balance: balances sum to %d, postings to %d", b, p)
+	}
+	// A balance credited on behalf of another account still sums to zero overall; only a
+	// per-account comparison with the postings shows it.
+	drift, err := l.AccountDrift(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("audit: %w", err)
+	}
+	for _, d := range drift {
+		bad("account %s: balance is %d cents off the sum of its postings", d.Account, -d.Cents)
 	}
 	return rep, nil
 }

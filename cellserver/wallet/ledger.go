@@ -11,6 +11,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/cellserver/store/exactid"
 )
 
 // Ledger is the reference wallet: a double-entry ledger in MySQL. Every transfer posts a
@@ -39,37 +40,178 @@ func NewLedger(db *sql.DB, schema string) (*Ledger, error) {
 	return &Ledger{db: db, schema: schema}, nil
 }
 
-// EnsureSchema creates the ledger tables idempotently.
+// Account names and transfer keys are VARBINARY: they hold user IDs, which are byte
+// strings, so "user:alice" and "user:Alice" are two wallets (docs/design.md §4.3; why binary
+// strings: package exactid). These are the definitions of the DDL below, so a migrated
+// table ends up exactly as a new one.
+var ledgerIDColumns = map[string]map[string]string{
+	"accounts":  {"account": "VARBINARY(90) NOT NULL"},
+	"transfers": {"idem_key": "VARBINARY(100) NOT NULL", "debit_account": "VARBINARY(90) NOT NULL", "credit_account": "VARBINARY(90) NOT NULL"},
+	"postings":  {"idem_key": "VARBINARY(100) NOT NULL", "account": "VARBINARY(90) NOT NULL"},
+}
+
+// repairBalances names the repair that moves balances merged by a case-insensitive accounts
+// table back to the accounts their postings name.
+const repairBalances = "balances_from_postings"
+
+// EnsureSchema creates the ledger tables idempotently. On a ledger created by an earlier
+// release it also makes account and key columns byte-exact, and then repairs the balances
+// the old case-insensitive key merged: postings always kept each transfer's exact account
+// (their key also holds the transfer's key, and a transfer's two legs never differ only in
+// case), so they are the truth a balance is rebuilt from. The repair is recorded before the
+// accounts table is altered and cleared in the transaction that applies it, so a crash in
+// between leaves it to the next start, and it is applied once however many servers start.
 func (l *Ledger) EnsureSchema(ctx context.Context) error {
 	for _, q := range []string{
 		"CREATE DATABASE IF NOT EXISTS " + l.schema,
 		`CREATE TABLE IF NOT EXISTS ` + l.schema + `.accounts (
-  account VARCHAR(90) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+  account VARBINARY(90) NOT NULL PRIMARY KEY,
   balance_cents BIGINT NOT NULL
 ) ENGINE=InnoDB`,
 		`CREATE TABLE IF NOT EXISTS ` + l.schema + `.transfers (
-  idem_key VARCHAR(100) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+  idem_key VARBINARY(100) NOT NULL PRIMARY KEY,
   kind TINYINT NOT NULL,
   packet_id BIGINT NOT NULL,
-  debit_account VARCHAR(90) CHARACTER SET ascii NOT NULL,
-  credit_account VARCHAR(90) CHARACTER SET ascii NOT NULL,
+  debit_account VARBINARY(90) NOT NULL,
+  credit_account VARBINARY(90) NOT NULL,
   amount_cents BIGINT NOT NULL,
   at_ms BIGINT NOT NULL,
   KEY by_packet (packet_id),
   CONSTRAINT positive CHECK (amount_cents > 0)
 ) ENGINE=InnoDB`,
 		`CREATE TABLE IF NOT EXISTS ` + l.schema + `.postings (
-  idem_key VARCHAR(100) CHARACTER SET ascii NOT NULL,
-  account VARCHAR(90) CHARACTER SET ascii NOT NULL,
+  idem_key VARBINARY(100) NOT NULL,
+  account VARBINARY(90) NOT NULL,
   amount_cents BIGINT NOT NULL,
   PRIMARY KEY (idem_key, account)
+) ENGINE=InnoDB`,
+		`CREATE TABLE IF NOT EXISTS ` + l.schema + `.repairs (
+  name VARBINARY(64) NOT NULL PRIMARY KEY
 ) ENGINE=InnoDB`,
 	} {
 		if _, err := l.db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("ledger schema %s: %w", l.schema, err)
 		}
 	}
+	fams := make([]exactid.Family, 0, len(ledgerIDColumns))
+	for table, cols := range ledgerIDColumns {
+		fams = append(fams, exactid.Family{Schemas: []string{l.schema}, Tables: regexp.MustCompile("^" + table + "$"), Columns: cols})
+	}
+	pending, err := exactid.Find(ctx, l.db, fams)
+	if err != nil {
+		return fmt.Errorf("ledger schema %s: %w", l.schema, err)
+	}
+	repair, err := l.repairPending(ctx)
+	if err != nil || (len(pending) == 0 && !repair) {
+		return err
+	}
+	err = exactid.Locked(ctx, l.db, l.schema, func() error {
+		pending, err := exactid.Find(ctx, l.db, fams)
+		if err != nil {
+			return err
+		}
+		for _, t := range pending {
+			if t.Name == "accounts" {
+				if _, err := l.db.ExecContext(ctx, "INSERT IGNORE INTO "+l.schema+".repairs (name) VALUES (?)", repairBalances); err != nil {
+					return fmt.Errorf("record balance repair: %w", err)
+				}
+			}
+		}
+		if _, err := exactid.Apply(ctx, l.db, pending, 4); err != nil {
+			return err
+		}
+		return l.repairMergedBalances(ctx)
+	})
+	if err != nil {
+		return fmt.Errorf("ledger schema %s: %w", l.schema, err)
+	}
 	return nil
+}
+
+func (l *Ledger) repairPending(ctx context.Context) (bool, error) {
+	var n int
+	if err := l.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+l.schema+".repairs WHERE name = ?", repairBalances).Scan(&n); err != nil {
+		return false, fmt.Errorf("ledger schema %s: read balance repair: %w", l.schema, err)
+	}
+	return n > 0, nil
+}
+
+// repairMergedBalances runs the recorded balance repair, if any (under the migration lock,
+// so no ALTER of the same tables runs meanwhile). It moves each account's
+// drift (Σ postings − balance) onto its balance as a delta: a transfer applied concurrently
+// adds the same amount to both sides, so the drift read here is still right when the delta
+// lands, without stopping the ledger.
+func (l *Ledger) repairMergedBalances(ctx context.Context) error {
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("balance repair: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	// Deleting the record first locks it: a second server waits here, then finds it gone.
+	res, err := tx.ExecContext(ctx, "DELETE FROM "+l.schema+".repairs WHERE name = ?", repairBalances)
+	if err != nil {
+		return fmt.Errorf("balance repair: claim: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return err
+	}
+	drift, err := accountDrift(ctx, tx, l.schema)
+	if err != nil {
+		return fmt.Errorf("balance repair: %w", err)
+	}
+	for _, d := range drift {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO "+l.schema+".accounts (account, balance_cents) VALUES (?, ?) ON DUPLICATE KEY UPDATE balance_cents = balance_cents + VALUES(balance_cents)",
+			d.Account, d.Cents); err != nil {
+			return fmt.Errorf("balance repair: move %d cents to %s: %w", d.Cents, d.Account, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("balance repair: commit: %w", err)
+	}
+	return nil
+}
+
+// Drift is how far an account's balance is from the sum of its postings (postings minus
+// balance); a sound ledger has none.
+type Drift struct {
+	Account string
+	Cents   int64
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// accountDrift compares balances with postings in one statement (one consistent read). The
+// grouping casts to binary so that it tells accounts apart even on a table that still
+// compares case-insensitively: that is when drift arises.
+func accountDrift(ctx context.Context, q querier, schema string) ([]Drift, error) {
+	rows, err := q.QueryContext(ctx, "SELECT CAST(account AS BINARY) AS a, SUM(d) FROM ("+
+		"SELECT account, amount_cents AS d FROM "+schema+".postings"+
+		" UNION ALL SELECT account, -balance_cents FROM "+schema+".accounts) x"+
+		" GROUP BY a HAVING SUM(d) <> 0 ORDER BY a")
+	if err != nil {
+		return nil, fmt.Errorf("compare balances with postings: %w", err)
+	}
+	defer rows.Close()
+	var out []Drift
+	for rows.Next() {
+		var d Drift
+		if err := rows.Scan(&d.Account, &d.Cents); err != nil {
+			return nil, fmt.Errorf("compare balances with postings: %w", err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("compare balances with postings: %w", err)
+	}
+	return out, nil
+}
+
+// AccountDrift lists the accounts whose balance is not the sum of their postings. It reads
+// the whole ledger: audits use it, not the money path.
+func (l *Ledger) AccountDrift(ctx context.Context) ([]Drift, error) {
+	return accountDrift(ctx, l.db, l.schema)
 }
 
 // Escrow is a packet's escrow account name.
@@ -149,12 +291,16 @@ func (l *Ledger) apply(ctx context.Context, tx *sql.Tx, t Transfer) error {
 // Balance is an account's balance (0 for an account never touched).
 func (l *Ledger) Balance(ctx context.Context, account string) (int64, error) {
 	var b int64
-	err := l.db.QueryRowContext(ctx, "SELECT balance_cents FROM "+l.schema+".accounts WHERE account = ?", account).Scan(&b)
+	var got string
+	err := l.db.QueryRowContext(ctx, "SELECT account, balance_cents FROM "+l.schema+".accounts WHERE account = ?", account).Scan(&got, &b)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("balance of %s: %w", account, err)
+	}
+	if got != account {
+		return 0, fmt.Errorf("balance of %s: found account %s: %s.accounts does not compare names byte for byte", account, got, l.schema)
 	}
 	return b, nil
 }
