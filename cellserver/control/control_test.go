@@ -129,7 +129,9 @@ func TestAcquireExhaustsThenReleaseFrees(t *testing.T) {
 func TestExpiredLeaseIsLostAndTakenOverWithItsReservation(t *testing.T) {
 	db, schema := setup(t)
 	ctx := context.Background()
-	old, err := control.AcquireWorker(ctx, db, schema, "old", 30*time.Millisecond, 5000)
+	// A long first lease, so a loaded machine cannot let it lapse before the renewal below;
+	// the renewal then shortens it to what the test waits out.
+	old, err := control.AcquireWorker(ctx, db, schema, "old", 10*time.Second, 5000)
 	if err != nil {
 		t.Fatal(err)
 	}
