@@ -36,6 +36,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/store"
 )
 
 // SlotHeader asks wrap for a packet ID in a given slot (the gateway uses it to place a
@@ -245,7 +246,7 @@ func (a *API) translate(err error) *apiError {
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeShuttingDown, msg: "server is draining", retryAfter: time.Second}
 	case errors.Is(err, ids.ErrNoSlot), errors.Is(err, ids.ErrNotIssuing), errors.Is(err, ids.ErrExhausted):
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeUnavailable, msg: err.Error(), retryAfter: time.Second}
-	case dbUnavailable(err):
+	case dbUnavailable(err), errors.Is(err, store.ErrUnreadable):
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeDBUnavailable, msg: "the cell database is unavailable; retry (every call is idempotent)", retryAfter: time.Second}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeTimeout, msg: "request timed out", retryAfter: time.Second}

@@ -102,7 +102,7 @@ func (s *Store) FindWrap(ctx context.Context, sender, requestID string) (Packet,
 	if err != nil {
 		return Packet{}, false, fmt.Errorf("read wrap request %s/%s: %w", sender, requestID, err)
 	}
-	p, err := s.get(ctx, id)
+	p, err := s.keyedPacket(ctx, id)
 	if err != nil {
 		return Packet{}, false, fmt.Errorf("read wrapped packet %d: %w", id, err)
 	}

@@ -115,6 +115,10 @@ var (
 	ErrKeyElsewhere = errors.New("idempotency key is homed in another cell")
 )
 
+// ErrUnreadable: a table the answer needs exists in the cell's records but cannot be read
+// now (missing during a restore, say). It is a failure to retry, never a refusal.
+var ErrUnreadable = errors.New("table unreadable")
+
 // IsRefusal reports whether err is a domain refusal rather than an infrastructure failure.
 func IsRefusal(err error) bool {
 	for _, e := range []error{ErrNotFound, ErrNotPaid, ErrExpired, ErrExhausted, ErrAlreadyPaid,

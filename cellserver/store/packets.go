@@ -111,7 +111,7 @@ func (s *Store) existingWrap(ctx context.Context, p Packet) (Packet, bool, error
 	if sender != p.Sender || requestID != p.RequestID {
 		return Packet{}, false, fmt.Errorf("wrap request key %q/%q matched %q/%q: %s.wrap_requests does not compare identifiers byte for byte", p.Sender, p.RequestID, sender, requestID, s.cell)
 	}
-	got, err := s.get(ctx, id)
+	got, err := s.keyedPacket(ctx, id)
 	if err != nil {
 		return Packet{}, false, err
 	}
@@ -122,6 +122,17 @@ func (s *Store) existingWrap(ctx context.Context, p Packet) (Packet, bool, error
 		return Packet{}, false, fmt.Errorf("request %s already wrapped packet %d: %w", p.RequestID, id, ErrIdempotencyClash)
 	}
 	return got, false, nil
+}
+
+// keyedPacket reads a packet an idempotency row names. The row proves the packet was stored,
+// so "not found" here means its table cannot be read now (a restore, a rename), never that
+// the key is free: answering "absent" would let a retry create a second packet elsewhere.
+func (s *Store) keyedPacket(ctx context.Context, id int64) (Packet, error) {
+	p, err := s.get(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return Packet{}, fmt.Errorf("packet %d, named by an idempotency key, cannot be read: %w", id, ErrUnreadable)
+	}
+	return p, err
 }
 
 // Get reads a packet without locking it. Packets older than the retention are looked up in

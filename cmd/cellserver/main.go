@@ -47,6 +47,7 @@ type Config struct {
 	MySQLMaxConns  int
 	Memcached      string
 	RoutingFile    string
+	RoutingPoll    time.Duration
 	Cell           string
 	ServerName     string
 	Region         int
@@ -83,6 +84,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.MySQLMaxConns, "mysql-max-conns", 64, "connection pool size; bounds this server's share of the cell DB")
 	fs.StringVar(&c.Memcached, "memcached", "127.0.0.1:11211", "the memcached beside this server (guard counters, remaining-count cache); empty = local guard only")
 	fs.StringVar(&c.RoutingFile, "routing-file", "", "routing.json from the routing ConfigMap; empty = this cell owns every slot")
+	fs.DurationVar(&c.RoutingPoll, "routing-poll", routing.DefaultWatchInterval, "how often the routing file is checked for a new version")
 	fs.StringVar(&c.Cell, "cell", "cell-0", "this cell's name in the routing table")
 	fs.StringVar(&c.ServerName, "server-name", host, "this server's name (worker lease holder, error-count publisher)")
 	fs.IntVar(&c.Region, "region", 0, "home region encoded in packet IDs (0..3)")
@@ -167,7 +169,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	var watcher *routing.Watcher
 	var routes func() *routing.Table
 	if cfg.RoutingFile != "" {
-		if watcher, err = routing.NewWatcher(cfg.RoutingFile, 0, log); err != nil {
+		if watcher, err = routing.NewWatcher(cfg.RoutingFile, cfg.RoutingPoll, log); err != nil {
 			return fmt.Errorf("routing: %w", err)
 		}
 		routes = watcher.Current

@@ -26,6 +26,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/cellserver/signing"
+	"github.com/redpacketset/redpacket/cellserver/store"
 	"github.com/redpacketset/redpacket/internal/loadgen"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
@@ -88,7 +89,8 @@ type cell struct {
 // harness is a SET on one MariaDB: each cell its own schemas (nothing shared), its servers
 // reading one routing file, and a gateway in front.
 type harness struct {
-	t           testing.TB
+	t           testing.TB // the running test (a seed's subtest in the random test)
+	root        testing.TB // owns the processes
 	dir         string
 	db          *testenv.MariaDB
 	layout      shard.Layout
@@ -101,13 +103,25 @@ type harness struct {
 	watcher     *routing.Watcher
 	front       *httptest.Server
 	expiry      time.Duration
+	stores      map[string]*store.Store
 }
 
 // newHarness starts cells × serversPerCell servers. The first epoch splits the slots evenly.
 func newHarness(t testing.TB, cells, serversPerCell int, expiry time.Duration) *harness {
 	t.Helper()
+	servers := make([]int, cells)
+	for i := range servers {
+		servers[i] = serversPerCell
+	}
+	return newHarnessOf(t, servers, expiry)
+}
+
+// newHarnessOf starts len(servers) cells, cell i with servers[i] servers.
+func newHarnessOf(t testing.TB, servers []int, expiry time.Duration) *harness {
+	t.Helper()
+	cells := len(servers)
 	bin := cellserverBin(t)
-	h := &harness{t: t, dir: t.TempDir(), db: testenv.SharedMariaDB(t), clock: &skewClock{}, expiry: expiry,
+	h := &harness{t: t, root: t, dir: t.TempDir(), db: testenv.SharedMariaDB(t), clock: &skewClock{}, expiry: expiry,
 		layout: shard.Layout{Databases: 2, TablesPerDB: 2}}
 	keyFile := filepath.Join(h.dir, "signing.key")
 	key := []byte("setwide-signing-key-0123456789abcdef")
@@ -124,7 +138,7 @@ func newHarness(t testing.TB, cells, serversPerCell int, expiry time.Duration) *
 			end = 999
 		}
 		e.Ranges = append(e.Ranges, routing.SlotRange{Start: i * per, End: end, Cell: c.name})
-		for j := range serversPerCell {
+		for j := range servers[i] {
 			s := &server{cell: c.name, name: fmt.Sprintf("%s-server-%d", c.name, j)}
 			port := freePort(t)
 			s.url = fmt.Sprintf("http://127.0.0.1:%d", port)
@@ -134,7 +148,7 @@ func newHarness(t testing.TB, cells, serversPerCell int, expiry time.Duration) *
 				"-shard-databases", "2", "-shard-tables", "2", "-shard-db-prefix", c.prefix + "_db_",
 				"-cell-schema", c.prefix + "_cell", "-control-schema", c.prefix + "_ctl", "-wallet-schema", c.prefix + "_wallet",
 				"-signing-key-file", keyFile, "-drain-timeout", "5s", "-mysql-max-conns", "8", "-queue-workers", "4",
-				"-expiry", expiry.String(), "-sweep-every", "200ms"}
+				"-expiry", expiry.String(), "-sweep-every", "200ms", "-routing-poll", "100ms"}
 			c.servers = append(c.servers, s)
 			h.table.Endpoints[c.name] = append(h.table.Endpoints[c.name], s.url)
 		}
@@ -189,7 +203,7 @@ func (h *harness) start(s *server, bin string) {
 	}
 	s.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); log.Close(); close(done) }(s.cmd, s.done)
-	h.t.Cleanup(func() { h.stop(s, os.Interrupt) })
+	h.root.Cleanup(func() { h.stop(s, os.Interrupt) })
 }
 
 // stop signals a server and waits for it (SIGKILL after 30 s).
