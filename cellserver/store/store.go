@@ -65,6 +65,7 @@ type Store struct {
 	keep    time.Duration
 	obs     Observer
 	tblErrs *prometheus.CounterVec
+	sweep   sweepMetrics
 }
 
 var identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,48}$`)
@@ -90,10 +91,12 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 		tblErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "redpacket_store_table_errors_total",
 			Help: "Failed calls per logical table (db_xx.t_y), the signal the breaker and masking act on.",
-		}, []string{"table"})}
+		}, []string{"table"}), sweep: newSweepMetrics()}
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(s.tblErrs); err != nil {
-			return nil, fmt.Errorf("store: register metrics: %w", err)
+		for _, c := range append(s.sweep.collectors(), s.tblErrs) {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("store: register metrics: %w", err)
+			}
 		}
 	}
 	return s, nil
@@ -261,6 +264,9 @@ func (s *Store) EnsureSchema(ctx context.Context, now time.Time) error {
 		if _, err := s.db.ExecContext(ctx, fmt.Sprintf(ddl, s.cell)); err != nil {
 			return fmt.Errorf("create cell table in %s: %w", s.cell, err)
 		}
+	}
+	if err := s.ensureSweepColumns(ctx); err != nil {
+		return err
 	}
 	for db := 0; db < s.layout.Databases; db++ {
 		if _, err := s.db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+s.layout.DBName(db)); err != nil {
