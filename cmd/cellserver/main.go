@@ -152,6 +152,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if err := control.EnsureSchema(startCtx, db, cfg.ControlSchema); err != nil {
 		return fmt.Errorf("control schema: %w", err)
 	}
+	// Before any table is created or read: with another layout this server would create
+	// empty tables and look for the cell's packets in them.
+	if _, err := control.CheckLayout(startCtx, db, cfg.ControlSchema, layout, cfg.ServerName); err != nil {
+		return fmt.Errorf("shard layout: %w", err)
+	}
 
 	var watcher *routing.Watcher
 	var routes func() *routing.Table

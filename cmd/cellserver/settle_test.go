@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,5 +118,63 @@ func TestReconcileRepairsPacketPaidLate(t *testing.T) {
 			t.Fatalf("credit %s of a packet created %s ago never repaired (ledger has %+v)", key, now.Sub(created), ts)
 		}
 		time.Sleep(20 * time.Millisecond) // polling the ledger, not synchronising
+	}
+}
+
+// TestRefusesToStartWithAnotherLayout: the cell records its shard layout at first start; a
+// server configured with another layout would look for the cell's packets in other tables,
+// so it must refuse to start, saying why, and touch nothing.
+func TestRefusesToStartWithAnotherLayout(t *testing.T) {
+	m := testenv.SharedMariaDB(t)
+	cfg := testConfig(t, m)
+	db, err := store.OpenDB(m.DSN(""), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	dropSchemas(t, db, cfg)
+	start := func(cfg Config) error {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		done := make(chan error, 1)
+		ready := make(chan string, 1)
+		go func() { done <- Run(ctx, cfg, slog.Default(), ready) }()
+		select {
+		case <-ready:
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run after a clean start: %v", err)
+			}
+			return nil
+		case err := <-done:
+			return err
+		case <-time.After(90 * time.Second):
+			t.Fatal("server neither started nor failed")
+			return nil
+		}
+	}
+	if err := start(cfg); err != nil {
+		t.Fatalf("first start: %v", err)
+	}
+	if err := start(cfg); err != nil {
+		t.Fatalf("restart with the same layout: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{"more databases", func(c *Config) { c.ShardDatabases = 3 }},
+		{"fewer tables", func(c *Config) { c.ShardTables = 1 }},
+	} {
+		other := cfg
+		tc.mutate(&other)
+		err := start(other)
+		if err == nil || !strings.Contains(err.Error(), "shard layout") || !strings.Contains(err.Error(), "spec.template.shards") {
+			t.Fatalf("%s: start gave %v, want a refusal naming the shard layout and spec.template.shards", tc.name, err)
+		}
+	}
+	var n int
+	if err := db.QueryRow("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?", cfg.ShardDBPrefix+"02").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("refused start created database %s02 (%d, %v)", cfg.ShardDBPrefix, n, err)
 	}
 }
