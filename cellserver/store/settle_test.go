@@ -321,3 +321,23 @@ func TestRepeatOpenOfArchivedPacket(t *testing.T) {
 		t.Fatalf("open of a packet that never existed: %v, want ErrNotFound", err)
 	}
 }
+
+// TestSweepMigratesOldExpiryIndex: a cell whose expiry index predates the retry counter gets
+// it added in place by EnsureSchema, keeping its rows, and the sweep then settles them.
+func TestSweepMigratesOldExpiryIndex(t *testing.T) {
+	e := newSweepEnv(t)
+	ctx := context.Background()
+	p, opened := e.paid(t, 2, "old", 400, 2, 1)
+	if _, err := e.DB.Exec("ALTER TABLE " + e.Prefix + "_cell.expiry DROP COLUMN attempts"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Store.EnsureSchema(ctx, e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(2 * time.Hour)
+	done, err := e.svc.ExpireDue(ctx, 10)
+	if err != nil || len(done) != 1 || done[0].PacketID != p.ID {
+		t.Fatalf("sweep after migration: %+v %v", done, err)
+	}
+	e.conserved(t, p.ID, opened)
+}
