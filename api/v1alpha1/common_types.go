@@ -36,8 +36,12 @@ type CellTemplate struct {
 	Guard GuardSpec `json:"guard,omitempty"`
 
 	// Shards is the number of logical databases and tables per database inside the cell
-	// (tables are named db_xx.t_y_dd).
+	// (tables are named db_xx.t_y_dd). It is fixed when the set is created: a packet's table
+	// follows from its ID and the layout, so another layout would look for existing packets
+	// in other, empty tables. Each cell records its layout at first start and its servers
+	// refuse to start with another.
 	// +kubebuilder:default={}
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.template.shards is immutable: packets already stored are found through the layout they were created under"
 	// +optional
 	Shards ShardSpec `json:"shards,omitempty"`
 }

@@ -189,6 +189,7 @@ func TestCRDs(t *testing.T) {
 
 	t.Run("immutable fields refuse updates", func(t *testing.T) {
 		set := minimalSet("immutable")
+		set.Spec.Template.Shards = rpv1.ShardSpec{Databases: 4, TablesPerDatabase: 2}
 		if err := c.Create(ctx, set); err != nil {
 			t.Fatal(err)
 		}
@@ -199,6 +200,9 @@ func TestCRDs(t *testing.T) {
 		}{
 			{"slot count", func(s *rpv1.RedPacketSet) { s.Spec.SlotCount = 500 }, "spec.slotCount is immutable"},
 			{"region", func(s *rpv1.RedPacketSet) { s.Spec.Region = 1 }, "spec.region is immutable"},
+			{"shard databases", func(s *rpv1.RedPacketSet) { s.Spec.Template.Shards.Databases = 50 }, "spec.template.shards is immutable"},
+			{"shard tables", func(s *rpv1.RedPacketSet) { s.Spec.Template.Shards.TablesPerDatabase = 5 }, "spec.template.shards is immutable"},
+			{"shards dropped back to the defaults", func(s *rpv1.RedPacketSet) { s.Spec.Template.Shards = rpv1.ShardSpec{} }, "spec.template.shards is immutable"},
 		} {
 			got := &rpv1.RedPacketSet{}
 			if err := c.Get(ctx, client.ObjectKeyFromObject(set), got); err != nil {
@@ -209,6 +213,15 @@ func TestCRDs(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("%s: update gave %v, want an error containing %q", tc.name, err, tc.want)
 			}
+		}
+		// The rest of the template stays mutable.
+		got := &rpv1.RedPacketSet{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(set), got); err != nil {
+			t.Fatal(err)
+		}
+		got.Spec.Template.Server.Image = "example.invalid/cellserver:v2"
+		if err := c.Update(ctx, got); err != nil {
+			t.Errorf("changing the server image beside unchanged shards: %v", err)
 		}
 	})
 
@@ -244,6 +257,14 @@ func TestCRDs(t *testing.T) {
 		cell.Spec.Index = 3
 		if err := c.Update(ctx, cell); err == nil || !strings.Contains(err.Error(), "spec.index is immutable") {
 			t.Errorf("changing spec.index gave %v", err)
+		}
+		cell = &rpv1.RedPacketCell{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(base()), cell); err != nil {
+			t.Fatal(err)
+		}
+		cell.Spec.Template.Shards.Databases = 7
+		if err := c.Update(ctx, cell); err == nil || !strings.Contains(err.Error(), "spec.template.shards is immutable") {
+			t.Errorf("changing a cell's spec.template.shards gave %v", err)
 		}
 	})
 

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -321,5 +322,60 @@ func TestWriteSourceMasksLeavesOtherSourcesAlone(t *testing.T) {
 	}
 	if err := control.WriteSourceMasks(ctx, db, schema, control.SourceOperator, []control.Mask{manual}); err == nil {
 		t.Fatal("accepted a mask of another source")
+	}
+}
+
+// TestCheckLayoutRecordsOnceAndRefusesChanges: the first server records the cell's shard
+// layout; the same layout passes again, any other is refused naming both, and concurrent
+// first starts with different layouts agree on exactly one.
+func TestCheckLayoutRecordsOnceAndRefusesChanges(t *testing.T) {
+	db, schema := setup(t)
+	ctx := context.Background()
+	orig := shard.Layout{Databases: 4, TablesPerDB: 2, DatabasePrefix: "db_"}
+	got, err := control.CheckLayout(ctx, db, schema, orig, "srv-a")
+	if err != nil || got.Layout != orig || got.RecordedBy != "srv-a" || time.Since(got.RecordedAt).Abs() > time.Minute {
+		t.Fatalf("first check: %+v %v", got, err)
+	}
+	if again, err := control.CheckLayout(ctx, db, schema, orig, "srv-b"); err != nil || again.RecordedBy != "srv-a" {
+		t.Fatalf("same layout from another server: %+v %v", again, err)
+	}
+	for _, other := range []shard.Layout{
+		{Databases: 5, TablesPerDB: 2, DatabasePrefix: "db_"},
+		{Databases: 4, TablesPerDB: 1, DatabasePrefix: "db_"},
+		{Databases: 4, TablesPerDB: 2, DatabasePrefix: "shard_"},
+	} {
+		rec, err := control.CheckLayout(ctx, db, schema, other, "srv-c")
+		if !errors.Is(err, control.ErrLayoutMismatch) || rec.Layout != orig {
+			t.Fatalf("layout %+v: %+v %v, want ErrLayoutMismatch with the recorded layout", other, rec, err)
+		}
+		for _, want := range []string{"4 databases × 2 tables", fmt.Sprintf("%d databases × %d tables", other.Databases, other.TablesPerDB), "spec.template.shards"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %q does not say %q", err, want)
+			}
+		}
+	}
+
+	_, fresh := setup(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = control.CheckLayout(ctx, db, fresh, shard.Layout{Databases: 1 + i%2, TablesPerDB: 1, DatabasePrefix: "db_"}, fmt.Sprint("srv-", i))
+		}()
+	}
+	wg.Wait()
+	winners := map[int]bool{}
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			winners[1+i%2] = true
+		case !errors.Is(err, control.ErrLayoutMismatch):
+			t.Fatalf("concurrent check %d: %v", i, err)
+		}
+	}
+	if len(winners) != 1 {
+		t.Fatalf("concurrent first starts accepted layouts %v, want exactly one", winners)
 	}
 }

@@ -7,6 +7,8 @@
 //   - masks: slot ranges in which no new packet may be created, with their history.
 //   - table_errors: per server, per logical table, per time window, errors and calls — what
 //     the operator's masking policy reads.
+//   - shard_layout: the shard layout the cell was created with; servers with another refuse
+//     to start.
 //
 // Every function is a plain call over a *sql.DB, so the servers and the operator (which holds
 // the cell's DB credentials) share one implementation. This package decides nothing: it never
@@ -86,6 +88,15 @@ func EnsureSchema(ctx context.Context, db *sql.DB, schema string) error {
 			" updated_at DATETIME(6) NOT NULL," +
 			" PRIMARY KEY (logical_table, window_start, server)," +
 			" KEY table_errors_window (window_start)" +
+			") ENGINE=InnoDB",
+		// One row: the shard layout the cell was created with (CheckLayout).
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`shard_layout` (" +
+			" id TINYINT NOT NULL PRIMARY KEY," +
+			" db_count INT NOT NULL," +
+			" tables_per_db INT NOT NULL," +
+			" db_prefix VARCHAR(64) NOT NULL," +
+			" recorded_at DATETIME(6) NOT NULL," +
+			" recorded_by VARCHAR(255) NOT NULL" +
 			") ENGINE=InnoDB",
 	}
 	for _, s := range stmts {

@@ -441,34 +441,46 @@ func (s *Service) History(ctx context.Context, user string, role Role, before Cu
 	return items, next, nil
 }
 
-// ExpireDue settles packets whose deadline has passed (see store.ExpireDue).
+// ExpireDue settles packets whose deadline has passed (see store.Sweep).
 func (s *Service) ExpireDue(ctx context.Context, limit int) ([]Settlement, error) {
-	out, err := s.st.ExpireDue(ctx, s.cfg.Now(), limit)
+	r, err := s.sweep(ctx, limit)
+	return r.Settled, err
+}
+
+func (s *Service) sweep(ctx context.Context, limit int) (store.SweepResult, error) {
+	r, err := s.st.Sweep(ctx, s.cfg.Now(), limit)
 	if s.cfg.Cache != nil {
-		for _, st := range out {
+		for _, st := range r.Settled {
 			s.cfg.Cache.Forget(st.PacketID)
 		}
 	}
-	return out, err
+	return r, err
 }
 
-// RunSweeper settles due packets every interval until ctx ends.
+// sweepBatch is how many due packets one sweep takes.
+const sweepBatch = 200
+
+// RunSweeper settles due packets every interval until ctx ends. A tick keeps sweeping while
+// batches come back full: packets that fail are put off by the store, so the next batch holds
+// other packets, and a backlog drains at database speed rather than one batch per tick.
 func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		for {
-			done, err := s.ExpireDue(ctx, 200)
-			for _, st := range done {
+		for ctx.Err() == nil {
+			r, err := s.sweep(ctx, sweepBatch)
+			for _, st := range r.Settled {
 				s.cfg.Log.Info("packet settled", "packet", st.PacketID, "status", st.Status.String(), "refundedCents", st.RefundedCents)
 			}
-			if err != nil {
-				if ctx.Err() == nil {
-					s.cfg.Log.Error("expiry sweep", "err", err)
-				}
-				break
+			for _, id := range r.Orphans {
+				s.cfg.Log.Warn("expiry index row dropped: no such packet in its day table or the cold table", "packet", id)
 			}
-			if len(done) < 200 {
+			if err != nil && ctx.Err() == nil {
+				// One line per sweep, not per packet: a broken table fails hundreds at once.
+				s.cfg.Log.Error("expiry sweep", "due", r.Due, "failed", r.Failed, "stuck", r.Stuck, "firstErr", firstError(err))
+			}
+			// Stuck packets are still due: sweeping again now would take them again.
+			if r.Due < sweepBatch || r.Stuck > 0 {
 				break
 			}
 		}
@@ -478,6 +490,14 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// firstError is the first of a joined error.
+func firstError(err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok && len(j.Unwrap()) > 0 {
+		return j.Unwrap()[0]
+	}
+	return err
 }
 
 // known refuses, before any DB work, IDs no allocator of this region could have issued and

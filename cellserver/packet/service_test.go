@@ -401,3 +401,70 @@ func TestWrapRetriesAwayFromAFailingTable(t *testing.T) {
 		t.Fatalf("wrap in the tripped table's slot: %v", err)
 	}
 }
+
+// TestRunSweeperMovesPastFailingPackets: a full batch of packets whose settlement fails (a
+// trigger refuses every update of their day table) is due before the others; one tick of the
+// sweeper must still refund the others instead of waiting for the failing ones for ever.
+func TestRunSweeperMovesPastFailingPackets(t *testing.T) {
+	svc, env, c := newService(t)
+	ctx := context.Background()
+	const badSlot, batch = 0, 200
+	badTable := env.Store.Layout().Of(badSlot)
+	var first int64
+	for i := 0; i < batch; i++ {
+		p, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: fmt.Sprintf("bad%d", i), TotalCents: 100, Count: 1, Kind: packet.KindFixed}, badSlot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: fmt.Sprintf("bad%d", i), AmountCents: 100}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = p.ID
+		}
+	}
+	c.Advance(time.Minute)
+	var good []int64
+	for slot := 1; len(good) < 3; slot++ {
+		if env.Store.Layout().Of(slot) == badTable {
+			continue
+		}
+		p, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: fmt.Sprintf("good%d", slot), TotalCents: 300, Count: 3, Kind: packet.KindRandom}, slot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: fmt.Sprintf("good%d", slot), AmountCents: 300}); err != nil {
+			t.Fatal(err)
+		}
+		good = append(good, p.ID)
+	}
+	packets, _ := env.Store.Tables(first)
+	if _, err := env.DB.Exec("CREATE TRIGGER " + packets + "_refuse BEFORE UPDATE ON " + packets +
+		" FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected settle failure'"); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(2 * time.Hour)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); svc.RunSweeper(sctx, time.Hour) }()
+	defer func() { stop(); <-done }()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, id := range good {
+		for {
+			p, err := svc.Store().Get(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Status == store.StatusExpired {
+				if p.RefundedCents != 300 || p.RemainingCents != 0 {
+					t.Fatalf("packet %d settled with refund %d, remaining %d", id, p.RefundedCents, p.RemainingCents)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("packet %d not refunded by the first tick behind %d failing packets: %s", id, batch, p.Status)
+			}
+			time.Sleep(20 * time.Millisecond) // polling a database row, not synchronising
+		}
+	}
+}

@@ -272,6 +272,10 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	}
 	defer rollback(tx)
 	p, err := lockPacket(ctx, tx, packets, id)
+	if errors.Is(err, ErrNotFound) {
+		rollback(tx)
+		return s.openArchived(ctx, id, users, now)
+	}
 	if err != nil {
 		return nil, Packet{}, err
 	}
@@ -346,6 +350,38 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	return out, p, nil
 }
 
+// openArchived answers an open of a packet no longer in its day table. Archive moves only
+// settled packets, and cold rows never change, so no lock is needed: repeats get their first
+// amount (DESIGN.md §4.2), everyone else the packet's settled state.
+func (s *Store) openArchived(ctx context.Context, id int64, users []string, now time.Time) ([]OpenOutcome, Packet, error) {
+	coldP, coldR := s.coldTables(s.TableOf(id))
+	p, err := scanPacket(s.db.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+coldP+" WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+		return nil, Packet{}, ErrNotFound
+	}
+	if err != nil {
+		return nil, Packet{}, fmt.Errorf("read %s: %w", coldP, err)
+	}
+	stateErr := openable(&p, now)
+	if stateErr == nil {
+		return nil, Packet{}, fmt.Errorf("packet %d is %s in %s: only settled packets are archived", id, p.Status, coldP)
+	}
+	earlier, err := receiptsOf(ctx, s.db, coldR, id, users)
+	if err != nil {
+		return nil, Packet{}, fmt.Errorf("read %s: %w", coldR, err)
+	}
+	out := make([]OpenOutcome, len(users))
+	for i, u := range users {
+		out[i].User = u
+		if r, ok := earlier[u]; ok {
+			out[i].AmountCents, out[i].Seq, out[i].Repeat = r.AmountCents, r.Seq, true
+		} else {
+			out[i].Err = stateErr
+		}
+	}
+	return out, p, nil
+}
+
 // openable is why a packet refuses new opens, or nil.
 func openable(p *Packet, now time.Time) error {
 	switch p.Status {
@@ -362,7 +398,7 @@ func openable(p *Packet, now time.Time) error {
 	return nil
 }
 
-func receiptsOf(ctx context.Context, tx *sql.Tx, receipts string, id int64, users []string) (map[string]Receipt, error) {
+func receiptsOf(ctx context.Context, tx querier, receipts string, id int64, users []string) (map[string]Receipt, error) {
 	var b strings.Builder
 	b.WriteString("SELECT user_id, seq, amount_cents, opened_ms FROM ")
 	b.WriteString(receipts)
@@ -484,100 +520,4 @@ func (s *Store) receipts(ctx context.Context, table string, id int64, afterSeq, 
 		out = append(out, r)
 	}
 	return out, rows.Err()
-}
-
-// ExpireDue settles up to limit packets whose deadline passed by now: an active packet's
-// exact remainder is refunded once (with an outbox refund row), a wrapped one is cancelled.
-// Each packet is settled in its own transaction that locks the packet row, so a late open
-// either commits before (and the refund sees its share gone) or is refused after.
-func (s *Store) ExpireDue(ctx context.Context, now time.Time, limit int) ([]Settlement, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT packet_id FROM "+s.cellTable("expiry")+" WHERE expires_ms <= ? ORDER BY expires_ms LIMIT ?", ms(now), limit)
-	if err != nil {
-		return nil, fmt.Errorf("list due packets: %w", err)
-	}
-	var due []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("list due packets: %w", err)
-		}
-		due = append(due, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list due packets: %w", err)
-	}
-	// One failing logical table must not hold back settlement everywhere else: its packets
-	// are retried on the next sweep (and refunded once the table recovers).
-	var out []Settlement
-	var errs []error
-	for _, id := range due {
-		if ctx.Err() != nil {
-			errs = append(errs, ctx.Err())
-			break
-		}
-		st, err := s.settle(ctx, id, now)
-		s.observe(s.TableOf(id), err)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("settle packet %d: %w", id, err))
-			continue
-		}
-		if st != nil {
-			out = append(out, *st)
-		}
-	}
-	return out, errors.Join(errs...)
-}
-
-func (s *Store) settle(ctx context.Context, id int64, now time.Time) (*Settlement, error) {
-	packets, _ := s.Tables(id)
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer rollback(tx)
-	p, err := lockPacket(ctx, tx, packets, id)
-	if errors.Is(err, ErrNotFound) {
-		_, err = tx.ExecContext(ctx, "DELETE FROM "+s.cellTable("expiry")+" WHERE packet_id = ?", id)
-		if err != nil {
-			return nil, err
-		}
-		return nil, tx.Commit()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if now.Before(p.ExpiresAt) && (p.Status == StatusWrapped || p.Status == StatusActive) {
-		// Paid since the index row was read: keep the index in step and wait.
-		_, err = tx.ExecContext(ctx, "UPDATE "+s.cellTable("expiry")+" SET expires_ms = ? WHERE packet_id = ?", ms(p.ExpiresAt), id)
-		if err != nil {
-			return nil, err
-		}
-		return nil, tx.Commit()
-	}
-	st := &Settlement{PacketID: id, Sender: p.Sender}
-	switch p.Status {
-	case StatusWrapped:
-		st.Status = StatusCancelled
-		_, err = tx.ExecContext(ctx, "UPDATE "+packets+" SET status = ?, settled_ms = ?, version = version + 1 WHERE id = ? AND status = ?",
-			int(StatusCancelled), ms(now), id, int(StatusWrapped))
-	case StatusActive:
-		st.Status, st.RefundedCents = StatusExpired, p.RemainingCents
-		_, err = tx.ExecContext(ctx, "UPDATE "+packets+" SET status = ?, refunded_cents = refunded_cents + remaining_cents, remaining_cents = 0, remaining_count = 0, settled_ms = ?, version = version + 1 WHERE id = ? AND status = ? AND remaining_cents = ?",
-			int(StatusExpired), ms(now), id, int(StatusActive), p.RemainingCents)
-		if err == nil && p.RemainingCents > 0 {
-			err = s.insertOutbox(ctx, tx, []OutboxRow{{Kind: OutboxRefund, Key: "refund:" + strconv.FormatInt(id, 10),
-				PacketID: id, Account: p.Sender, AmountCents: p.RemainingCents, At: now}})
-		}
-	default:
-		st = nil // settled before: the refund happened once already
-	}
-	if err != nil {
-		return nil, err
-	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM "+s.cellTable("expiry")+" WHERE packet_id = ?", id); err != nil {
-		return nil, err
-	}
-	return st, tx.Commit()
 }

@@ -70,6 +70,7 @@ type Store struct {
 	obs      Observer
 	tblErrs  *prometheus.CounterVec
 	migrated prometheus.Counter
+	sweep    sweepMetrics
 }
 
 var identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,48}$`)
@@ -99,9 +100,10 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 		migrated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "redpacket_store_identifier_columns_migrated_total",
 			Help: "Identifier columns of an older cell rewritten to compare byte for byte (docs/operator.md, upgrades).",
-		})}
+		}),
+		sweep: newSweepMetrics()}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.tblErrs, s.migrated} {
+		for _, c := range append(s.sweep.collectors(), s.tblErrs, s.migrated) {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("store: register metrics: %w", err)
 			}
@@ -315,6 +317,9 @@ func (s *Store) EnsureSchema(ctx context.Context, now time.Time) error {
 		if _, err := s.db.ExecContext(ctx, fmt.Sprintf(ddl, s.cell)); err != nil {
 			return fmt.Errorf("create cell table in %s: %w", s.cell, err)
 		}
+	}
+	if err := s.ensureSweepColumns(ctx); err != nil {
+		return err
 	}
 	for db := 0; db < s.layout.Databases; db++ {
 		if _, err := s.db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+s.layout.DBName(db)); err != nil {

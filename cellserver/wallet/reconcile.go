@@ -9,6 +9,20 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/store"
 )
 
+// ReconcileMargin is how long after the latest possible settlement a packet stays in the
+// reconciliation window: effects lost on their way to the ledger after settlement (or by a
+// slow sweep and relay) are still found for a day.
+const ReconcileMargin = 24 * time.Hour
+
+// ReconcileWindow is how far back, by creation time, a periodic reconciliation must look to
+// cover every packet that can still be unsettled or was settled within the margin: a packet
+// created at t may be paid until t+payWindow, is then open for expiry, and is settled after
+// that (DESIGN.md §4.3: every receive record ends with its credit). A window counted from
+// payment alone misses packets paid late in their payment window.
+func ReconcileWindow(payWindow, expiry time.Duration) time.Duration {
+	return payWindow + expiry + ReconcileMargin
+}
+
 // Reconcile repairs, from the cell's side, drift Audit would report for packets created in
 // [from, to]: a receive record without its ledger credit, a paid packet without its escrow
 // transfer, a refund without its ledger refund. Each missing effect is requeued in the outbox

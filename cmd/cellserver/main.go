@@ -117,7 +117,7 @@ func parseFlags(args []string) (Config, error) {
 	})
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 25*time.Second, "how long shutdown waits for queues and outbox")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", time.Second, "expiry sweeper period")
-	fs.DurationVar(&c.ReconcileEvery, "reconcile-every", 0, "compare the last expiry+1d of packets with the wallet ledger and requeue missing effects; 0 = off (one server per cell is enough)")
+	fs.DurationVar(&c.ReconcileEvery, "reconcile-every", 0, "compare packets created in the last 2×expiry+1d (payment window, open window, a day's margin) with the wallet ledger and requeue missing effects; 0 = off (one server per cell is enough)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -164,6 +164,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 	if err := control.EnsureSchema(startCtx, db, cfg.ControlSchema); err != nil {
 		return fmt.Errorf("control schema: %w", err)
+	}
+	// Before any table is created or read: with another layout this server would create
+	// empty tables and look for the cell's packets in them.
+	if _, err := control.CheckLayout(startCtx, db, cfg.ControlSchema, layout, cfg.ServerName); err != nil {
+		return fmt.Errorf("shard layout: %w", err)
 	}
 
 	var watcher *routing.Watcher
@@ -290,7 +295,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	spawn(func(ctx context.Context) { st.Maintain(ctx, time.Hour, time.Now, log) })
 	if cfg.ReconcileEvery > 0 {
 		spawn(func(ctx context.Context) {
-			reconcileLoop(ctx, st, ledger, cfg.ReconcileEvery, cfg.Expiry+24*time.Hour, log)
+			// The packet service waits Expiry for payment and then keeps a packet open for
+			// Expiry again.
+			reconcileLoop(ctx, st, ledger, cfg.ReconcileEvery, wallet.ReconcileWindow(cfg.Expiry, cfg.Expiry), log)
 		})
 	}
 	relayCtx, stopRelay := context.WithCancel(context.Background())

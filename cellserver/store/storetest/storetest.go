@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/cellserver/store"
@@ -30,6 +32,8 @@ type Options struct {
 	Observer store.Observer
 	MaxConns int
 	Now      time.Time
+	// Registerer receives the store's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
 }
 
 // New creates a fresh store on the shared MariaDB; the package's TestMain must call
@@ -58,7 +62,7 @@ func NewOn(tb testing.TB, m *testenv.MariaDB, o Options) *Env {
 	if err != nil {
 		tb.Fatalf("open db: %v", err)
 	}
-	st, err := store.New(db, store.Config{Layout: o.Layout, CellSchema: prefix + "_cell", Observer: o.Observer})
+	st, err := store.New(db, store.Config{Layout: o.Layout, CellSchema: prefix + "_cell", Observer: o.Observer, Registerer: o.Registerer})
 	if err != nil {
 		tb.Fatalf("new store: %v", err)
 	}
