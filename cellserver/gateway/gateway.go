@@ -6,11 +6,13 @@
 // owned that slot at that second; rendezvous hashing of the ID over the cell's ready servers
 // gives the server. So every request about one packet meets one per-packet queue, and a server
 // leaving moves only its own packets. Creates have no ID yet: the gateway picks the slot itself,
-// uniformly over the owned, unmasked slots of the epoch in force, and tells the cell with the
-// X-Redpacket-Slot header; when the cell refuses the slot (409 slot_unavailable: masked, tripped
-// or no longer owned) it retries once with another. The slot is chosen by rendezvous over the
-// sender and request ID, so a client retrying a create lands on the same slot and cell, where
-// the cell's idempotency on (sender, request ID) returns the first packet.
+// within the home cell of the create's idempotency key (routing/keyhome.go), and tells the cell
+// with the X-Redpacket-Slot header; when the cell refuses the slot (409 slot_unavailable:
+// masked, tripped or no longer owned) it retries once with another slot of the same cell. A
+// key's home is the owner of its key slot, which masks never move, so every retry of one
+// create meets one wrap_requests row; an epoch that moves the key slot makes the gateway ask
+// the key's earlier homes first. A payment notice is claimed in its txn's home before the
+// packet's cell activates it, so one notice activates at most one packet in the whole set.
 //
 // Every call to a cell is signed (cellserver/signing). The routing table reloads without a
 // restart (routing.Watcher); servers come from the table (local mode) or from DNS (Kubernetes)
@@ -392,8 +394,17 @@ func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routi
 			refused = slot
 			continue
 		}
-		if !ok && resp.slotUnavailable() {
-			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", fmt.Sprintf("cell %s, home of this request, has no unmasked slot", cell))
+		if resp.slotUnavailable() {
+			// Refused twice, or with no slot to choose: nothing was created. Near an epoch's
+			// boundary the cell's clock may place the instant in another epoch than ours.
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", fmt.Sprintf("cell %s, home of this request, has no slot it can issue in now", target))
+			return
+		}
+		if resp.status == http.StatusMisdirectedRequest && resp.code() == routing.CodeNotHome {
+			// The cell's table or clock puts the key elsewhere this instant: retry shortly.
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, routing.CodeNotHome, "requestId", fmt.Sprintf("cell %s is not the home of this request at its clock; retry", target))
 			return
 		}
 		resp.write(w, target)
@@ -457,6 +468,11 @@ func (g *Gateway) claimPayment(w http.ResponseWriter, r *http.Request, t *routin
 
 // claimAnswer reads a cell's claim answer: true when the claim binds the txn to packet id.
 func (g *Gateway) claimAnswer(w http.ResponseWriter, resp *upstream, cell string, id int64) bool {
+	if resp.status == http.StatusMisdirectedRequest && resp.code() == routing.CodeNotHome {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, routing.CodeNotHome, "paymentTxnId", fmt.Sprintf("cell %s is not the home of this payment at its clock; retry", cell))
+		return false
+	}
 	if resp.status != http.StatusOK {
 		resp.write(w, cell) // 409 idempotency_conflict, a validation error, or unavailable
 		return false
@@ -575,6 +591,15 @@ type upstream struct {
 	status int
 	header http.Header
 	body   []byte
+}
+
+// code is the error code of a non-2xx answer ("" when the body has none).
+func (u *upstream) code() string {
+	var e struct {
+		Code string `json:"code"`
+	}
+	_ = json.Unmarshal(u.body, &e)
+	return e.Code
 }
 
 func (u *upstream) slotUnavailable() bool {
