@@ -1,4 +1,4 @@
-// Package breaker is a cell server's local fuse per logical table (DESIGN.md §2, "Who decides
+// Package breaker is a cell server's local fuse per logical table (docs/design.md §2, "Who decides
 // a mask"): it counts each logical table's calls and failures, trips at once when a table
 // keeps failing so the ID allocator stops issuing IDs in that table's slots, lets a probe
 // through after a cool-down, and publishes its per-window counts to the cell's control

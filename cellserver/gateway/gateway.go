@@ -1,7 +1,7 @@
 // Package gateway owns the access layer of a SET: it routes every packet request to the one
 // cell server that must answer it, and fans a user's history out to every cell.
 //
-// Routing is a pure function of the packet ID and the routing table (DESIGN.md §2, §4.4): the ID
+// Routing is a pure function of the packet ID and the routing table (docs/design.md §2, §4.4): the ID
 // gives the slot (its last three digits) and the creation second; the table gives the cell that
 // owned that slot at that second; rendezvous hashing of the ID over the cell's ready servers
 // gives the server. So every request about one packet meets one per-packet queue, and a server

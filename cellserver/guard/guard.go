@@ -1,5 +1,5 @@
 // Package guard is the cell server's per-packet concurrency guard and grab cache, backed by
-// the memcached beside the server (DESIGN.md §2, "memcached concurrency guard").
+// the memcached beside the server (docs/design.md §2, "memcached concurrency guard").
 //
 // The grab cache holds, per active packet, what grab needs (status, expiry, remaining
 // shares) and, per (packet, user), an opened marker, so most grabs never touch the DB. Every

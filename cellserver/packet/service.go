@@ -48,7 +48,7 @@ var (
 	ErrCancelled        = store.ErrCancelled
 	ErrKeyElsewhere     = store.ErrKeyElsewhere
 	// ErrWrongCell: the packet belongs to another cell (its slot's owner at its creation
-	// time, DESIGN.md §4.4); the gateway routed with a stale table.
+	// time, docs/design.md §4.4); the gateway routed with a stale table.
 	ErrWrongCell = errors.New("packet belongs to another cell")
 	// ErrSlotUnavailable: the cell cannot issue an ID in the requested slot (not owned now,
 	// masked, or its table's breaker is open).
@@ -169,7 +169,7 @@ func (s *Service) Wrap(ctx context.Context, r WrapRequest, slot int) (Packet, bo
 	}
 	// When the server picks the slot, a failing logical table must not fail the wrap: the
 	// create path retries with a fresh ID, which the allocator places elsewhere once the
-	// table's breaker trips (DESIGN.md §2, masking). A retry is safe: the failed attempt's
+	// table's breaker trips (docs/design.md §2, masking). A retry is safe: the failed attempt's
 	// transaction rolled back, or, if its commit did land, the request ID finds it.
 	attempts := 1
 	if slot < 0 {

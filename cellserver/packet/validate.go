@@ -8,7 +8,7 @@ import (
 )
 
 // Limits bound what a packet may be. The operator passes the set's packet limits
-// (DESIGN.md §3) down to every server through flags.
+// (docs/design.md §3) down to every server through flags.
 type Limits struct {
 	MaxTotalCents  int64 // largest total of one packet
 	MaxCount       int   // most shares in one packet

@@ -45,7 +45,7 @@ type Epoch struct {
 	Ranges        []SlotRange `json:"ranges"`
 }
 
-// MaskedRange is a run of slots in which no new packet may be created (DESIGN.md §2, masking).
+// MaskedRange is a run of slots in which no new packet may be created (docs/design.md §2, masking).
 // Packets already issued there stay routable.
 type MaskedRange struct {
 	Start  int       `json:"start"`
@@ -330,7 +330,7 @@ func (t *Table) Pruned(settledBefore time.Time) *Table {
 
 // DrainingCells lists, sorted, the cells that own no slot in the epoch in force at now but
 // still appear in an older epoch: they get no new packets and must not be deleted while the
-// table names them (DESIGN.md §2, scale-in).
+// table names them (docs/design.md §2, scale-in).
 func (t *Table) DrainingCells(now time.Time) []string {
 	e, ok := t.EpochAt(now)
 	if !ok {

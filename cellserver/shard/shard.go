@@ -18,7 +18,7 @@ type Layout struct {
 	DatabasePrefix string
 }
 
-// Default is the full layout of DESIGN.md §2: 100 databases × 10 tables for 1000 slots.
+// Default is the full layout of docs/design.md §2: 100 databases × 10 tables for 1000 slots.
 var Default = Layout{Databases: 100, TablesPerDB: 10, DatabasePrefix: "db_"}
 
 // Table is a logical table: a database and a table index, across every day.

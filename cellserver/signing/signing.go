@@ -1,6 +1,6 @@
 // Package signing owns request authentication between the tiers of a SET: the gateway signs
 // every call it makes to a cell server, and the cell server refuses what is unsigned, forged,
-// stale or replayed (DESIGN.md §2, Security).
+// stale or replayed (docs/design.md §2, Security).
 //
 // A signature is HMAC-SHA256, under a key shared through a Kubernetes Secret, over
 //

@@ -53,7 +53,7 @@ func (s Status) String() string {
 }
 
 // Packet is one packet row. Amounts are int64 cents.
-// Conservation (DESIGN.md §4.1): TotalCents = Σ opened + RefundedCents + RemainingCents.
+// Conservation (docs/design.md §4.1): TotalCents = Σ opened + RefundedCents + RemainingCents.
 type Packet struct {
 	ID             int64
 	Sender         string

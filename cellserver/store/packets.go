@@ -284,7 +284,7 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 		return nil, Packet{}, err
 	}
 	out := make([]OpenOutcome, len(users))
-	// Repeats answer even on an expired or exhausted packet: DESIGN.md §4.2.
+	// Repeats answer even on an expired or exhausted packet: docs/design.md §4.2.
 	stateErr := openable(&p, now)
 	remaining, count := p.RemainingCents, p.RemainingCount
 	seq := p.Count - p.RemainingCount
@@ -352,7 +352,7 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 
 // openArchived answers an open of a packet no longer in its day table. Archive moves only
 // settled packets, and cold rows never change, so no lock is needed: repeats get their first
-// amount (DESIGN.md §4.2), everyone else the packet's settled state.
+// amount (docs/design.md §4.2), everyone else the packet's settled state.
 func (s *Store) openArchived(ctx context.Context, id int64, users []string, now time.Time) ([]OpenOutcome, Packet, error) {
 	coldP, coldR := s.coldTables(s.TableOf(id))
 	p, err := scanPacket(s.db.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+coldP+" WHERE id = ?", id))

@@ -76,7 +76,7 @@ func (e *sweepEnv) indexed(t *testing.T, id int64) bool {
 	return n == 1
 }
 
-// conserved checks DESIGN.md §4.1 on a settled packet from its rows, and that its refund
+// conserved checks docs/design.md §4.1 on a settled packet from its rows, and that its refund
 // was written to the outbox exactly once.
 func (e *sweepEnv) conserved(t *testing.T, id int64, opened int64) {
 	t.Helper()
@@ -269,7 +269,7 @@ func TestSweepFailingPacketsDoNotBlockOthers(t *testing.T) {
 	}
 }
 
-// TestRepeatOpenOfArchivedPacket: a repeated open answers the first amount (DESIGN.md §4.2)
+// TestRepeatOpenOfArchivedPacket: a repeated open answers the first amount (docs/design.md §4.2)
 // also after the packet moved to cold storage; a first open there is refused as expired.
 func TestRepeatOpenOfArchivedPacket(t *testing.T) {
 	now := time.Now()

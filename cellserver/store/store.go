@@ -6,9 +6,9 @@
 // (SELECT … FOR UPDATE) and then writes receive records, outbox rows and a conditional
 // UPDATE of the remaining amount, so correctness never rests on anything outside MySQL.
 // The store must never decide business rules beyond what keeps the money invariants
-// (DESIGN.md §4): the split rule comes in as a ShareFunc from the packet package.
+// (docs/design.md §4): the split rule comes in as a ShareFunc from the packet package.
 //
-// How DESIGN.md §4 is held by the database itself, not only by this code:
+// How docs/design.md §4 is held by the database itself, not only by this code:
 //   - conservation: the packet row's CHECK (remaining ≥ remaining count ≥ 0, remaining +
 //     refunded ≤ total) and every receive record's CHECK (amount ≥ 1); opens and the refund
 //     are conditional UPDATEs on the values read under the row lock;

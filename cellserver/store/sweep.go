@@ -93,7 +93,7 @@ func (s *Store) ExpireDue(ctx context.Context, now time.Time, limit int) ([]Sett
 // its index row and is put off by a backoff, so it never blocks the packets behind it; the
 // errors are returned joined. An index row is dropped only once its packet is settled, or
 // when its day table answers that it has no such row and the cold table does not hold it
-// either (DESIGN.md §4.1: a refund may be late, never lost).
+// either (docs/design.md §4.1: a refund may be late, never lost).
 func (s *Store) Sweep(ctx context.Context, now time.Time, limit int) (SweepResult, error) {
 	var r SweepResult
 	rows, err := s.db.QueryContext(ctx, "SELECT packet_id, attempts FROM "+s.cellTable("expiry")+" WHERE expires_ms <= ? ORDER BY expires_ms, packet_id LIMIT ?", ms(now), limit)

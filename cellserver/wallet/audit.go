@@ -26,7 +26,7 @@ func (r Report) Error() string {
 	return fmt.Sprintf("audit found %d violations over %d packets, first %d: %v", len(r.Violations), r.Packets, n, r.Violations[:n])
 }
 
-// Audit checks DESIGN.md §4 end to end for every packet created in [from, to] that is still
+// Audit checks docs/design.md §4 end to end for every packet created in [from, to] that is still
 // in the day tables, against a drained outbox:
 //   - conservation: total = Σ opened + refunded + remaining, each share ≥ 1 cent, and after
 //     settlement remaining = 0;

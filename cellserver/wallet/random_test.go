@@ -35,7 +35,7 @@ func (w *randomWallet) Apply(ctx context.Context, ts []wallet.Transfer) error {
 // TestRandomLifecyclesKeepInvariants runs a seeded random mix of wraps, payments (some
 // repeated), opens (some repeated, some abandoned by impatient clients), grabs, expiry sweeps
 // and clock jumps from many goroutines, with the relay delivering to a wallet that fails one
-// call in five. Afterwards every packet is settled and the audit must find DESIGN.md §4 intact,
+// call in five. Afterwards every packet is settled and the audit must find docs/design.md §4 intact,
 // and every amount a caller was told must be the one recorded.
 func TestRandomLifecyclesKeepInvariants(t *testing.T) {
 	f := setup(t)

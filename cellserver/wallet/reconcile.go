@@ -17,7 +17,7 @@ const ReconcileMargin = 24 * time.Hour
 // ReconcileWindow is how far back, by creation time, a periodic reconciliation must look to
 // cover every packet that can still be unsettled or was settled within the margin: a packet
 // created at t may be paid until t+payWindow, is then open for expiry, and is settled after
-// that (DESIGN.md §4.3: every receive record ends with its credit). A window counted from
+// that (docs/design.md §4.3: every receive record ends with its credit). A window counted from
 // payment alone misses packets paid late in their payment window.
 func ReconcileWindow(payWindow, expiry time.Duration) time.Duration {
 	return payWindow + expiry + ReconcileMargin

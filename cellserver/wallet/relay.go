@@ -2,7 +2,7 @@
 // delivers each committed effect (escrow transfer on pay, credit on open, refund at expiry,
 // history lines) to its consumer until acknowledged, and a reference wallet in MySQL — a
 // double-entry ledger, idempotent by the outbox row's key — with an Audit that checks
-// DESIGN.md §4 end to end.
+// docs/design.md §4 end to end.
 //
 // The relay gives at-least-once delivery; the consumer's unique key on the idempotency key
 // turns it into exactly-once effect. Nothing here may ever change a packet row: the cell's

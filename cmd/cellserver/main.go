@@ -375,7 +375,7 @@ func reconcileLoop(ctx context.Context, st *store.Store, l *wallet.Ledger, every
 	}
 }
 
-// owns checks DESIGN.md §4.4: this cell answers only for packets whose slot it owned at the
+// owns checks docs/design.md §4.4: this cell answers only for packets whose slot it owned at the
 // packet's creation second.
 func owns(t *routing.Table, cell string, id int64) error {
 	owner, _, err := t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))

@@ -121,7 +121,7 @@ func TestServeAndDrain(t *testing.T) {
 	}
 }
 
-// TestAnswersOnlyForOwnedPackets checks DESIGN.md §4.4 and §4.5 on the real wiring: with a
+// TestAnswersOnlyForOwnedPackets checks docs/design.md §4.4 and §4.5 on the real wiring: with a
 // routing file giving slots 500–999 to another cell, this cell issues no ID there and refuses
 // requests for packets created there.
 func TestAnswersOnlyForOwnedPackets(t *testing.T) {

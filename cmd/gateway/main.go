@@ -152,7 +152,7 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	}
 	errc := make(chan error, 1)
 	if *tlsCert != "" {
-		// TLS where traffic leaves the pod (DESIGN.md §2, Security); the Secret is mounted.
+		// TLS where traffic leaves the pod (docs/design.md §2, Security); the Secret is mounted.
 		go func() { errc <- srv.ServeTLS(ln, *tlsCert, *tlsKey) }()
 	} else {
 		go func() { errc <- srv.Serve(ln) }()

@@ -2,7 +2,7 @@
 // groups wrapping, paying, grabbing and opening red packets at once, a share of taps aimed at
 // a few hot packets, and user-history reads; prints live progress; and ends with a report
 // (opens/s, p50/p99/p99.9 per verb, 429s, errors by code) and a conservation audit of every
-// cell's database and wallet ledger against DESIGN.md §4. It exits non-zero on any violation.
+// cell's database and wallet ledger against docs/design.md §4. It exits non-zero on any violation.
 //
 //	rpbench [-localset .localset] [-duration 30s] [-opens N] [-concurrency 64] …
 //	rpbench locks [-levels 8,32,128,256] [-duration 5s]   (lock-strategy comparison; see locks.go)
@@ -253,7 +253,7 @@ func printAudit(w io.Writer, a *loadgen.AuditReport) {
 	packets, receipts := 0, 0
 	cells := append([]loadgen.CellAudit(nil), a.Cells...)
 	sort.Slice(cells, func(i, j int) bool { return cells[i].Name < cells[j].Name })
-	fmt.Fprintln(w, "\naudit (DESIGN.md §4) per cell:")
+	fmt.Fprintln(w, "\naudit (docs/design.md §4) per cell:")
 	for _, c := range cells {
 		packets += c.Packets
 		receipts += c.Receipts

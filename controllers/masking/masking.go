@@ -1,4 +1,4 @@
-// Package masking is the operator's durable masking policy for one cell (DESIGN.md §2, "Who
+// Package masking is the operator's durable masking policy for one cell (docs/design.md §2, "Who
 // decides a mask"): from the error counts the cell's servers publish per logical table it
 // decides which slots stop getting new packets, and when a quiet table's mask lifts. Servers
 // trip their own local breaker at once; this is the slower, cell-wide layer that survives

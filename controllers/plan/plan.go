@@ -3,13 +3,13 @@
 // whether the set survives the loss of a zone; and, when the cell count changes, which slots move
 // to which cell in the next routing epoch.
 //
-// Capacity rule (DESIGN.md §2, "Zones with 1/3 headroom"): headroom h is the fraction of a
+// Capacity rule (docs/design.md §2, "Zones with 1/3 headroom"): headroom h is the fraction of a
 // cell's total capacity held in reserve, 1/Z by default with Z zones. A cell whose peak is P
 // needs total capacity T = P/(1-h), spread evenly, so each zone runs n = ⌈T/Z/perServer⌉
 // servers. With h ≥ 1/Z the Z-1 zones left after losing one still carry (Z-1)·n·perServer ≥ P:
 // the cell is zone-failure tolerant. One zone is never tolerant: there is nothing to fail to.
 //
-// Rebalancing rule (DESIGN.md §2, "Scale-out by ID-range rebalancing"): a new epoch moves as
+// Rebalancing rule (docs/design.md §2, "Scale-out by ID-range rebalancing"): a new epoch moves as
 // few slots as it can. Every cell's target is an equal share (±1); cells that stay keep
 // min(current, target) of their slots, and only slots above target and slots of removed cells
 // move. No data is copied: the move only applies to packets created from the new epoch's

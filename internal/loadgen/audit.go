@@ -32,7 +32,7 @@ type AuditConfig struct {
 	CellSchema   string // default rp_cell
 	WalletSchema string // default rp_wallet
 	// Routing, when set, checks that every packet lives in the cell owning its slot at its
-	// creation second (DESIGN.md §4.4).
+	// creation second (docs/design.md §4.4).
 	Routing *routing.Table
 	// From, To bound the packets audited by creation time.
 	From, To time.Time
@@ -65,7 +65,7 @@ func (a *AuditReport) bad(format string, args ...any) {
 	a.Violations = append(a.Violations, fmt.Sprintf(format, args...))
 }
 
-// Audit checks DESIGN.md §4 over every cell after its outbox drains (docs/design.md): per packet conservation,
+// Audit checks docs/design.md §4 over every cell after its outbox drains (docs/design.md): per packet conservation,
 // shares ≥ 1 cent, no user twice, ledger credits, pay and refund transfers matching the
 // packet, the escrow holding exactly what remains, a balanced ledger (all via
 // cellserver/wallet.Audit); every packet in the cell owning its slot at creation; and the

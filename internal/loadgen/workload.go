@@ -4,7 +4,7 @@
 // taps the same packet), and user-history reads — all through the gateway's public API. It
 // records per-verb latency and outcomes, and keeps the client's view of every packet it
 // created and every share it was paid, so Audit can hold the cells' databases and wallet
-// ledgers to DESIGN.md §4 and to what the clients were told.
+// ledgers to docs/design.md §4 and to what the clients were told.
 //
 // It must never write to a cell's database: the audit only reads, and the workload only
 // talks HTTP to the gateway.
@@ -59,7 +59,7 @@ type Config struct {
 	RunID string
 	Seed  uint64
 	// Routing, when set, checks the cell that answered each packet (X-Redpacket-Cell) against
-	// the owner of the packet's slot at its creation time (DESIGN.md §4.4).
+	// the owner of the packet's slot at its creation time (docs/design.md §4.4).
 	Routing *routing.Table
 	// Client defaults to a pooled client with a 30 s timeout.
 	Client *http.Client
