@@ -475,14 +475,15 @@ func TestCreateRetriesOnceOnSlotUnavailable(t *testing.T) {
 		t.Errorf("retry metric = %v", got)
 	}
 
-	// A cell that refuses every slot: exactly one retry, then the refusal reaches the client.
+	// A cell that refuses every slot: exactly one retry, then a 503 the client may retry
+	// (nothing was created; the cell's 409 is internal to the wire).
 	for _, c := range h.cells {
 		c.mu.Lock()
 		c.refuse = func(string, int) bool { return true }
 		c.mu.Unlock()
 	}
 	a := h.do("POST", "/v1/packets", `{"sender":"s","requestId":"doomed"}`)
-	if a.status != http.StatusConflict || a.body["code"] != "slot_unavailable" {
+	if a.status != http.StatusServiceUnavailable || a.body["code"] != routing.CodeNoSlotAvailable {
 		t.Fatalf("always refused: %d %s", a.status, a.raw)
 	}
 	var slots []string

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 	"io"
 	"log/slog"
 	"net/http"
@@ -148,8 +149,21 @@ func TestAnswersOnlyForOwnedPackets(t *testing.T) {
 	case <-time.After(90 * time.Second):
 		t.Fatal("server did not start")
 	}
+	table, err := routing.Parse([]byte(routingJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wraps come to the home cell of their key (docs/design.md §5): pick keys homed here.
+	homedHere := func(base string) string {
+		for n := 0; ; n++ {
+			id := fmt.Sprintf("%s-%d", base, n)
+			if home, err := table.KeyHome(routing.WrapKey("a", id), time.Now()); err == nil && home == "cell-0" {
+				return id
+			}
+		}
+	}
 	wrap := func(slot string) (int, map[string]any) {
-		j, _ := json.Marshal(map[string]any{"sender": "a", "requestId": "r" + slot, "totalCents": 100, "count": 1, "kind": "fixed"})
+		j, _ := json.Marshal(map[string]any{"sender": "a", "requestId": homedHere("r" + slot), "totalCents": 100, "count": 1, "kind": "fixed"})
 		req, _ := http.NewRequest("POST", base+"/v1/packets", bytes.NewReader(j))
 		if slot != "" {
 			req.Header.Set("X-Redpacket-Slot", slot)
