@@ -5,8 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/go-sql-driver/mysql"
 
@@ -235,7 +238,27 @@ func legs(t Transfer) (debit, credit string, err error) {
 var ErrKeyConflict = errors.New("idempotency key applied with different content")
 
 // Apply posts the transfers in one transaction; keys applied before are skipped.
+//
+// A batch costs a fixed number of statements whatever its size (one read of the keys applied
+// before, one multi-row insert each of transfers and postings, one upsert of the balances
+// summed per account), not three per transfer: the relay hands over hundreds of credits at
+// a time, and round trips were most of the ledger's cost. A batch that races another
+// ledger writer on a key (the other commits it between our read and our insert) falls back
+// to applying transfer by transfer, where the key's row decides.
 func (l *Ledger) Apply(ctx context.Context, ts []Transfer) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	err := l.applyBatch(ctx, ts)
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && (me.Number == 1062 || me.Number == 1213) {
+		return l.applyEach(ctx, ts)
+	}
+	return err
+}
+
+// applyEach is the one-transfer-at-a-time path, in one transaction.
+func (l *Ledger) applyEach(ctx context.Context, ts []Transfer) error {
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("ledger begin: %w", err)
@@ -250,6 +273,132 @@ func (l *Ledger) Apply(ctx context.Context, ts []Transfer) error {
 		return fmt.Errorf("ledger commit: %w", err)
 	}
 	return nil
+}
+
+type leg struct {
+	t             Transfer
+	debit, credit string
+}
+
+func (l *Ledger) applyBatch(ctx context.Context, ts []Transfer) error {
+	// Sorted keys and accounts: concurrent batches lock rows in the same order, so they
+	// queue behind each other instead of deadlocking.
+	byKey := make(map[string]leg, len(ts))
+	keys := make([]string, 0, len(ts))
+	for _, t := range ts {
+		debit, credit, err := legs(t)
+		if err != nil {
+			return err
+		}
+		if t.AmountCents <= 0 {
+			return fmt.Errorf("transfer %s: amount %d must be positive", t.Key, t.AmountCents)
+		}
+		if prev, ok := byKey[t.Key]; ok {
+			if prev.debit != debit || prev.credit != credit || prev.t.AmountCents != t.AmountCents {
+				return fmt.Errorf("transfer %s: %w (twice in one batch: %s→%s %d and %s→%s %d)", t.Key, ErrKeyConflict,
+					prev.debit, prev.credit, prev.t.AmountCents, debit, credit, t.AmountCents)
+			}
+			continue
+		}
+		byKey[t.Key] = leg{t: t, debit: debit, credit: credit}
+		keys = append(keys, t.Key)
+	}
+	slices.Sort(keys)
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("ledger begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	applied, err := appliedTransfers(ctx, tx, l.schema, keys)
+	if err != nil {
+		return err
+	}
+	fresh := keys[:0:0]
+	for _, k := range keys {
+		a, ok := applied[k]
+		if !ok {
+			fresh = append(fresh, k)
+			continue
+		}
+		g := byKey[k]
+		if a.debit != g.debit || a.credit != g.credit || a.t.AmountCents != g.t.AmountCents {
+			return fmt.Errorf("transfer %s: %w (applied %s→%s %d, now %s→%s %d)", k, ErrKeyConflict, a.debit, a.credit, a.t.AmountCents, g.debit, g.credit, g.t.AmountCents)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	var tb, pb strings.Builder
+	tb.WriteString("INSERT INTO " + l.schema + ".transfers (idem_key, kind, packet_id, debit_account, credit_account, amount_cents, at_ms) VALUES ")
+	pb.WriteString("INSERT INTO " + l.schema + ".postings (idem_key, account, amount_cents) VALUES ")
+	targs := make([]any, 0, 7*len(fresh))
+	pargs := make([]any, 0, 6*len(fresh))
+	delta := make(map[string]int64, len(fresh)+1)
+	for i, k := range fresh {
+		g := byKey[k]
+		if i > 0 {
+			tb.WriteByte(',')
+			pb.WriteByte(',')
+		}
+		tb.WriteString("(?,?,?,?,?,?,?)")
+		pb.WriteString("(?,?,?),(?,?,?)")
+		targs = append(targs, k, int(g.t.Kind), g.t.PacketID, g.debit, g.credit, g.t.AmountCents, g.t.At.UnixMilli())
+		pargs = append(pargs, k, g.debit, -g.t.AmountCents, k, g.credit, g.t.AmountCents)
+		delta[g.debit] -= g.t.AmountCents
+		delta[g.credit] += g.t.AmountCents
+	}
+	if _, err := tx.ExecContext(ctx, tb.String(), targs...); err != nil {
+		return fmt.Errorf("insert %d transfers: %w", len(fresh), err)
+	}
+	if _, err := tx.ExecContext(ctx, pb.String(), pargs...); err != nil {
+		return fmt.Errorf("insert postings of %d transfers: %w", len(fresh), err)
+	}
+	accounts := slices.Sorted(maps.Keys(delta))
+	var ab strings.Builder
+	ab.WriteString("INSERT INTO " + l.schema + ".accounts (account, balance_cents) VALUES ")
+	aargs := make([]any, 0, 2*len(accounts))
+	for i, a := range accounts {
+		if i > 0 {
+			ab.WriteByte(',')
+		}
+		ab.WriteString("(?,?)")
+		aargs = append(aargs, a, delta[a])
+	}
+	ab.WriteString(" ON DUPLICATE KEY UPDATE balance_cents = balance_cents + VALUES(balance_cents)")
+	if _, err := tx.ExecContext(ctx, ab.String(), aargs...); err != nil {
+		return fmt.Errorf("update %d balances: %w", len(accounts), err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("ledger commit: %w", err)
+	}
+	return nil
+}
+
+// appliedTransfers reads the legs of the keys already applied.
+func appliedTransfers(ctx context.Context, tx *sql.Tx, schema string, keys []string) (map[string]leg, error) {
+	args := make([]any, len(keys))
+	for i, k := range keys {
+		args[i] = k
+	}
+	rows, err := tx.QueryContext(ctx, "SELECT idem_key, debit_account, credit_account, amount_cents FROM "+schema+
+		".transfers WHERE idem_key IN (?"+strings.Repeat(",?", len(keys)-1)+")", args...)
+	if err != nil {
+		return nil, fmt.Errorf("read applied transfers: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[string]leg)
+	for rows.Next() {
+		var k string
+		var g leg
+		if err := rows.Scan(&k, &g.debit, &g.credit, &g.t.AmountCents); err != nil {
+			return nil, fmt.Errorf("read applied transfers: %w", err)
+		}
+		out[k] = g
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read applied transfers: %w", err)
+	}
+	return out, nil
 }
 
 func (l *Ledger) apply(ctx context.Context, tx *sql.Tx, t Transfer) error {
