@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redpacketset/redpacket/cellserver/packet"
@@ -87,4 +89,139 @@ func writeOptimistic(ctx context.Context, db *sql.DB, packets, receipts, cell st
 		return false, err
 	}
 	return true, tx.Commit()
+}
+
+// BareQueue is the ceiling the group-commit path is measured against: a per-packet FIFO in
+// front of bare SQL, with the same batch bound, writing what the real path writes (receive
+// records, their outbox rows, the packet update) in one transaction per batch, but with
+// nothing else — no repeat check, no validation, no metrics, one statement each. The
+// project's queue should stay within a small factor of it (docs/benchmarks.md).
+type BareQueue struct {
+	st       *store.Store
+	outbox   string
+	batchMax int
+
+	mu    sync.Mutex
+	lanes map[int64]chan bareReq
+	wg    sync.WaitGroup
+}
+
+type bareReq struct {
+	user string
+	done chan error
+}
+
+// NewBareQueue opens bare batches of at most batchMax on st's tables.
+func NewBareQueue(st *store.Store, cellSchema string, batchMax int) *BareQueue {
+	return &BareQueue{st: st, outbox: cellSchema + ".outbox", batchMax: batchMax, lanes: map[int64]chan bareReq{}}
+}
+
+// Open queues one open of packet id and waits for its batch to commit.
+func (q *BareQueue) Open(ctx context.Context, id int64, user string) error {
+	q.mu.Lock()
+	lane, ok := q.lanes[id]
+	if !ok {
+		lane = make(chan bareReq, 4096)
+		q.lanes[id] = lane
+		q.wg.Add(1)
+		go q.run(id, lane)
+	}
+	q.mu.Unlock()
+	r := bareReq{user: user, done: make(chan error, 1)}
+	select {
+	case lane <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close stops the lanes after they answer what is queued.
+func (q *BareQueue) Close() {
+	q.mu.Lock()
+	for id, lane := range q.lanes {
+		close(lane)
+		delete(q.lanes, id)
+	}
+	q.mu.Unlock()
+	q.wg.Wait()
+}
+
+func (q *BareQueue) run(id int64, lane chan bareReq) {
+	defer q.wg.Done()
+	batch := make([]bareReq, 0, q.batchMax)
+	for first := range lane {
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < q.batchMax {
+			select {
+			case r, ok := <-lane:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		err := q.commit(id, batch)
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
+}
+
+func (q *BareQueue) commit(id int64, batch []bareReq) error {
+	ctx := context.Background()
+	packets, receipts := q.st.Tables(id)
+	tx, err := q.st.DB().BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	var remaining int64
+	var count, total int
+	if err := tx.QueryRowContext(ctx, "SELECT remaining_cents, remaining_count, share_count FROM "+packets+" WHERE id = ? FOR UPDATE", id).
+		Scan(&remaining, &count, &total); err != nil {
+		return fmt.Errorf("lock packet %d: %w", id, err)
+	}
+	if count < len(batch) {
+		return store.ErrExhausted
+	}
+	now := time.Now().UnixMilli()
+	pid := strconv.FormatInt(id, 10)
+	var rb, ob strings.Builder
+	rb.WriteString("INSERT INTO " + receipts + " (packet_id, seq, user_id, amount_cents, opened_ms) VALUES ")
+	ob.WriteString("INSERT INTO " + q.outbox + " (kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms) VALUES ")
+	rargs := make([]any, 0, 5*len(batch))
+	oargs := make([]any, 0, 8*len(batch))
+	left, n := remaining, count
+	for i, r := range batch {
+		amt := left / int64(n)
+		left -= amt
+		n--
+		if i > 0 {
+			rb.WriteByte(',')
+			ob.WriteByte(',')
+		}
+		rb.WriteString("(?,?,?,?,?)")
+		ob.WriteString("(?,?,?,?,?,?,?,?)")
+		rargs = append(rargs, id, total-n, r.user, amt, now)
+		oargs = append(oargs, int(store.OutboxCredit), "credit:"+pid+":"+r.user, id, r.user, amt, 0, "", now)
+	}
+	if _, err := tx.ExecContext(ctx, rb.String(), rargs...); err != nil {
+		return fmt.Errorf("insert receipts: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, ob.String(), oargs...); err != nil {
+		return fmt.Errorf("insert outbox: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE "+packets+" SET remaining_cents = ?, remaining_count = ?, version = version + 1 WHERE id = ?", left, n, id); err != nil {
+		return fmt.Errorf("update packet: %w", err)
+	}
+	return tx.Commit()
 }

@@ -76,6 +76,8 @@ func BenchmarkHotOpens(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer grouped.Close(context.Background())
+	bare := NewBareQueue(env.Store, env.Prefix+"_cell", batchMax)
+	defer bare.Close()
 	strategies := []strategy{
 		{"a_naive_for_update", func(ctx context.Context, id int64, u string) error { _, err := svc.Open(ctx, id, u); return err }},
 		{"b_optimistic_5_retries", func(ctx context.Context, id int64, u string) error {
@@ -84,6 +86,8 @@ func BenchmarkHotOpens(b *testing.B) {
 		}},
 		{"c_fifo_queue", func(ctx context.Context, id int64, u string) error { _, err := single.Open(ctx, id, u); return err }},
 		{"d_queue_group_commit", func(ctx context.Context, id int64, u string) error { _, err := grouped.Open(ctx, id, u); return err }},
+		// The ceiling beside the project: the same batch bound over bare SQL.
+		{"e_bare_sql_queue", bare.Open},
 	}
 	for _, s := range strategies {
 		b.Run(s.name, func(b *testing.B) { runStrategy(b, svc, hot, s) })
@@ -163,7 +167,10 @@ func runStrategy(b *testing.B, svc *packet.Service, hot int, s strategy) {
 func printRatios(b *testing.B) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
-	printTable("hot-packet opens in process", []string{"a_naive_for_update", "b_optimistic_5_retries", "c_fifo_queue", "d_queue_group_commit"})
+	printTable("hot-packet opens in process", []string{"a_naive_for_update", "b_optimistic_5_retries", "c_fifo_queue", "d_queue_group_commit", "e_bare_sql_queue"})
+	if d, e := results["d_queue_group_commit"], results["e_bare_sql_queue"]; e.opensPerSec > 0 {
+		fmt.Fprintf(os.Stdout, "d / e (group commit against the bare-SQL ceiling, same batch bound): %.2f\n", d.opensPerSec/e.opensPerSec)
+	}
 }
 
 // printTable prints results of names with their ratio to the first.
