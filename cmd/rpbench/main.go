@@ -14,9 +14,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -25,6 +28,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/shard"
+	"github.com/redpacketset/redpacket/internal/cpustat"
 	"github.com/redpacketset/redpacket/internal/loadgen"
 	"github.com/redpacketset/redpacket/internal/localset"
 )
@@ -98,6 +102,9 @@ func festival(args []string) error {
 	st, stErr := localset.LoadState(*dataDir)
 	explicitLocal := isSet(fs, "localset")
 	if stErr != nil && (explicitLocal || cfg.Gateway == "") {
+		if errors.Is(stErr, localset.ErrNoState) {
+			return fmt.Errorf("%w: start the local SET first with `make up` in another terminal", stErr)
+		}
 		return stErr
 	}
 	layout := shard.Default
@@ -122,6 +129,11 @@ func festival(args []string) error {
 			cfg.MaxTotalCents = st.MaxTotalCents
 		}
 	}
+	// Without a SET the load would spin on refused connections for the whole run and then
+	// fail the audit; one probe says what is wrong instead.
+	if err := checkGateway(strings.TrimRight(cfg.Gateway, "/")); err != nil {
+		return err
+	}
 	if *shards != "" {
 		if _, err := fmt.Sscanf(*shards, "%dx%d", &layout.Databases, &layout.TablesPerDB); err != nil {
 			return fmt.Errorf("-shards %q: want DATABASESxTABLES: %w", *shards, err)
@@ -140,6 +152,7 @@ func festival(args []string) error {
 	}
 	cfg.Gateway = strings.TrimRight(cfg.Gateway, "/")
 	cfg = cfg.WithDefaults()
+	procs := componentProcs(st)
 
 	tty := isTerminal(os.Stderr)
 	cfg.Progress = func(p loadgen.Progress) { printProgress(os.Stderr, p, tty) }
@@ -147,7 +160,9 @@ func festival(args []string) error {
 	defer stop()
 	fmt.Fprintf(os.Stderr, "rpbench: %s, %d workers, %d groups × %d members, %d hot packets × %d members (%.0f%% of taps), history %.0f%%, limits %d shares / %d cents\n",
 		cfg.Gateway, cfg.Concurrency, cfg.Groups, cfg.Members, cfg.HotPackets, cfg.HotMembers, cfg.HotShare*100, cfg.HistoryShare*100, cfg.MaxCount, cfg.MaxTotalCents)
+	cpu0 := procs.Sample()
 	res, err := loadgen.Run(ctx, cfg)
+	cpu1 := procs.Sample()
 	if tty {
 		fmt.Fprintln(os.Stderr)
 	}
@@ -155,6 +170,7 @@ func festival(args []string) error {
 		return err
 	}
 	printReport(os.Stdout, res)
+	printComponentCPU(os.Stdout, procs, cpu0, cpu1, res)
 	failed := len(res.Misrouted) > 0 || res.Errors > *maxErrors
 
 	if *audit {
@@ -181,6 +197,65 @@ func festival(args []string) error {
 		return errFailed
 	}
 	return nil
+}
+
+// checkGateway probes the gateway's readiness once.
+func checkGateway(base string) error {
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(base + "/readyz")
+	if err != nil {
+		return fmt.Errorf("no gateway answers at %s (%v): start the local SET first with `make up` in another terminal, and run rpbench once it prints the gateway URL", base, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("the gateway at %s is not ready (%s): wait until `make up` prints its table, then run rpbench again", base, resp.Status)
+	}
+	return nil
+}
+
+// componentProcs finds the local SET's processes by the ports in its state: each cell's
+// mariadbd, its cell servers and the gateway.
+func componentProcs(st *localset.State) cpustat.Group {
+	g := cpustat.Group{}
+	if st == nil {
+		return g
+	}
+	needle := map[string]string{fmt.Sprintf("-listen=127.0.0.1:%d", st.GatewayPort): "gateway"}
+	for _, c := range st.Cells {
+		needle[fmt.Sprintf("--port=%d", c.MySQLPort)] = "mariadb"
+		for _, p := range c.ServerPorts {
+			needle[fmt.Sprintf("-listen=127.0.0.1:%d", p)] = "cellserver"
+		}
+	}
+	found := cpustat.FindProcs(slices.Collect(maps.Keys(needle)))
+	for n, pids := range found {
+		g[needle[n]] = append(g[needle[n]], pids...)
+	}
+	g["rpbench"] = []int{os.Getpid()}
+	return g
+}
+
+// printComponentCPU is each component's CPU time per paid open over the load (from /proc).
+func printComponentCPU(w io.Writer, g cpustat.Group, before, after map[string]time.Duration, r *loadgen.Result) {
+	if len(g) <= 1 || r.Opens == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nCPU per paid open (from /proc, %d paid opens):", r.Opens)
+	var total time.Duration
+	for _, name := range []string{"mariadb", "cellserver", "gateway", "rpbench"} {
+		pids, ok := g[name]
+		if !ok {
+			continue
+		}
+		d := after[name] - before[name]
+		total += d
+		fmt.Fprintf(w, "  %s %s (%d proc)", name, perOpen(d, r.Opens), len(pids))
+	}
+	fmt.Fprintf(w, "  all %s\n", perOpen(total, r.Opens))
+}
+
+func perOpen(d time.Duration, opens int64) string {
+	return fmt.Sprintf("%.0fµs", float64(d.Microseconds())/float64(opens))
 }
 
 func stOr(st *localset.State, f func(*localset.State) string) string {
