@@ -32,16 +32,26 @@ check-generate: generate manifests ## Fail when generated files are not up to da
 LOCALSET_MANIFEST ?= config/samples/redpacket_v1alpha1_redpacketset.yaml
 LOCALSET_DATA ?= .localset
 
+# Built, then exec'd rather than `go run`: `go run` exits 1 after any ^C however cleanly the
+# program stopped, and its first compile is a silent minute.
 .PHONY: up
-up: deps ## The main job: a complete local SET (per cell MariaDB, memcached, servers) plus the gateway. Ctrl-C stops it.
-	$(GO) run ./cmd/localset up -f $(LOCALSET_MANIFEST) -data $(LOCALSET_DATA)
+up: go-check deps ## The main job: a complete local SET (per cell MariaDB, memcached, servers) plus the gateway. Ctrl-C stops it.
+	@echo "make up: building localset (the first build compiles the project: a minute or two)…"
+	$(GO) build -o bin/localset ./cmd/localset
+	exec bin/localset up -f $(LOCALSET_MANIFEST) -data $(LOCALSET_DATA)
 
 .PHONY: rpbench
-rpbench: ## Festival load against the running local SET, then the conservation audit.
-	$(GO) run ./cmd/rpbench -localset $(LOCALSET_DATA)
+rpbench: go-check ## Festival load against the running local SET, then the conservation audit.
+	@echo "make rpbench: building rpbench…"
+	$(GO) build -o bin/rpbench ./cmd/rpbench
+	exec bin/rpbench -localset $(LOCALSET_DATA) $(RPBENCH_FLAGS)
+
+.PHONY: go-check
+go-check:
+	@command -v $(GO) >/dev/null 2>&1 || { echo "'$(GO)' is not on PATH: install Go 1.26 (e.g. at /usr/local/go) and run  export PATH=/usr/local/go/bin:\$$PATH" >&2; exit 127; }
 
 .PHONY: rpbench-locks
-rpbench-locks: deps ## Lock strategies across concurrency levels: docs/lock-strategies.{md,png}.
+rpbench-locks: go-check deps ## Lock strategies across concurrency levels: docs/lock-strategies.{md,png}.
 	$(GO) run ./cmd/rpbench locks
 
 ##@ Build

@@ -33,6 +33,10 @@ func main() {
 	if os.Getppid() != 1 {
 		_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0)
 	}
+	// `make up | tee up.log` and Ctrl-C: tee dies with localset's output pipe, and the next
+	// write would kill localset with SIGPIPE half way through its ordered stop, taking every
+	// child down at once. Caught, the write fails with EPIPE and the stop goes on.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	if len(os.Args) < 2 {
 		usage(os.Stderr)
 		os.Exit(2)

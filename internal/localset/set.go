@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -241,6 +242,14 @@ func (s *SET) startAll(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadyTimeout)
 	defer cancel()
 	tmpl := s.set.Spec.Template
+	// A cell whose datadir does not exist yet is new: its servers create every shard table
+	// on their first start, which takes a while; a restart only checks them.
+	var fresh []string
+	for _, c := range s.running {
+		if _, err := os.Stat(filepath.Join(s.dataDir, "cells", c, "mysql")); errors.Is(err, fs.ErrNotExist) {
+			fresh = append(fresh, c)
+		}
+	}
 	err := parallel(s.running, func(c string) error {
 		cs, _ := s.state.Cell(c)
 		db := &testenv.MariaDBProcess{BufferPoolSize: s.opts.BufferPool, Logger: s.log}
@@ -277,13 +286,28 @@ func (s *SET) startAll(ctx context.Context) error {
 	for _, c := range s.running {
 		all = append(all, s.servers[c]...)
 	}
-	s.log.Info("starting cell servers (the first start of a cell creates its shard tables)", "servers", len(all))
+	if len(fresh) > 0 {
+		l := s.state.Layout
+		s.log.Info("starting cell servers; new cells create their shard tables first (about a minute on one machine)",
+			"servers", len(all), "newCells", strings.Join(fresh, ","), "shards", fmt.Sprintf("%dx%d", l.Databases, l.TablesPerDB))
+	} else {
+		s.log.Info("starting cell servers", "servers", len(all))
+	}
+	var ready atomic.Int64
+	stopProgress := progress(s.log, "waiting for cell servers to become ready", func() []any {
+		return []any{"ready", ready.Load(), "of", len(all)}
+	})
 	err = parallel(all, func(p *proc) error {
 		if err := p.start(); err != nil {
 			return err
 		}
-		return waitReady(ctx, p, serverURL(p.args)+"/readyz")
+		if err := waitReady(ctx, p, serverURL(p.args)+"/readyz"); err != nil {
+			return err
+		}
+		ready.Add(1)
+		return nil
 	})
+	stopProgress()
 	if err != nil {
 		return err
 	}
@@ -506,10 +530,13 @@ func Build(ctx context.Context, moduleDir, binDir string, log *slog.Logger) erro
 	if err != nil {
 		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	log.Info("building cellserver and gateway", "into", binDir)
+	log.Info("building cellserver and gateway (the first build takes a minute or two)", "into", binDir)
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", binDir+string(filepath.Separator), "./cmd/cellserver", "./cmd/gateway")
 	cmd.Dir = moduleDir
-	if out, err := cmd.CombinedOutput(); err != nil {
+	stop := progress(log, "still building cellserver and gateway", nil)
+	out, err := cmd.CombinedOutput()
+	stop()
+	if err != nil {
 		return fmt.Errorf("go build ./cmd/cellserver ./cmd/gateway: %w\n%s", err, out)
 	}
 	return nil
@@ -547,6 +574,35 @@ func haveBinary(names ...string) bool {
 		}
 	}
 	return false
+}
+
+// progressEvery is how often a long step says it is still going.
+var progressEvery = 10 * time.Second
+
+// progress logs msg every progressEvery, with the elapsed time and attrs' values, until the
+// returned stop is called: a first start compiles and creates tables for minutes, and a
+// silent terminal looks hung.
+func progress(log *slog.Logger, msg string, attrs func() []any) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	start := time.Now()
+	wg.Go(func() {
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				args := []any{"elapsed", time.Since(start).Round(time.Second)}
+				if attrs != nil {
+					args = append(args, attrs()...)
+				}
+				log.Info(msg, args...)
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }
 
 // parallel runs f for every item at once and joins the errors.

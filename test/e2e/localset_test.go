@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,7 +59,10 @@ func TestLocalSETFestivalAndRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// Warnings to stderr; everything to logs, which the restart checks below read.
+	logs := &lockedBuffer{}
+	log := slog.New(teeHandler{slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}),
+		slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})})
 	opts := localset.Options{Set: twoCellSet(), DataDir: dir, MaxServersPerCell: 1, ReadyTimeout: 3 * time.Minute, BufferPool: "64M", Log: log}
 
 	start := time.Now()
@@ -117,10 +122,17 @@ func TestLocalSETFestivalAndRestart(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 
+	if first := logs.String(); !strings.Contains(first, "new cells create their shard tables") {
+		t.Errorf("the first start did not say it creates shard tables:\n%s", first)
+	}
+	logs.Reset()
 	opts.BinDir = dir + "/bin" // built by the first run
 	s2, err := localset.Up(ctx, opts)
 	if err != nil {
 		t.Fatalf("up again on the same data: %v", err)
+	}
+	if again := logs.String(); strings.Contains(again, "shard tables") || !strings.Contains(again, "starting cell servers") {
+		t.Errorf("a restart must not announce creating shard tables:\n%s", again)
 	}
 	t.Cleanup(func() { _ = s2.Stop() })
 	if s2.GatewayURL() != s.GatewayURL() || s2.State().Cells[0].MySQLPort != ports.Cells[0].MySQLPort {
@@ -352,3 +364,49 @@ func call(t *testing.T, method, url string, body []byte, out any) int {
 	}
 	return resp.StatusCode
 }
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *lockedBuffer) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Reset()
+}
+
+// teeHandler sends each record to both handlers, each applying its own level.
+type teeHandler struct{ a, b slog.Handler }
+
+func (h teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.a.Enabled(ctx, l) || h.b.Enabled(ctx, l)
+}
+
+func (h teeHandler) Handle(ctx context.Context, r slog.Record) error {
+	var errs []error
+	for _, x := range []slog.Handler{h.a, h.b} {
+		if x.Enabled(ctx, r.Level) {
+			errs = append(errs, x.Handle(ctx, r.Clone()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (h teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return teeHandler{h.a.WithAttrs(as), h.b.WithAttrs(as)}
+}
+
+func (h teeHandler) WithGroup(n string) slog.Handler { return teeHandler{h.a.WithGroup(n), h.b.WithGroup(n)} }
