@@ -95,6 +95,8 @@ func festival(args []string) error {
 	auditTimeout := fs.Duration("audit-drain-timeout", time.Minute, "how long the audit waits for outboxes to drain")
 	auditSince := fs.Duration("audit-since", 0, "audit packets created this long before the run too (0: only this run's)")
 	maxErrors := fs.Int64("max-errors", 0, "exit non-zero when more unexpected errors than this occur")
+	sweepLevels := fs.String("sweep", "", "run the mix once per concurrency level (e.g. 16,32,64,128), -duration each, and print opens/s and p99 against them")
+	chart := fs.String("chart", "", "with -sweep: write a PNG of opens/s and p99 open against concurrency here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -160,6 +162,22 @@ func festival(args []string) error {
 	defer stop()
 	fmt.Fprintf(os.Stderr, "rpbench: %s, %d workers, %d groups × %d members, %d hot packets × %d members (%.0f%% of taps), history %.0f%%, limits %d shares / %d cents\n",
 		cfg.Gateway, cfg.Concurrency, cfg.Groups, cfg.Members, cfg.HotPackets, cfg.HotMembers, cfg.HotShare*100, cfg.HistoryShare*100, cfg.MaxCount, cfg.MaxTotalCents)
+	if *sweepLevels != "" {
+		levels, err := parseLevels(*sweepLevels)
+		if err != nil {
+			return err
+		}
+		all, err := sweep(ctx, cfg, levels, *chart, os.Stdout)
+		if err != nil {
+			return err
+		}
+		for _, r := range all {
+			if r.Errors > *maxErrors || len(r.Misrouted) > 0 {
+				return errFailed
+			}
+		}
+		return nil
+	}
 	cpu0 := procs.Sample()
 	res, err := loadgen.Run(ctx, cfg)
 	cpu1 := procs.Sample()
