@@ -83,7 +83,9 @@ func sweep(ctx context.Context, cfg loadgen.Config, levels []int, chart string, 
 
 func sweepPNG(path string, pts []sweepPoint) error {
 	var rate, p99 plotter.XYs
+	var levels []int
 	for _, p := range pts {
+		levels = append(levels, p.Concurrency)
 		rate = append(rate, plotter.XY{X: float64(p.Concurrency), Y: p.OpensPerSec})
 		p99 = append(p99, plotter.XY{X: float64(p.Concurrency), Y: float64(p.P99Open.Microseconds()) / 1000})
 	}
@@ -93,7 +95,7 @@ func sweepPNG(path string, pts []sweepPoint) error {
 		p.X.Label.Text = "members tapping at once (offered load)"
 		p.Y.Label.Text = ylabel
 		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.X.Tick.Marker = levelTicks(levels)
 		p.Y.Min = 0
 		p.Add(plotter.NewGrid())
 		line, marks, err := plotter.NewLinePoints(xys)
@@ -128,4 +130,15 @@ func sweepPNG(path string, pts []sweepPoint) error {
 		return err
 	}
 	return f.Close()
+}
+
+// levelTicks labels exactly the levels measured.
+type levelTicks []int
+
+func (l levelTicks) Ticks(_, _ float64) []plot.Tick {
+	out := make([]plot.Tick, 0, len(l))
+	for _, v := range l {
+		out = append(out, plot.Tick{Value: float64(v), Label: strconv.Itoa(v)})
+	}
+	return out
 }
