@@ -29,7 +29,7 @@ func TestDecideRouting(t *testing.T) {
 	two := []string{"s-cell-0", "s-cell-1"}
 	three := []string{"s-cell-0", "s-cell-1", "s-cell-2"}
 
-	first := decideRouting(set, nil, two, nil, now, nil)
+	first := decideRouting(set, routingInput{cells: two, now: now})
 	if len(first.Table.Epochs) != 1 || !first.Table.Epochs[0].EffectiveTime.Equal(ids.Epoch) || first.Scheduled != nil {
 		t.Fatalf("a new set must start with one epoch from the ID clock's zero: %+v", first.Table.Epochs)
 	}
@@ -37,12 +37,12 @@ func TestDecideRouting(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	same := decideRouting(set, first.Table, two, nil, now, nil)
+	same := decideRouting(set, routingInput{published: first.Table, cells: two, now: now})
 	if same.Scheduled != nil || len(same.Table.Epochs) != 1 {
 		t.Fatalf("unchanged cells scheduled an epoch: %+v", same.Table.Epochs)
 	}
 
-	out := decideRouting(set, first.Table, three, nil, now, nil)
+	out := decideRouting(set, routingInput{published: first.Table, cells: three, now: now})
 	if out.Scheduled == nil || out.Scheduled.Number != 2 || len(out.Table.Epochs) != 2 {
 		t.Fatalf("scale-out did not schedule epoch 2: %+v", out.Table.Epochs)
 	}
@@ -56,30 +56,31 @@ func TestDecideRouting(t *testing.T) {
 		t.Fatalf("requeue at %s, want the effective time", out.RequeueAt)
 	}
 
-	// Scaling again before epoch 2 took effect re-plans it instead of stacking epoch 3.
-	replan := decideRouting(set, out.Table, two, nil, now.Add(time.Minute), nil)
-	if len(replan.Table.Epochs) != 2 || replan.Table.Epochs[1].Number != 2 || len(replan.Table.Epochs[1].Cells()) != 2 {
-		t.Fatalf("pending epoch not re-planned: %+v", replan.Table.Epochs)
+	// Scaling again while epoch 2 is far from taking effect re-plans it under a new number
+	// (epoch numbers are never reused: readers holding epoch 2 must be told apart).
+	replan := decideRouting(set, routingInput{published: out.Table, cells: two, now: now.Add(time.Minute)})
+	if len(replan.Table.Epochs) != 2 || replan.Table.Epochs[1].Number != 3 || len(replan.Table.Epochs[1].Cells()) != 2 || replan.Change.Dropped != 2 {
+		t.Fatalf("pending epoch not re-planned as epoch 3: %+v", replan.Table.Epochs)
 	}
 
 	// Epoch 1 is kept while packets created under it can be unsettled, then pruned.
 	eff := out.Scheduled.EffectiveTime
-	kept := decideRouting(set, out.Table, three, nil, eff.Add(48*time.Hour), nil)
+	kept := decideRouting(set, routingInput{published: out.Table, cells: three, now: eff.Add(48*time.Hour)})
 	if len(kept.Table.Epochs) != 2 || len(kept.Pruned) != 0 {
 		t.Fatalf("epoch 1 pruned before 2×expiry + settle window: %+v", kept.Pruned)
 	}
-	pruned := decideRouting(set, out.Table, three, nil, eff.Add(49*time.Hour+time.Second), nil)
+	pruned := decideRouting(set, routingInput{published: out.Table, cells: three, now: eff.Add(49*time.Hour+time.Second)})
 	if len(pruned.Table.Epochs) != 1 || len(pruned.Pruned) != 1 || pruned.Pruned[0] != 1 {
 		t.Fatalf("epoch 1 not pruned after 2×expiry + settle window: %+v", pruned.Table.Epochs)
 	}
 
 	// Past the time rule but a cell of epoch 1 still owes packets: kept, and looked at again.
-	owed := decideRouting(set, out.Table, three, nil, eff.Add(49*time.Hour+time.Second), func(old, next *routing.Epoch) bool { return false })
+	owed := decideRouting(set, routingInput{published: out.Table, cells: three, now: eff.Add(49*time.Hour + time.Second), settled: func(old, next *routing.Epoch) bool { return false }})
 	if len(owed.Table.Epochs) != 2 || len(owed.Pruned) != 0 || len(owed.Unsettled) != 1 || owed.RequeueAt.IsZero() {
 		t.Fatalf("epoch 1 pruned although unsettled: %+v", owed)
 	}
 
-	masked := decideRouting(set, first.Table, two, []routing.MaskedRange{{Start: 73, End: 73, Reason: "r", Since: now}}, now, nil)
+	masked := decideRouting(set, routingInput{published: first.Table, cells: two, masked: []routing.MaskedRange{{Start: 73, End: 73, Reason: "r", Since: now}}, now: now})
 	if !masked.Table.IsMasked(73) || masked.Table.IsMasked(74) {
 		t.Fatalf("masks not carried into the table: %+v", masked.Table.Masked)
 	}

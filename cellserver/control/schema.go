@@ -7,6 +7,11 @@
 //   - masks: slot ranges in which no new packet may be created, with their history.
 //   - table_errors: per server, per logical table, per time window, errors and calls — what
 //     the operator's masking policy reads.
+//   - routing_readers: per server, the newest routing epoch of the table it holds, written
+//     whenever it loads one — what the operator's hand-over gate reads.
+//   - routing_announce: one row, the newest routing epoch the operator announced, written
+//     before the table holding it is published — what a server that has not loaded it yet
+//     reads to know it must stop issuing near its effective time.
 //
 // Every function is a plain call over a *sql.DB, so the servers and the operator (which holds
 // the cell's DB credentials) share one implementation. This package decides nothing: it never
@@ -82,6 +87,18 @@ func EnsureSchema(ctx context.Context, db *sql.DB, schema string) error {
 			" updated_at DATETIME(6) NOT NULL," +
 			" PRIMARY KEY (logical_table, window_start, server)," +
 			" KEY table_errors_window (window_start)" +
+			") ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`routing_readers` (" +
+			" server VARCHAR(255) NOT NULL PRIMARY KEY," +
+			" epoch BIGINT NOT NULL," +
+			" effective_time DATETIME NOT NULL," +
+			" loaded_at DATETIME(6) NOT NULL" +
+			") ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`routing_announce` (" +
+			" id TINYINT NOT NULL PRIMARY KEY," +
+			" epoch BIGINT NOT NULL," +
+			" effective_time DATETIME NOT NULL," +
+			" updated_at DATETIME(6) NOT NULL" +
 			") ENGINE=InnoDB",
 	}
 	for _, s := range stmts {
