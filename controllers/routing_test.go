@@ -69,11 +69,11 @@ func TestDecideRouting(t *testing.T) {
 
 	// Epoch 1 is kept while packets created under it can be unsettled, then pruned.
 	eff := out.Scheduled.EffectiveTime
-	kept := decideRouting(set, routingInput{published: out.Table, cells: three, now: eff.Add(48*time.Hour)})
+	kept := decideRouting(set, routingInput{published: out.Table, cells: three, now: eff.Add(48 * time.Hour)})
 	if len(kept.Table.Epochs) != 2 || len(kept.Pruned) != 0 {
 		t.Fatalf("epoch 1 pruned before 2×expiry + settle window: %+v", kept.Pruned)
 	}
-	pruned := decideRouting(set, routingInput{published: out.Table, cells: three, now: eff.Add(49*time.Hour+time.Second)})
+	pruned := decideRouting(set, routingInput{published: out.Table, cells: three, now: eff.Add(49*time.Hour + time.Second)})
 	if len(pruned.Table.Epochs) != 1 || len(pruned.Pruned) != 1 || pruned.Pruned[0] != 1 {
 		t.Fatalf("epoch 1 not pruned after 2×expiry + settle window: %+v", pruned.Table.Epochs)
 	}

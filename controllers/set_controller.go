@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -44,6 +45,12 @@ type SetReconciler struct {
 	Now func() time.Time
 
 	dbs *cellDBs // shared with the cell reconciler
+
+	// announced remembers, per cell UID, the newest epoch written to its control schema, so a
+	// cell that missed an announcement (its database was unreachable) gets it on a later
+	// reconcile without a write to every cell every time.
+	announcedMu sync.Mutex
+	announced   map[types.UID]int64
 }
 
 // Least privilege: children are written by server-side apply (patch) or created once (secrets),
@@ -146,10 +153,13 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if obs.rebuilt != "" && obs.published != nil {
 		EventRoutingRebuilt.emit(r.Recorder, set, obs.published.Latest().Number, obs.rebuilt)
 	}
+	// Announce before publishing: a server that misses the new table learns from its own
+	// cell's control schema that it must stop issuing before the epoch can take effect.
+	d.announceErrs = r.announce(ctx, obs.cells, d.Table.Latest())
+	if len(d.announceErrs) > 0 {
+		d.RequeueAt = earliest(d.RequeueAt, now.Add(5*time.Second))
+	}
 	if d.Change.Kind != plan.Unchanged {
-		// Announce before publishing: a server that misses the new table learns from its own
-		// cell's control schema that it must stop issuing before the epoch can take effect.
-		d.announceErrs = r.announce(ctx, obs.cells, d.Table.Latest())
 		// Status first, so a lost ConfigMap is rebuilt with this epoch, never an older one.
 		set.Status.Routing = epochsToStatus(d.Table)
 		if err := r.writeStatus(ctx, orig, set); err != nil {
@@ -668,6 +678,12 @@ func (r *SetReconciler) readReaders(ctx context.Context, cells map[string]*rpv1.
 func (r *SetReconciler) announce(ctx context.Context, cells map[string]*rpv1.RedPacketCell, e *routing.Epoch) []string {
 	var failed []string
 	for name, cell := range cells {
+		r.announcedMu.Lock()
+		done := r.announced[cell.UID] >= e.Number
+		r.announcedMu.Unlock()
+		if done {
+			continue
+		}
 		db, err := r.dbs.forCell(ctx, r.Client, cell)
 		if err == nil {
 			cctx, cancel := context.WithTimeout(ctx, cellDBTimeout)
@@ -678,7 +694,14 @@ func (r *SetReconciler) announce(ctx context.Context, cells map[string]*rpv1.Red
 		}
 		if err != nil {
 			failed = append(failed, fmt.Sprintf("%s (%v)", name, err))
+			continue
 		}
+		r.announcedMu.Lock()
+		if r.announced == nil {
+			r.announced = map[types.UID]int64{}
+		}
+		r.announced[cell.UID] = e.Number
+		r.announcedMu.Unlock()
 	}
 	slices.Sort(failed)
 	return failed

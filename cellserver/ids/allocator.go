@@ -122,6 +122,7 @@ type Allocator struct {
 	masks     atomic.Pointer[maskSet]
 	masksRead atomic.Int64 // UnixNano of the last successful mask read (real time)
 	announced atomic.Pointer[routing.Announcement]
+	current   atomic.Int64 // ID-clock UnixNano when the table last held the announced epoch (0: never)
 	reported  atomic.Int64 // newest epoch last written to routing_readers (-1: none yet)
 
 	cancel context.CancelFunc
@@ -388,7 +389,15 @@ func (a *Allocator) routingFreshLocked(created time.Time) error {
 			return fmt.Errorf("next id: %w: %w: routing file not confirmed for %v (bound %v)", ErrNotIssuing, routing.ErrStale, since.Truncate(time.Second), a.cfg.RoutingStale)
 		}
 	}
-	if err := routing.StaleFor(a.cfg.Routing(), *a.announced.Load(), created); err != nil {
+	t, ann := a.cfg.Routing(), *a.announced.Load()
+	if t != nil && t.Latest() != nil && ann.Number <= t.Latest().Number {
+		a.current.Store(a.cfg.Clock().UnixNano())
+	}
+	var current time.Time
+	if ns := a.current.Load(); ns != 0 {
+		current = time.Unix(0, ns)
+	}
+	if err := routing.StaleFor(t, ann, current, created); err != nil {
 		return fmt.Errorf("next id: %w: %w", ErrNotIssuing, err)
 	}
 	return nil
@@ -636,6 +645,10 @@ func (a *Allocator) refreshMasks(ctx context.Context) error {
 		if cur := a.announced.Load(); cur.Number != n || !cur.EffectiveTime.Equal(eff) {
 			a.announced.Store(&routing.Announcement{Number: n, EffectiveTime: eff})
 			a.log.Info("routing epoch announced", "epoch", n, "effective", eff)
+		}
+		// Stamped with the read's start: the announcement may have moved on since.
+		if t := a.cfg.Routing(); t != nil && t.Latest() != nil && n <= t.Latest().Number {
+			a.current.Store(a.cfg.Clock().Add(started.Sub(time.Now())).UnixNano())
 		}
 		if t := a.cfg.Routing(); t != nil && t.Latest() != nil && t.Latest().Number != a.reported.Load() {
 			l := t.Latest()

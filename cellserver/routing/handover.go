@@ -12,6 +12,11 @@ import (
 // uses the same value (controllers/plan).
 const HandoverMargin = 30 * time.Second
 
+// MinEpochLead is the least time between the operator deciding an epoch and the epoch taking
+// effect (the floor of spec.rebalanceDelay): a server that last knew it was current at T has
+// missed nothing taking effect before T + MinEpochLead.
+const MinEpochLead = 2 * HandoverMargin
+
 // Announcement is the newest epoch the operator announced in a cell's control schema, written
 // before the table holding it is published. Number 0: none announced.
 type Announcement struct {
@@ -23,13 +28,19 @@ type Announcement struct {
 var ErrStale = errors.New("routing table may be stale")
 
 // StaleFor says why a server holding t must not issue an ID created at sec while a is the
-// newest announced epoch, or nil when it may. A server that holds the announced epoch (or a
-// newer one) is current. One that does not may hold a plan the operator has since replaced or
-// stacked on; every plan they share is the part in force long enough that it can no longer be
-// changed. So the server stops HandoverMargin before the earliest effective time that may
-// differ: the announced epoch's, or that of any epoch it holds that took effect less than
-// HandoverMargin before sec or is still pending (the announcement may replace it).
-func StaleFor(t *Table, a Announcement, sec time.Time) error {
+// newest announced epoch, or nil when it may. current is the last ID-clock time at which the
+// server knew it held the announced epoch (zero: never).
+//
+// A server that holds the announced epoch (or a newer one) is current. One that does not may
+// lack epochs decided since it was last current, which take effect MinEpochLead after that
+// at the earliest, and may hold plans the operator has since replaced: any epoch of its table
+// still pending when it was last current (the operator only changes an epoch more than
+// HandoverMargin before it takes effect, and announces the change first). What it shares with
+// the operator for sure is its table up to then. So it stops HandoverMargin before the
+// earliest effective time that may differ: current + MinEpochLead, the announced epoch's, or
+// that of any epoch it holds taking effect after current - HandoverMargin (the margins absorb
+// clock skew between the server and the operator). A server never current stops at once.
+func StaleFor(t *Table, a Announcement, current, sec time.Time) error {
 	if t == nil || len(t.Epochs) == 0 {
 		return fmt.Errorf("%w: no table loaded", ErrStale)
 	}
@@ -37,9 +48,15 @@ func StaleFor(t *Table, a Announcement, sec time.Time) error {
 	if a.Number <= held.Number {
 		return nil
 	}
+	if current.IsZero() {
+		return fmt.Errorf("%w: holds epoch %d, epoch %d is announced and this server never held the announced epoch", ErrStale, held.Number, a.Number)
+	}
 	horizon := a.EffectiveTime
+	if missed := current.Add(MinEpochLead); missed.Before(horizon) {
+		horizon = missed
+	}
 	for i := range t.Epochs {
-		if e := t.Epochs[i].EffectiveTime; e.After(sec.Add(-HandoverMargin)) && e.Before(horizon) {
+		if e := t.Epochs[i].EffectiveTime; e.After(current.Add(-HandoverMargin)) && e.Before(horizon) {
 			horizon = e
 		}
 	}

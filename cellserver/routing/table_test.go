@@ -198,22 +198,28 @@ func TestStaleFor(t *testing.T) {
 		{Number: 2, EffectiveTime: t1, Ranges: all},
 	}}
 	cases := []struct {
-		name  string
-		a     Announcement
-		sec   time.Time
-		stale bool
+		name    string
+		a       Announcement
+		current time.Time
+		sec     time.Time
+		stale   bool
 	}{
-		{"holds the announced epoch", Announcement{2, t1}, t1.Add(time.Hour), false},
-		{"nothing announced", Announcement{}, t1, false},
-		{"newer announced far ahead, held pending far ahead", Announcement{3, t1.Add(time.Hour)}, t1.Add(-time.Hour), false},
-		// Epoch 3 may have replaced the pending epoch 2: stop before epoch 2's time.
-		{"newer announced, near the held pending epoch", Announcement{3, t1.Add(time.Hour)}, t1.Add(-HandoverMargin), true},
-		{"newer announced, held epoch just took effect", Announcement{3, t1.Add(time.Hour)}, t1.Add(time.Second), true},
-		{"newer announced far ahead, held epoch long in force", Announcement{3, t1.Add(time.Hour)}, t1.Add(10 * time.Minute), false},
-		{"newer announced, near its time", Announcement{3, t1.Add(time.Hour)}, t1.Add(time.Hour - time.Second), true},
+		{"holds the announced epoch", Announcement{2, t1}, time.Time{}, t1.Add(time.Hour), false},
+		{"nothing announced", Announcement{}, time.Time{}, t1, false},
+		{"newer announced far ahead, held pending far ahead", Announcement{3, t1.Add(time.Hour)}, t1.Add(-time.Hour - 20*time.Second), t1.Add(-time.Hour), false},
+		// An epoch decided after it was last current may already be in force.
+		{"lacking for longer than an epoch's least lead", Announcement{3, t1.Add(time.Hour)}, t1.Add(-2 * time.Hour), t1.Add(-time.Hour), true},
+		// Epoch 3 may have replaced epoch 2, pending when the server was last current: stop
+		// before epoch 2's time, and stay stopped once it passed.
+		{"newer announced, near the held pending epoch", Announcement{3, t1.Add(time.Hour)}, t1.Add(-2 * time.Hour), t1.Add(-HandoverMargin), true},
+		{"newer announced, past the held epoch it may replace", Announcement{3, t1.Add(time.Hour)}, t1.Add(-2 * time.Hour), t1.Add(10 * time.Minute), true},
+		// Epoch 2 was in force when the server was last current: it cannot have changed.
+		{"newer announced far ahead, held epoch in force when last current", Announcement{3, t1.Add(time.Hour)}, t1.Add(10 * time.Minute), t1.Add(10*time.Minute + 20*time.Second), false},
+		{"newer announced, near its time", Announcement{3, t1.Add(time.Hour)}, t1.Add(time.Hour - 20*time.Second), t1.Add(time.Hour - time.Second), true},
+		{"never current", Announcement{3, t1.Add(time.Hour)}, time.Time{}, t1.Add(10 * time.Minute), true},
 	}
 	for _, c := range cases {
-		err := StaleFor(held, c.a, c.sec)
+		err := StaleFor(held, c.a, c.current, c.sec)
 		if (err != nil) != c.stale || (err != nil && !errors.Is(err, ErrStale)) {
 			t.Errorf("%s: %v, want stale %v", c.name, err, c.stale)
 		}

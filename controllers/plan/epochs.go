@@ -22,7 +22,7 @@ const (
 	// MinRebalanceDelay is the floor of spec.rebalanceDelay: an epoch is first planned at
 	// least two margins ahead, so there is a window in which it can still be pushed back when
 	// readers are late.
-	MinRebalanceDelay = 2 * HandoverMargin
+	MinRebalanceDelay = routing.MinEpochLead
 	// MaxHandoverWait bounds how long past its first planned effective time an epoch is
 	// pushed back waiting for late readers. After that it takes effect as published and the
 	// servers that still lack it refuse to issue IDs on their own (ids.Allocator).

@@ -30,10 +30,10 @@ type HandoverInput struct {
 
 // Handover reasons, also used as the Rebalancing condition's reasons.
 const (
-	HandoverNone       = ""                  // the newest epoch is in force: nothing to hand over
-	HandoverComplete   = "EpochPending"      // every issuing server holds the pending epoch
-	HandoverWaiting    = "ReadersBehind"     // some servers lack it; there is still time
-	HandoverPushedBack = "EpochPushedBack"   // re-planned later because servers lack it
+	HandoverNone       = ""                   // the newest epoch is in force: nothing to hand over
+	HandoverComplete   = "EpochPending"       // every issuing server holds the pending epoch
+	HandoverWaiting    = "ReadersBehind"      // some servers lack it; there is still time
+	HandoverPushedBack = "EpochPushedBack"    // re-planned later because servers lack it
 	HandoverIncomplete = "HandoverIncomplete" // takes effect although servers may lack it
 )
 
