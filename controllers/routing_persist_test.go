@@ -65,7 +65,7 @@ func TestRoutingSurvivesConfigMapLoss(t *testing.T) {
 	env := startEnv(t)
 	c := env.Client
 	ctx := context.Background()
-	startManager(t, env)
+	stop := startManager(t, env)
 
 	set := smallSet("lossy", 4)
 	if err := c.Create(ctx, set); err != nil {
@@ -132,6 +132,8 @@ func TestRoutingSurvivesConfigMapLoss(t *testing.T) {
 	}
 
 	t.Run("neither ConfigMap nor status: nothing is written", func(t *testing.T) {
+		// With the operator stopped, so it cannot restore one from the other in between.
+		stop()
 		s := getSet(t, c, key)
 		s.Status.Routing = rpv1.RoutingStatus{}
 		if err := c.Status().Update(ctx, s); err != nil {
@@ -144,6 +146,7 @@ func TestRoutingSurvivesConfigMapLoss(t *testing.T) {
 		if err := c.Delete(ctx, cm); err != nil {
 			t.Fatal(err)
 		}
+		startManager(t, env)
 		eventually(t, "refusal reported", func() error {
 			cond := routingCondition(getSet(t, c, key))
 			if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != rpv1.ReasonRoutingStateLost ||
