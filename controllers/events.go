@@ -30,6 +30,11 @@ var (
 	EventSlotsMasked         = event{corev1.EventTypeWarning, "SlotsMasked", "Mask", "masked the slots of logical table %s: its errors passed the threshold"}
 	EventSlotsUnmasked       = event{corev1.EventTypeNormal, "SlotsUnmasked", "Unmask", "lifted the mask of logical table %s after a quiet cool-down"}
 	EventMaskBudgetExhausted = event{corev1.EventTypeWarning, "MaskBudgetExhausted", "Mask", "mask budget of %d slots spent; tables left unmasked: %s"}
+	EventRoutingLost         = event{corev1.EventTypeWarning, "RoutingStateLost", "Route", "%s"}
+	EventRoutingRebuilt      = event{corev1.EventTypeWarning, "RoutingRebuilt", "Route", "routing table rebuilt from status.routing (epochs up to %d): %s"}
+	EventEpochReplaced       = event{corev1.EventTypeNormal, "EpochReplaced", "Rebalance", "routing epoch %d replaced by epoch %d before taking effect %s"}
+	EventEpochRefused        = event{corev1.EventTypeWarning, "EpochRefused", "Rebalance", "%s"}
+	EventAnnounceFailed      = event{corev1.EventTypeWarning, "AnnounceFailed", "Rebalance", "could not announce routing epoch %d to cells: %s"}
 	EventMaskingFailed       = event{corev1.EventTypeWarning, "MaskingFailed", "Mask", "cannot read or write the cell's control schema: %v"}
 )
 

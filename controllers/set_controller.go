@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers/plan"
@@ -43,6 +45,12 @@ type SetReconciler struct {
 	Now func() time.Time
 
 	dbs *cellDBs // shared with the cell reconciler
+
+	// announced remembers, per cell UID, the newest epoch written to its control schema, so a
+	// cell that missed an announcement (its database was unreachable) gets it on a later
+	// reconcile without a write to every cell every time.
+	announcedMu sync.Mutex
+	announced   map[types.UID]int64
 }
 
 // Least privilege: children are written by server-side apply (patch) or created once (secrets),
@@ -80,8 +88,11 @@ func (r *SetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 // setObservation is everything the set reconciler reads before deciding.
 type setObservation struct {
 	published *routing.Table
-	cells     map[string]*rpv1.RedPacketCell
-	held      map[string]string // cells no epoch names that must stay, and why
+	// rebuilt says why the published table came from the set's status rather than the
+	// routing ConfigMap ("" when the ConfigMap had it).
+	rebuilt string
+	cells   map[string]*rpv1.RedPacketCell
+	held    map[string]string // cells no epoch names that must stay, and why
 }
 
 // Reconcile runs the set's phases in order; each wraps its error with what failed.
@@ -114,7 +125,48 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		names[i] = c.Name
 	}
 	set.Status.MaskedSlots = collectMasks(obs.cells)
-	d := decideRouting(set, obs.published, names, masksFromStatus(set.Status.MaskedSlots), now, r.epochSettled(ctx, set))
+	masks := masksFromStatus(set.Status.MaskedSlots)
+	if obs.published == nil && len(obs.cells) > 0 {
+		// Cells exist, so packets may exist under epochs nobody can name any more: starting
+		// again at epoch 1 would route them to other cells. Write nothing.
+		msg := fmt.Sprintf("routing ConfigMap %s and status.routing both hold no epochs while %d cells exist (%s); not writing a new table. Restore the ConfigMap from a backup of its %s key (or of the set's status.routing)",
+			set.RoutingConfigMapName(), len(obs.cells), obs.rebuilt, rpv1.RoutingFile)
+		meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetRoutingPublished, Status: metav1.ConditionFalse,
+			Reason: rpv1.ReasonRoutingStateLost, Message: msg, ObservedGeneration: set.Generation})
+		EventRoutingLost.emit(r.Recorder, set, msg)
+		if err := r.writeStatus(ctx, orig, set); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{RequeueAfter: heldRecheck}, nil
+	}
+	in := routingInput{published: obs.published, cells: names, masked: masks, now: now, settled: r.epochSettled(ctx, set),
+		minNumber: set.Status.Routing.CurrentEpoch}
+	if obs.published != nil {
+		in.minNumber = max(in.minNumber, obs.published.Latest().Number)
+		if latest := obs.published.Latest(); latest.EffectiveTime.After(now) || !sameCells(latest.Cells(), names) || obs.rebuilt != "" {
+			var reported int64
+			in.readers, reported = r.readReaders(ctx, obs.cells)
+			in.minNumber = max(in.minNumber, reported)
+		}
+	}
+	d := decideRouting(set, in)
+	if obs.rebuilt != "" && obs.published != nil {
+		EventRoutingRebuilt.emit(r.Recorder, set, obs.published.Latest().Number, obs.rebuilt)
+	}
+	// Announce before publishing: a server that misses the new table learns from its own
+	// cell's control schema that it must stop issuing before the epoch can take effect.
+	d.announceErrs = r.announce(ctx, obs.cells, d.Table.Latest())
+	if len(d.announceErrs) > 0 {
+		d.RequeueAt = earliest(d.RequeueAt, now.Add(5*time.Second))
+	}
+	if d.Change.Kind != plan.Unchanged {
+		// Status first, so a lost ConfigMap is rebuilt with this epoch, never an older one.
+		set.Status.Routing = epochsToStatus(d.Table)
+		if err := r.writeStatus(ctx, orig, set); err != nil {
+			return ctrl.Result{}, fmt.Errorf("record routing epoch %d in status: %w", d.Table.Latest().Number, err)
+		}
+		orig = set.DeepCopy()
+	}
 
 	phases := []struct {
 		name string
@@ -139,7 +191,7 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("list cells of %s: %w", req.NamespacedName, err)
 	}
-	r.summarise(set, p, d, cells, obs.held, now)
+	r.summarise(set, p, d, cells, obs.held, obs.rebuilt, now)
 	if err := r.writeStatus(ctx, orig, set); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -172,17 +224,34 @@ func (r *SetReconciler) gather(ctx context.Context, set *rpv1.RedPacketSet) (*se
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: set.RoutingConfigMapName()}, cm)
 	switch {
 	case apierrors.IsNotFound(err):
+		obs.rebuilt = "the routing ConfigMap is missing"
 	case err != nil:
 		return nil, fmt.Errorf("get routing configmap: %w", err)
 	default:
-		if data, ok := cm.Data[rpv1.RoutingFile]; ok {
-			t, err := routing.Parse([]byte(data))
-			if err != nil {
-				// The published table is the source of truth for epochs; never overwrite a table
-				// we cannot read, or packets created under its epochs would lose their owner.
-				return nil, fmt.Errorf("routing configmap %s holds an unreadable table (fix or delete it): %w", cm.Name, err)
-			}
+		data, ok := cm.Data[rpv1.RoutingFile]
+		if !ok {
+			obs.rebuilt = fmt.Sprintf("the routing ConfigMap has no %s key", rpv1.RoutingFile)
+			break
+		}
+		t, err := routing.Parse([]byte(data))
+		switch {
+		case err != nil:
+			obs.rebuilt = fmt.Sprintf("the routing ConfigMap holds an unreadable table: %v", err)
+		case t.SlotCount != int(set.Spec.SlotCount):
+			obs.rebuilt = fmt.Sprintf("the routing ConfigMap's table has slotCount %d, the set %d", t.SlotCount, set.Spec.SlotCount)
+		default:
 			obs.published = t
+		}
+	}
+	if obs.published == nil {
+		// The status mirrors every epoch the ConfigMap held (and is written first), so the
+		// table is rebuilt from it rather than restarted; the ConfigMap is then rewritten.
+		obs.published = tableFromStatus(set, nil)
+		if obs.published != nil {
+			if err := obs.published.Validate(); err != nil {
+				obs.rebuilt += fmt.Sprintf("; status.routing is unusable too: %v", err)
+				obs.published = nil
+			}
 		}
 	}
 	cells, err := r.listCells(ctx, set)
@@ -250,8 +319,17 @@ func (r *SetReconciler) applyRouting(ctx context.Context, set *rpv1.RedPacketSet
 	if d.Scheduled != nil {
 		EventRebalanceScheduled.emit(r.Recorder, set, d.Scheduled.Number, d.Scheduled.EffectiveTime.UTC().Format(time.RFC3339), d.Moved)
 	}
+	if d.Change.Kind == plan.Replanned && d.Change.Dropped != 0 {
+		EventEpochReplaced.emit(r.Recorder, set, d.Change.Dropped, d.Scheduled.Number, d.Handover.Message)
+	}
 	for _, n := range d.Pruned {
 		EventEpochPruned.emit(r.Recorder, set, n)
+	}
+	if d.Refused != "" {
+		EventEpochRefused.emit(r.Recorder, set, d.Refused)
+	}
+	if len(d.announceErrs) > 0 {
+		EventAnnounceFailed.emit(r.Recorder, set, d.Table.Latest().Number, strings.Join(d.announceErrs, ", "))
 	}
 	return nil
 }
@@ -376,7 +454,7 @@ func (r *SetReconciler) applyGateway(ctx context.Context, set *rpv1.RedPacketSet
 
 func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 	msg := err.Error()
-	for _, t := range []string{rpv1.SetAvailable, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked} {
+	for _, t := range []string{rpv1.SetAvailable, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked, rpv1.SetRoutingPublished} {
 		if meta.FindStatusCondition(set.Status.Conditions, t) == nil {
 			meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: t, Status: metav1.ConditionUnknown, Reason: rpv1.ReasonInvalidSpec, Message: msg, ObservedGeneration: set.Generation})
 		}
@@ -387,7 +465,7 @@ func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 
 // summarise fills the status from the plan, the table and the cells' own status. It sets
 // every condition on every reconcile, so a fresh set shows all six at once.
-func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routingDecision, cells []rpv1.RedPacketCell, held map[string]string, now time.Time) {
+func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routingDecision, cells []rpv1.RedPacketCell, held map[string]string, rebuilt string, now time.Time) {
 	t := d.Table
 	st := &set.Status
 	gen := set.Generation
@@ -474,7 +552,14 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 
 	switch {
 	case latest.EffectiveTime.After(now):
-		cond(rpv1.SetRebalancing, true, rpv1.ReasonEpochPending, fmt.Sprintf("routing epoch %d takes effect at %s", latest.Number, latest.EffectiveTime.UTC().Format(time.RFC3339)))
+		reason, msg := d.Handover.Reason, d.Handover.Message
+		if reason == plan.HandoverNone {
+			reason, msg = rpv1.ReasonEpochPending, fmt.Sprintf("routing epoch %d takes effect at %s", latest.Number, latest.EffectiveTime.UTC().Format(time.RFC3339))
+		}
+		if len(d.announceErrs) > 0 {
+			msg += "; not announced to " + strings.Join(d.announceErrs, ", ")
+		}
+		cond(rpv1.SetRebalancing, true, reason, msg)
 	case len(draining) > 0:
 		msg := "draining until their packets settle: " + strings.Join(draining, ", ")
 		if len(d.Unsettled) > 0 {
@@ -483,6 +568,21 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		cond(rpv1.SetRebalancing, true, rpv1.ReasonDrainingCells, msg)
 	default:
 		cond(rpv1.SetRebalancing, false, rpv1.ReasonStable, fmt.Sprintf("routing epoch %d in force", latest.Number))
+	}
+
+	switch {
+	case d.Refused != "":
+		cond(rpv1.SetRoutingPublished, false, rpv1.ReasonRoutingTableFull, d.Refused+"; masks and cells are still published, new epochs are not until old ones are pruned")
+	case rebuilt != "":
+		cond(rpv1.SetRoutingPublished, true, rpv1.ReasonRebuiltFromStatus, fmt.Sprintf("routing table rebuilt from status.routing and republished (epoch %d): %s", latest.Number, rebuilt))
+	case d.DelayClamped:
+		cond(rpv1.SetRoutingPublished, true, rpv1.ReasonRebalanceDelayClamped, fmt.Sprintf("spec.rebalanceDelay %s is below the floor; new epochs take effect %s ahead", set.RebalanceDelayOrDefault(), plan.MinRebalanceDelay))
+	default:
+		size := 0
+		if data, err := t.Marshal(); err == nil {
+			size = len(data)
+		}
+		cond(rpv1.SetRoutingPublished, true, rpv1.ReasonPublished, fmt.Sprintf("routing epoch %d published, %d epochs in %d of %d bytes", latest.Number, len(t.Epochs), size, routing.MaxTableBytes))
 	}
 
 	// The budget is a fraction of each cell's slots (cells decide their masks on their own),
@@ -539,6 +639,77 @@ func collectMasks(cells map[string]*rpv1.RedPacketCell) []rpv1.MaskedSlotRange {
 	slices.SortFunc(out, func(a, b rpv1.MaskedSlotRange) int { return int(a.Start - b.Start) })
 	return out
 }
+
+// readReaders asks every cell's control schema which epoch its issuing servers hold, and the
+// highest epoch number any of them ever saw. A cell whose schema cannot be read is reported as
+// such: the hand-over gate treats it as not holding anything.
+func (r *SetReconciler) readReaders(ctx context.Context, cells map[string]*rpv1.RedPacketCell) ([]plan.CellReaders, int64) {
+	names := make([]string, 0, len(cells))
+	for name := range cells {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	out := make([]plan.CellReaders, 0, len(names))
+	var highest int64
+	for _, name := range names {
+		cr := plan.CellReaders{Cell: name}
+		db, err := r.dbs.forCell(ctx, r.Client, cells[name])
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, cellDBTimeout)
+			cr.Servers, err = control.IssuingReaders(cctx, db, control.DefaultSchema)
+			if err == nil {
+				var n int64
+				if n, err = control.MaxReportedEpoch(cctx, db, control.DefaultSchema); err == nil {
+					highest = max(highest, n)
+				}
+			}
+			cancel()
+		}
+		if err != nil {
+			cr.Err = err.Error()
+		}
+		out = append(out, cr)
+	}
+	return out, highest
+}
+
+// announce writes e into every cell's control schema and returns the cells it could not
+// reach, with why.
+func (r *SetReconciler) announce(ctx context.Context, cells map[string]*rpv1.RedPacketCell, e *routing.Epoch) []string {
+	var failed []string
+	for name, cell := range cells {
+		r.announcedMu.Lock()
+		done := r.announced[cell.UID] >= e.Number
+		r.announcedMu.Unlock()
+		if done {
+			continue
+		}
+		db, err := r.dbs.forCell(ctx, r.Client, cell)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, cellDBTimeout)
+			if err = control.EnsureSchema(cctx, db, control.DefaultSchema); err == nil {
+				err = control.Announce(cctx, db, control.DefaultSchema, e.Number, e.EffectiveTime)
+			}
+			cancel()
+		}
+		if err != nil {
+			failed = append(failed, fmt.Sprintf("%s (%v)", name, err))
+			continue
+		}
+		r.announcedMu.Lock()
+		if r.announced == nil {
+			r.announced = map[types.UID]int64{}
+		}
+		r.announced[cell.UID] = e.Number
+		r.announcedMu.Unlock()
+	}
+	slices.Sort(failed)
+	return failed
+}
+
+// cellDBTimeout bounds each of the set reconciler's calls to a cell's database, so one hung
+// cell cannot stall the set.
+const cellDBTimeout = 5 * time.Second
 
 // epochSettled asks the cells of an old epoch whether anything created under it is still
 // unsettled. Packet IDs are time-ordered, so "created before next took effect" is "ID below the

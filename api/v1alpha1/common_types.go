@@ -239,7 +239,8 @@ type OwnedSlotRange struct {
 // a slot are owned by the cell the ranges name. Packets keep the owner of the epoch they were
 // created under, so no data moves when slots do.
 type RoutingEpoch struct {
-	// Number increases by one with every new epoch.
+	// Number grows with every new epoch and is never reused: a re-planned or pushed-back
+	// epoch gets a new number.
 	Number int64 `json:"number"`
 
 	// EffectiveTime is when packets start to be created under this epoch.
@@ -248,6 +249,11 @@ type RoutingEpoch struct {
 	// Ranges map every slot to one cell.
 	// +listType=atomic
 	Ranges []OwnedSlotRange `json:"ranges"`
+
+	// FirstEffectiveTime is, for an epoch pushed back because servers had not loaded it,
+	// the effective time it was first planned with.
+	// +optional
+	FirstEffectiveTime *metav1.Time `json:"firstEffectiveTime,omitempty"`
 }
 
 // MaskedSlotRange is a slot range in which no new packet IDs are issued.

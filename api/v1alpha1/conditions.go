@@ -14,6 +14,9 @@ const (
 	SetRebalancing = "Rebalancing"
 	// SetSlotsMasked is True when some slots are masked.
 	SetSlotsMasked = "SlotsMasked"
+	// SetRoutingPublished is True when the routing table the set wants is published; False
+	// when the operator refuses to write it (routing state lost, size budget reached).
+	SetRoutingPublished = "RoutingPublished"
 )
 
 // Condition types of a RedPacketCell.
@@ -41,6 +44,16 @@ const (
 	ReasonMasksActive          = "MasksActive"
 	ReasonMaskBudgetExhausted  = "MaskBudgetExhausted"
 	ReasonInvalidSpec          = "InvalidSpec"
+	// Rebalancing reasons of the hand-over gate (controllers/plan DecideHandover).
+	ReasonReadersBehind      = "ReadersBehind"
+	ReasonEpochPushedBack    = "EpochPushedBack"
+	ReasonHandoverIncomplete = "HandoverIncomplete"
+	// RoutingPublished reasons.
+	ReasonPublished             = "Published"
+	ReasonRebuiltFromStatus     = "RebuiltFromStatus"
+	ReasonRebalanceDelayClamped = "RebalanceDelayClamped"
+	ReasonRoutingStateLost      = "RoutingStateLost"
+	ReasonRoutingTableFull      = "RoutingTableFull"
 
 	ReasonReady                = "Ready"
 	ReasonDatabaseNotReady     = "DatabaseNotReady"

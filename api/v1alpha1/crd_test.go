@@ -167,6 +167,10 @@ func TestCRDs(t *testing.T) {
 			{"mysql replicas above 5", func(s *rpv1.RedPacketSet) { s.Spec.Template.MySQL.Replicas = 6 }, "spec.template.mysql.replicas"},
 			{"memcached too small", func(s *rpv1.RedPacketSet) { s.Spec.Template.Memcached.MemoryMB = 4 }, "spec.template.memcached.memoryMB"},
 			{"zero gateway replicas", func(s *rpv1.RedPacketSet) { s.Spec.Gateway.Replicas = -1 }, "spec.gateway.replicas"},
+			// Finding 11 §1: −10m put the epoch in the past, 0s one second ahead.
+			{"negative rebalance delay", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &metav1.Duration{Duration: -10 * time.Minute} }, "spec.rebalanceDelay must be at least 1m"},
+			{"zero rebalance delay", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &metav1.Duration{} }, "spec.rebalanceDelay must be at least 1m"},
+			{"rebalance delay below the floor", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &metav1.Duration{Duration: 59 * time.Second} }, "spec.rebalanceDelay must be at least 1m"},
 		}
 		for i, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {

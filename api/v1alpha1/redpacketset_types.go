@@ -76,8 +76,10 @@ type RedPacketSetSpec struct {
 	Limits PacketLimits `json:"limits,omitempty"`
 
 	// RebalanceDelay is how far ahead of now a new routing epoch takes effect, so every
-	// gateway and server has loaded it before packets are created under it.
+	// gateway and server has loaded it before packets are created under it. At least 1m
+	// (two hand-over margins of 30s: a late epoch can still be pushed back).
 	// +kubebuilder:default="2m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('60s')",message="spec.rebalanceDelay must be at least 1m: readers need time to load a new routing epoch before it takes effect"
 	// +optional
 	RebalanceDelay *metav1.Duration `json:"rebalanceDelay,omitempty"`
 }
@@ -120,8 +122,8 @@ type GatewaySpec struct {
 
 // RedPacketSetStatus is the observed state of a set.
 type RedPacketSetStatus struct {
-	// Conditions: Available, Progressing, Degraded, ZoneFailureTolerant, Rebalancing and
-	// SlotsMasked. Each is set from the first reconcile on.
+	// Conditions: Available, Progressing, Degraded, ZoneFailureTolerant, Rebalancing,
+	// SlotsMasked and RoutingPublished. Each is set from the first reconcile on.
 	// +listType=map
 	// +listMapKey=type
 	// +optional

@@ -379,3 +379,48 @@ func TestCheckLayoutRecordsOnceAndRefusesChanges(t *testing.T) {
 		t.Fatalf("concurrent first starts accepted layouts %v, want exactly one", winners)
 	}
 }
+
+// TestRoutingReadersAndAnnouncement: the operator's hand-over gate counts only servers that
+// hold a live worker lease, with the epoch each reported (0 when none); an announcement never
+// goes back to an older epoch; the highest epoch anyone saw survives for numbering.
+func TestRoutingReadersAndAnnouncement(t *testing.T) {
+	db, schema := setup(t)
+	ctx := context.Background()
+	if n, _, err := control.ReadAnnouncement(ctx, db, schema); err != nil || n != 0 {
+		t.Fatalf("fresh schema announces %d (%v)", n, err)
+	}
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	if err := control.Announce(ctx, db, schema, 5, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := control.Announce(ctx, db, schema, 4, at.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if n, eff, err := control.ReadAnnouncement(ctx, db, schema); err != nil || n != 5 || !eff.Equal(at) {
+		t.Fatalf("announcement %d at %s (%v), want 5 at %s", n, eff, err, at)
+	}
+	for _, s := range []string{"srv-a", "srv-b"} {
+		if _, err := control.AcquireWorker(ctx, db, schema, s, time.Minute, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := control.ReportReader(ctx, db, schema, "srv-a", 4, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := control.ReportReader(ctx, db, schema, "srv-a", 5, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := control.ReportReader(ctx, db, schema, "srv-gone", 7, at); err != nil {
+		t.Fatal(err)
+	}
+	got, err := control.IssuingReaders(ctx, db, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["srv-a"] != 5 || got["srv-b"] != 0 {
+		t.Fatalf("issuing readers %v, want srv-a at 5 and srv-b at 0 (srv-gone holds no lease)", got)
+	}
+	if n, err := control.MaxReportedEpoch(ctx, db, schema); err != nil || n != 7 {
+		t.Fatalf("highest epoch seen %d (%v), want 7", n, err)
+	}
+}

@@ -9,6 +9,11 @@
 //     the operator's masking policy reads.
 //   - shard_layout: the shard layout the cell was created with; servers with another refuse
 //     to start.
+//   - routing_readers: per server, the newest routing epoch of the table it holds, written
+//     whenever it loads one — what the operator's hand-over gate reads.
+//   - routing_announce: one row, the newest routing epoch the operator announced, written
+//     before the table holding it is published — what a server that has not loaded it yet
+//     reads to know it must stop issuing near its effective time.
 //
 // Every function is a plain call over a *sql.DB, so the servers and the operator (which holds
 // the cell's DB credentials) share one implementation. This package decides nothing: it never
@@ -97,6 +102,18 @@ func EnsureSchema(ctx context.Context, db *sql.DB, schema string) error {
 			" db_prefix VARCHAR(64) NOT NULL," +
 			" recorded_at DATETIME(6) NOT NULL," +
 			" recorded_by VARCHAR(255) NOT NULL" +
+			") ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`routing_readers` (" +
+			" server VARCHAR(255) NOT NULL PRIMARY KEY," +
+			" epoch BIGINT NOT NULL," +
+			" effective_time DATETIME NOT NULL," +
+			" loaded_at DATETIME(6) NOT NULL" +
+			") ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`routing_announce` (" +
+			" id TINYINT NOT NULL PRIMARY KEY," +
+			" epoch BIGINT NOT NULL," +
+			" effective_time DATETIME NOT NULL," +
+			" updated_at DATETIME(6) NOT NULL" +
 			") ENGINE=InnoDB",
 	}
 	for _, s := range stmts {

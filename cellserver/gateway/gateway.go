@@ -231,6 +231,11 @@ func (g *Gateway) Handler() http.Handler {
 			writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", err.Error())
 			return
 		}
+		// The epoch held, for whoever checks a hand-over (also rp_gateway_routing_epoch).
+		if t := g.cfg.Routing.Current(); t != nil && t.Latest() != nil {
+			fmt.Fprintf(w, "ok epoch=%d\n", t.Latest().Number)
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/v1/packets", g.instrument("create", http.MethodPost, g.serveCreate))

@@ -36,6 +36,13 @@ import (
 // Slots are chosen among those the cell owns at the ID's own creation second (the second the
 // gateways will route by), minus masks from the routing table and the control schema and
 // minus logical tables the local breaker has tripped. An ID is never issued in a masked slot.
+//
+// The allocator also refuses to issue while its routing table may be stale
+// (docs/designdoc/rebalancing.md, "Safe hand-over"): when the routing file has not been
+// confirmed for RoutingStale, or when the cell's control schema announces a newer epoch than
+// the table holds and the ID's second is within routing.HandoverMargin of an effective time
+// the two may disagree on (routing.StaleFor). Two cells then never both issue in one slot at
+// one second, whichever table each server holds.
 
 // Errors of Next.
 var (
@@ -68,6 +75,12 @@ type AllocatorConfig struct {
 	Cell      string
 	// Routing returns the current routing table; nil means this cell owns every slot.
 	Routing func() *routing.Table
+	// RoutingConfirmed is when the routing source was last read and found good or unchanged
+	// (routing.Watcher.Confirmed); nil skips the check.
+	RoutingConfirmed func() time.Time
+	// RoutingStale stops issuing when the routing source was not confirmed for this long
+	// (default 30s): a newer table may have been published meanwhile.
+	RoutingStale time.Duration
 	// Breaker may be nil; tripped logical tables get no new IDs.
 	Breaker *breaker.Breaker
 	// Clock gives the ID time; default time.Now. Lease fencing always uses the real
@@ -108,6 +121,9 @@ type Allocator struct {
 
 	masks     atomic.Pointer[maskSet]
 	masksRead atomic.Int64 // UnixNano of the last successful mask read (real time)
+	announced atomic.Pointer[routing.Announcement]
+	current   atomic.Int64 // ID-clock UnixNano when the table last held the announced epoch (0: never)
+	reported  atomic.Int64 // newest epoch last written to routing_readers (-1: none yet)
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -117,6 +133,8 @@ type Allocator struct {
 	refused   *prometheus.CounterVec
 	leaseLost prometheus.Counter
 	worker    prometheus.Gauge
+	heldEpoch prometheus.GaugeFunc
+	annEpoch  prometheus.GaugeFunc
 }
 
 // maskSet is one read of the control schema's masks.
@@ -171,6 +189,9 @@ func NewAllocator(ctx context.Context, cfg AllocatorConfig) (*Allocator, error) 
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 2 * time.Second
 	}
+	if cfg.RoutingStale <= 0 {
+		cfg.RoutingStale = 30 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -209,8 +230,21 @@ func NewAllocator(ctx context.Context, cfg AllocatorConfig) (*Allocator, error) 
 			Name: "redpacket_ids_worker", Help: "The worker number this server holds (-1 when none).",
 		}),
 	}
+	a.reported.Store(-1)
+	a.announced.Store(&routing.Announcement{})
+	a.heldEpoch = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "redpacket_ids_routing_epoch", Help: "Newest epoch of the routing table this server issues IDs by (0: none).",
+	}, func() float64 {
+		if t := a.table(); t != nil && t.Latest() != nil {
+			return float64(t.Latest().Number)
+		}
+		return 0
+	})
+	a.annEpoch = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "redpacket_ids_announced_epoch", Help: "Newest routing epoch announced in the cell's control schema (0: none).",
+	}, func() float64 { return float64(a.announced.Load().Number) })
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{a.issued, a.waits, a.refused, a.leaseLost, a.worker} {
+		for _, c := range []prometheus.Collector{a.issued, a.waits, a.refused, a.leaseLost, a.worker, a.heldEpoch, a.annEpoch} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("id allocator: register metrics: %w", err)
 			}
@@ -296,6 +330,9 @@ func (a *Allocator) tryNext(slot int) (id int64, retryAt int64, err error) {
 			ErrNotIssuing, sec, a.reserved)
 	}
 	created := time.Unix(sec, 0)
+	if err := a.routingFreshLocked(created); err != nil {
+		return 0, 0, err
+	}
 	if slot < 0 {
 		slot, err = a.pickLocked(created)
 		if err != nil {
@@ -330,6 +367,38 @@ func (a *Allocator) issuingLocked() error {
 		return fmt.Errorf("next id: %w: worker %d lease not renewed in time", ErrNotIssuing, a.lease.Worker)
 	case time.Since(time.Unix(0, a.masksRead.Load())) > a.cfg.MaskStale:
 		return fmt.Errorf("next id: %w: masks not read for over %v", ErrNotIssuing, a.cfg.MaskStale)
+	}
+	return nil
+}
+
+// table is the routing table in force, nil without routing.
+func (a *Allocator) table() *routing.Table {
+	if a.cfg.Routing == nil {
+		return nil
+	}
+	return a.cfg.Routing()
+}
+
+// routingFreshLocked refuses an ID created at created while the routing table may be stale.
+func (a *Allocator) routingFreshLocked(created time.Time) error {
+	if a.cfg.Routing == nil {
+		return nil
+	}
+	if a.cfg.RoutingConfirmed != nil {
+		if since := time.Since(a.cfg.RoutingConfirmed()); since > a.cfg.RoutingStale {
+			return fmt.Errorf("next id: %w: %w: routing file not confirmed for %v (bound %v)", ErrNotIssuing, routing.ErrStale, since.Truncate(time.Second), a.cfg.RoutingStale)
+		}
+	}
+	t, ann := a.cfg.Routing(), *a.announced.Load()
+	if t != nil && t.Latest() != nil && ann.Number <= t.Latest().Number {
+		a.current.Store(a.cfg.Clock().UnixNano())
+	}
+	var current time.Time
+	if ns := a.current.Load(); ns != 0 {
+		current = time.Unix(0, ns)
+	}
+	if err := routing.StaleFor(t, ann, current, created); err != nil {
+		return fmt.Errorf("next id: %w: %w", ErrNotIssuing, err)
 	}
 	return nil
 }
@@ -566,6 +635,29 @@ func (a *Allocator) refreshMasks(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The announcement is read with the masks, so it is as fresh as they are: issuance
+	// stops after MaskStale without either.
+	if a.cfg.Routing != nil {
+		n, eff, err := control.ReadAnnouncement(ctx, a.cfg.DB, a.cfg.Control)
+		if err != nil {
+			return err
+		}
+		if cur := a.announced.Load(); cur.Number != n || !cur.EffectiveTime.Equal(eff) {
+			a.announced.Store(&routing.Announcement{Number: n, EffectiveTime: eff})
+			a.log.Info("routing epoch announced", "epoch", n, "effective", eff)
+		}
+		// Stamped with the read's start: the announcement may have moved on since.
+		if t := a.cfg.Routing(); t != nil && t.Latest() != nil && n <= t.Latest().Number {
+			a.current.Store(a.cfg.Clock().Add(started.Sub(time.Now())).UnixNano())
+		}
+		if t := a.cfg.Routing(); t != nil && t.Latest() != nil && t.Latest().Number != a.reported.Load() {
+			l := t.Latest()
+			if err := control.ReportReader(ctx, a.cfg.DB, a.cfg.Control, a.cfg.Server, l.Number, l.EffectiveTime); err != nil {
+				return err
+			}
+			a.reported.Store(l.Number)
+		}
+	}
 	prev := a.masks.Load()
 	if prev != nil && sameMasks(prev.masks, masks) {
 		a.masksRead.Store(started.UnixNano())
@@ -603,6 +695,8 @@ func sameMasks(a, b []control.Mask) bool {
 
 func refusalReason(err error) string {
 	switch {
+	case errors.Is(err, routing.ErrStale):
+		return "routing_stale"
 	case errors.Is(err, ErrSlotUnavailable):
 		return "slot_unavailable"
 	case errors.Is(err, ErrNoSlot):

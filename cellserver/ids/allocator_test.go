@@ -5,10 +5,14 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/redpacketset/redpacket/cellserver/breaker"
 	"github.com/redpacketset/redpacket/cellserver/control"
@@ -571,5 +575,84 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting: %s", what)
 		}
 		time.Sleep(5 * time.Millisecond) // poll interval, not synchronisation
+	}
+}
+
+// TestStaleRoutingStopsIssuance is finding 11 §1: a server that had not loaded an epoch
+// moving slots away from its cell kept issuing IDs in them, and nothing refused a stale
+// routing file. Now the allocator stops HandoverMargin before an epoch it lacks (announced in
+// the control schema) can take effect, and when its routing file was not confirmed for
+// RoutingStale; it resumes once it holds the announced epoch. It reports what it holds.
+func TestStaleRoutingStopsIssuance(t *testing.T) {
+	db, schema := controlDB(t)
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Second)
+	e2At := t0.Add(10 * time.Minute)
+	old := twoCells(t)
+	var current atomic.Pointer[routing.Table]
+	current.Store(old)
+	var confirmed atomic.Int64
+	confirmed.Store(time.Now().UnixNano())
+	clock := newFakeClock(t0)
+	reg := prometheus.NewRegistry()
+	a := newAllocator(t, AllocatorConfig{DB: db, Control: schema, Clock: clock.Now, MaskRefresh: 10 * time.Millisecond,
+		Routing:          current.Load,
+		RoutingConfirmed: func() time.Time { return time.Unix(0, confirmed.Load()) },
+		RoutingStale:     time.Minute, Registerer: reg})
+
+	waitFor(t, "epoch 1 reported", func() bool {
+		r, err := control.IssuingReaders(ctx, db, schema)
+		return err == nil && r[a.cfg.Server] == 1
+	})
+	if _, err := a.Next(ctx, -1); err != nil {
+		t.Fatalf("a current table must issue: %v", err)
+	}
+
+	// Epoch 2 announced, not loaded: far from its time the old plan still holds.
+	if err := control.Announce(ctx, db, schema, 2, e2At); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "announcement read", func() bool { return a.announced.Load().Number == 2 })
+	if _, err := a.Next(ctx, -1); err != nil {
+		t.Fatalf("ten minutes ahead of the unloaded epoch: %v", err)
+	}
+	// Epoch 3 announced for 10 s from now: within the margin, so the old plan may be wrong.
+	e3At := t0.Add(10 * time.Second)
+	if err := control.Announce(ctx, db, schema, 3, e3At); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "announcement read", func() bool { return a.announced.Load().Number == 3 })
+	_, err := a.Next(ctx, -1)
+	if !errors.Is(err, ErrNotIssuing) || !errors.Is(err, routing.ErrStale) {
+		t.Fatalf("near an announced epoch it lacks the allocator issued: %v", err)
+	}
+	if got := testutil.ToFloat64(a.refused.WithLabelValues("routing_stale")); got != 1 {
+		t.Errorf("routing_stale refusals = %v", got)
+	}
+	if got := testutil.ToFloat64(a.annEpoch); got != 3 {
+		t.Errorf("announced epoch gauge = %v", got)
+	}
+
+	// Loading epoch 3 ends the refusal and is reported.
+	next := *old
+	next.Epochs = append(slices.Clone(old.Epochs), routing.Epoch{Number: 3, EffectiveTime: e3At, Ranges: []routing.SlotRange{
+		{Start: 0, End: 299, Cell: "cell-a"}, {Start: 300, End: 999, Cell: "cell-b"}}})
+	current.Store(&next)
+	if _, err := a.Next(ctx, -1); err != nil {
+		t.Fatalf("with the announced epoch loaded: %v", err)
+	}
+	waitFor(t, "epoch 3 reported", func() bool {
+		r, err := control.IssuingReaders(ctx, db, schema)
+		return err == nil && r[a.cfg.Server] == 3
+	})
+
+	// A routing file not confirmed for longer than the bound stops issuance too.
+	confirmed.Store(time.Now().Add(-2 * time.Minute).UnixNano())
+	if _, err := a.Next(ctx, -1); !errors.Is(err, routing.ErrStale) {
+		t.Fatalf("unconfirmed routing file: %v", err)
+	}
+	confirmed.Store(time.Now().UnixNano())
+	if _, err := a.Next(ctx, -1); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -43,6 +43,10 @@ type Epoch struct {
 	Number        int64       `json:"number"`
 	EffectiveTime time.Time   `json:"effectiveTime"`
 	Ranges        []SlotRange `json:"ranges"`
+	// FirstEffectiveTime is, for an epoch pushed back because readers were late, the
+	// effective time it was first planned with; it bounds how long it is pushed back. Readers
+	// ignore it.
+	FirstEffectiveTime time.Time `json:"firstEffectiveTime,omitzero"`
 }
 
 // MaskedRange is a run of slots in which no new packet may be created (docs/design.md §2, masking).
@@ -92,7 +96,19 @@ func Load(path string) (*Table, error) {
 	return t, nil
 }
 
+// MaxTableBytes is the budget of an encoded table. A ConfigMap holds at most 1 MiB (data and
+// metadata together) and the set's status mirrors every epoch, so the operator refuses a new
+// epoch that would take the table past this, leaving room for masks and the status's own
+// fields (docs/designdoc/rebalancing.md, "Size budget").
+const MaxTableBytes = 640 << 10
+
+// ErrTableTooLarge is returned by Marshal when the encoding exceeds MaxTableBytes.
+var ErrTableTooLarge = errors.New("routing table over its size budget")
+
 // Marshal encodes a table after validating it, so nobody writes a file readers would refuse.
+// The encoding is compact: no indentation, and each epoch's adjacent ranges of one cell merged,
+// because the table must fit a ConfigMap after many epochs. It fails with ErrTableTooLarge
+// past MaxTableBytes.
 func (t *Table) Marshal() ([]byte, error) {
 	if err := t.Validate(); err != nil {
 		return nil, fmt.Errorf("marshal routing table: %w", err)
@@ -101,11 +117,35 @@ func (t *Table) Marshal() ([]byte, error) {
 	if out.Masked == nil {
 		out.Masked = []MaskedRange{} // readers see "masked": [] rather than null
 	}
-	data, err := json.MarshalIndent(&out, "", "  ")
+	out.Epochs = make([]Epoch, len(t.Epochs))
+	for i, e := range t.Epochs {
+		e.Ranges = MergeRanges(e.Ranges)
+		out.Epochs[i] = e
+	}
+	data, err := json.Marshal(&out)
 	if err != nil {
 		return nil, fmt.Errorf("marshal routing table: %w", err)
 	}
-	return append(data, '\n'), nil
+	data = append(data, '\n')
+	if len(data) > MaxTableBytes {
+		return nil, fmt.Errorf("marshal routing table: %d bytes with %d epochs: %w (%d bytes)", len(data), len(t.Epochs), ErrTableTooLarge, MaxTableBytes)
+	}
+	return data, nil
+}
+
+// MergeRanges returns ranges sorted by start with adjacent ranges of the same cell joined.
+func MergeRanges(ranges []SlotRange) []SlotRange {
+	sorted := slices.Clone(ranges)
+	slices.SortFunc(sorted, func(a, b SlotRange) int { return a.Start - b.Start })
+	out := sorted[:0]
+	for _, r := range sorted {
+		if n := len(out); n > 0 && out[n-1].Cell == r.Cell && out[n-1].End+1 == r.Start {
+			out[n-1].End = r.End
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // Validate checks every rule a reader relies on. Error messages name the offending field.

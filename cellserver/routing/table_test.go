@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -186,5 +187,73 @@ func TestPrunedAndDraining(t *testing.T) {
 	// Once epoch 2 is pruned, cell 2 is no longer named anywhere: it may go.
 	if got := tab.Pruned(t2).AllCells(); slices.Contains(got, "rp-cell-2") {
 		t.Errorf("cells after pruning = %v", got)
+	}
+}
+
+func TestStaleFor(t *testing.T) {
+	t1 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	all := []SlotRange{{Start: 0, End: 9, Cell: "a"}}
+	held := &Table{Set: "s", SlotCount: 10, Epochs: []Epoch{
+		{Number: 1, EffectiveTime: time.Unix(0, 0).UTC(), Ranges: all},
+		{Number: 2, EffectiveTime: t1, Ranges: all},
+	}}
+	cases := []struct {
+		name    string
+		a       Announcement
+		current time.Time
+		sec     time.Time
+		stale   bool
+	}{
+		{"holds the announced epoch", Announcement{2, t1}, time.Time{}, t1.Add(time.Hour), false},
+		{"nothing announced", Announcement{}, time.Time{}, t1, false},
+		{"newer announced far ahead, held pending far ahead", Announcement{3, t1.Add(time.Hour)}, t1.Add(-time.Hour - 20*time.Second), t1.Add(-time.Hour), false},
+		// An epoch decided after it was last current may already be in force.
+		{"lacking for longer than an epoch's least lead", Announcement{3, t1.Add(time.Hour)}, t1.Add(-2 * time.Hour), t1.Add(-time.Hour), true},
+		// Epoch 3 may have replaced epoch 2, pending when the server was last current: stop
+		// before epoch 2's time, and stay stopped once it passed.
+		{"newer announced, near the held pending epoch", Announcement{3, t1.Add(time.Hour)}, t1.Add(-2 * time.Hour), t1.Add(-HandoverMargin), true},
+		{"newer announced, past the held epoch it may replace", Announcement{3, t1.Add(time.Hour)}, t1.Add(-2 * time.Hour), t1.Add(10 * time.Minute), true},
+		// Epoch 2 was in force when the server was last current: it cannot have changed.
+		{"newer announced far ahead, held epoch in force when last current", Announcement{3, t1.Add(time.Hour)}, t1.Add(10 * time.Minute), t1.Add(10*time.Minute + 20*time.Second), false},
+		{"newer announced, near its time", Announcement{3, t1.Add(time.Hour)}, t1.Add(time.Hour - 20*time.Second), t1.Add(time.Hour - time.Second), true},
+		{"never current", Announcement{3, t1.Add(time.Hour)}, time.Time{}, t1.Add(10 * time.Minute), true},
+	}
+	for _, c := range cases {
+		err := StaleFor(held, c.a, c.current, c.sec)
+		if (err != nil) != c.stale || (err != nil && !errors.Is(err, ErrStale)) {
+			t.Errorf("%s: %v, want stale %v", c.name, err, c.stale)
+		}
+	}
+}
+
+// TestMarshalCompact is finding 11 §3: ±1 cell every 30 min for 49 h of epochs took
+// the indented table to 1.3 MB, past a ConfigMap's 1 MiB, after which every apply failed.
+func TestMarshalCompact(t *testing.T) {
+	tab := &Table{Set: "s", SlotCount: 10, Epochs: []Epoch{{Number: 1, EffectiveTime: time.Unix(0, 0).UTC(),
+		Ranges: []SlotRange{{Start: 5, End: 9, Cell: "b"}, {Start: 0, End: 2, Cell: "a"}, {Start: 3, End: 4, Cell: "a"}}}}}
+	data, err := tab.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Count(data, []byte("\n")) != 1 || bytes.Contains(data, []byte("  ")) {
+		t.Fatalf("not compact: %s", data)
+	}
+	back, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := back.Epochs[0].Ranges; len(r) != 2 || r[0] != (SlotRange{0, 4, "a"}) {
+		t.Fatalf("ranges not merged: %+v", r)
+	}
+	big := &Table{Set: "s", SlotCount: 1000}
+	for i := range 3000 {
+		e := Epoch{Number: int64(i + 1), EffectiveTime: time.Unix(int64(i)*60, 0).UTC()}
+		for s := 0; s < 1000; s += 10 {
+			e.Ranges = append(e.Ranges, SlotRange{Start: s, End: s + 9, Cell: fmt.Sprintf("s-cell-%d", (s/10+i)%7)})
+		}
+		big.Epochs = append(big.Epochs, e)
+	}
+	if _, err := big.Marshal(); !errors.Is(err, ErrTableTooLarge) {
+		t.Fatalf("a table past the budget marshalled: %v", err)
 	}
 }

@@ -34,6 +34,9 @@ type Watcher struct {
 	epoch   atomic.Int64 // number of the newest loaded epoch, for metrics
 	reloads atomic.Int64
 	failing atomic.Bool
+	// confirmed is when a poll last found the file readable and either unchanged or good
+	// (UnixNano, real time): how fresh the table in force is known to be.
+	confirmed atomic.Int64
 
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every successful reload
@@ -75,6 +78,10 @@ func (w *Watcher) Current() *Table { return w.current.Load() }
 
 // LoadedEpoch is the number of the newest epoch of the table in force.
 func (w *Watcher) LoadedEpoch() int64 { return w.epoch.Load() }
+
+// Confirmed is when the file was last found readable and either unchanged or good. A file
+// that vanished or holds a refused table stops advancing it.
+func (w *Watcher) Confirmed() time.Time { return time.Unix(0, w.confirmed.Load()) }
 
 // Reloads counts successful loads, the first included.
 func (w *Watcher) Reloads() int64 { return w.reloads.Load() }
@@ -118,6 +125,7 @@ func (w *Watcher) Poll() {
 	}
 	// A file that comes back after vanishing is read even when its stat matches the last one.
 	if !w.lostFile && info.Size() == w.lastSize && info.ModTime().Equal(w.lastMod) && w.polls%forceReadEvery != 0 {
+		w.confirm()
 		return
 	}
 	data, info, err := w.read()
@@ -135,6 +143,9 @@ func (w *Watcher) Poll() {
 	hash := sha256.Sum256(data)
 	w.lastSize, w.lastMod = info.Size(), info.ModTime()
 	if bytes.Equal(hash[:], w.lastHash[:]) {
+		if hash == w.goodHash {
+			w.confirm()
+		}
 		return
 	}
 	// Remember the hash even when the content is bad, so a broken file is reported once, not
@@ -179,6 +190,13 @@ func (w *Watcher) refuse(err error, always bool) {
 	}
 }
 
+// confirm records that the table in force is what the file says now.
+func (w *Watcher) confirm() {
+	if !w.failing.Load() {
+		w.confirmed.Store(time.Now().UnixNano())
+	}
+}
+
 // install makes t current; w.mu is held (or w is not shared yet).
 func (w *Watcher) install(t *Table) {
 	w.current.Store(t)
@@ -187,6 +205,7 @@ func (w *Watcher) install(t *Table) {
 	}
 	w.reloads.Add(1)
 	w.failing.Store(false)
+	w.confirmed.Store(time.Now().UnixNano())
 	close(w.changed)
 	w.changed = make(chan struct{})
 }

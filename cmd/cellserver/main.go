@@ -173,11 +173,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 
 	var watcher *routing.Watcher
 	var routes func() *routing.Table
+	var confirmed func() time.Time
 	if cfg.RoutingFile != "" {
 		if watcher, err = routing.NewWatcher(cfg.RoutingFile, cfg.RoutingPoll, log); err != nil {
 			return fmt.Errorf("routing: %w", err)
 		}
-		routes = watcher.Current
+		routes, confirmed = watcher.Current, watcher.Confirmed
 	}
 	brk, err := breaker.New(breaker.Config{Layout: layout, DB: db, Schema: cfg.ControlSchema, Server: cfg.ServerName, Registerer: reg, Logger: log})
 	if err != nil {
@@ -210,7 +211,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		return err
 	}
 	alloc, err := ids.NewAllocator(startCtx, ids.AllocatorConfig{DB: db, Control: cfg.ControlSchema, Server: cfg.ServerName,
-		Region: cfg.Region, Layout: layout, SlotCount: cfg.Slots, Cell: cfg.Cell, Routing: routes, Breaker: brk,
+		Region: cfg.Region, Layout: layout, SlotCount: cfg.Slots, Cell: cfg.Cell, Routing: routes, RoutingConfirmed: confirmed, Breaker: brk,
 		Registerer: reg, Logger: log})
 	if err != nil {
 		return fmt.Errorf("id allocator: %w", err)

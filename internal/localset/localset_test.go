@@ -209,3 +209,28 @@ func TestNextRouting(t *testing.T) {
 		t.Error("changing the slot count must be refused")
 	}
 }
+
+// TestNextRoutingNeverReusesNumbers is finding 11 §1 for the local SET, which now shares the
+// operator's rule (plan.NextTable): a pending epoch re-planned far from its effective time
+// gets a new number, and one re-planned within the hand-over margin is kept and stacked on.
+func TestNextRoutingNeverReusesNumbers(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	four := []string{"s-cell-0", "s-cell-1", "s-cell-2", "s-cell-3"}
+	six := append(slices.Clone(four), "s-cell-4", "s-cell-5")
+	five := six[:5]
+	first, _, _ := NextRouting(nil, "s", 1000, four, now, 2*time.Minute)
+	grown, _, _ := NextRouting(first, "s", 1000, six, now, 2*time.Minute)
+	e2 := grown.Epochs[1]
+	far, _, err := NextRouting(grown, "s", 1000, five, now.Add(time.Minute), 2*time.Minute)
+	if err != nil || len(far.Epochs) != 2 || far.Epochs[1].Number != 3 {
+		t.Fatalf("re-plan far ahead: %+v %v, want epoch 2 replaced by epoch 3", far.Epochs, err)
+	}
+	late, _, err := NextRouting(grown, "s", 1000, five, e2.EffectiveTime.Add(-time.Second), 2*time.Minute)
+	if err != nil || len(late.Epochs) != 3 || late.Epochs[1].Number != 2 || !late.Epochs[1].EffectiveTime.Equal(e2.EffectiveTime) || late.Epochs[2].Number != 3 {
+		t.Fatalf("one second before epoch 2: %+v %v, want epoch 2 kept and epoch 3 stacked", late.Epochs, err)
+	}
+	// Slot 167 is the one the issue names: epoch 2 as published keeps its owner.
+	if late.Epochs[1].Owner(167) != e2.Owner(167) {
+		t.Fatalf("slot 167 changed owner in the published epoch 2")
+	}
+}
