@@ -29,6 +29,7 @@ var (
 	EventZoneTolerance       = event{corev1.EventTypeWarning, "ZoneFailureIntolerant", "Plan", "losing a zone would leave less than the peak: %s"}
 	EventSlotsMasked         = event{corev1.EventTypeWarning, "SlotsMasked", "Mask", "masked the slots of logical table %s: its errors passed the threshold"}
 	EventSlotsUnmasked       = event{corev1.EventTypeNormal, "SlotsUnmasked", "Unmask", "lifted the mask of logical table %s after a quiet cool-down"}
+	EventSlotsReleased       = event{corev1.EventTypeNormal, "SlotsReleased", "Unmask", "released the mask of logical table %s: the cell no longer owns its slots"}
 	EventMaskBudgetExhausted = event{corev1.EventTypeWarning, "MaskBudgetExhausted", "Mask", "mask budget of %d slots spent; tables left unmasked: %s"}
 	EventMaskingFailed       = event{corev1.EventTypeWarning, "MaskingFailed", "Mask", "cannot read or write the cell's control schema: %v"}
 )

@@ -27,6 +27,7 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/controllers/masking"
 	"github.com/redpacketset/redpacket/controllers/plan"
 )
 
@@ -494,12 +495,10 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		maskedPerCell[m.Cell] += m.End - m.Start + 1
 	}
 	var spent []string
+	inForce, _ := t.EpochAt(now)
 	for cell, n := range maskedPerCell {
-		owned := int32(0)
-		for _, r := range cellSlots(latest, cell) {
-			owned += r.End - r.Start + 1
-		}
-		if n >= set.Spec.Masking.MaxMaskedPercent*owned/100 {
+		// The cell's own rule (masking.Budget): its share of the slots it owns now.
+		if int(n) >= masking.Budget(int(set.Spec.Masking.MaxMaskedPercent), len(inForce.Slots(cell))) {
 			spent = append(spent, cell)
 		}
 	}
