@@ -377,7 +377,7 @@ func (r *SetReconciler) applyGateway(ctx context.Context, set *rpv1.RedPacketSet
 
 func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 	msg := err.Error()
-	for _, t := range []string{rpv1.SetAvailable, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked} {
+	for _, t := range []string{rpv1.SetAvailable, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked, rpv1.SetCellsServing} {
 		if meta.FindStatusCondition(set.Status.Conditions, t) == nil {
 			meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: t, Status: metav1.ConditionUnknown, Reason: rpv1.ReasonInvalidSpec, Message: msg, ObservedGeneration: set.Generation})
 		}
@@ -387,7 +387,7 @@ func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 }
 
 // summarise fills the status from the plan, the table and the cells' own status. It sets
-// every condition on every reconcile, so a fresh set shows all six at once.
+// every condition on every reconcile, so a fresh set shows all of them at once.
 func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routingDecision, cells []rpv1.RedPacketCell, held map[string]string, now time.Time) {
 	t := d.Table
 	st := &set.Status
@@ -436,6 +436,7 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 	}
 	want := len(latest.Cells())
 	missing := want - int(st.Cells)
+	notServing := cellsNotServing(cells)
 
 	cond := func(typ string, ok bool, reason, msg string) {
 		s := metav1.ConditionFalse
@@ -454,6 +455,11 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		cond(rpv1.SetDegraded, true, rpv1.ReasonCellsUnavailable, "unavailable: "+strings.Join(unavailable, "; "))
 	} else {
 		cond(rpv1.SetDegraded, false, rpv1.ReasonAllCellsAvailable, "no cell reports a failure")
+	}
+	if len(notServing) > 0 {
+		cond(rpv1.SetCellsServing, false, rpv1.ReasonCellsNotServing, "cannot serve (their packets get 503, other cells serve): "+strings.Join(notServing, "; "))
+	} else {
+		cond(rpv1.SetCellsServing, true, rpv1.ReasonAllCellsServing, fmt.Sprintf("all %d cells can serve", len(cells)))
 	}
 	if len(progressing) > 0 || missing > 0 {
 		cond(rpv1.SetProgressing, true, rpv1.ReasonCellsProgressing, fmt.Sprintf("waiting for cells: %s", strings.Join(progressing, ", ")))
@@ -512,6 +518,22 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		cond(rpv1.SetSlotsMasked, true, rpv1.ReasonMasksActive, fmt.Sprintf("%d slots masked", st.MaskedSlotCount))
 	}
 	st.ObservedGeneration = gen
+}
+
+// cellsNotServing names the cells that cannot answer for their packets, with why: no ready
+// database, or no ready server. A cell with fewer servers than planned still serves.
+func cellsNotServing(cells []rpv1.RedPacketCell) []string {
+	var out []string
+	for i := range cells {
+		c := &cells[i]
+		switch {
+		case !meta.IsStatusConditionTrue(c.Status.Conditions, rpv1.CellDatabaseReady):
+			out = append(out, c.Name+" (database not ready)")
+		case c.Status.ReadyServers == 0:
+			out = append(out, c.Name+" (no ready server)")
+		}
+	}
+	return out
 }
 
 // writeStatus writes the status only when it changed.

@@ -14,6 +14,13 @@ const (
 	SetRebalancing = "Rebalancing"
 	// SetSlotsMasked is True when some slots are masked.
 	SetSlotsMasked = "SlotsMasked"
+	// SetCellsServing is True when every cell the routing table names can serve its packets
+	// (its database is ready and at least one server is); False names the cells that cannot.
+	// Their packets get 503 from the gateways; every other cell keeps serving.
+	SetCellsServing = "CellsServing"
+	// SetDeletionHeld is True while the set (or a cell) is being deleted and its deletion waits
+	// for unsettled packets and undelivered wallet effects.
+	SetDeletionHeld = "DeletionHeld"
 )
 
 // Condition types of a RedPacketCell.
@@ -41,6 +48,10 @@ const (
 	ReasonMasksActive          = "MasksActive"
 	ReasonMaskBudgetExhausted  = "MaskBudgetExhausted"
 	ReasonInvalidSpec          = "InvalidSpec"
+	ReasonAllCellsServing      = "AllCellsServing"
+	ReasonCellsNotServing      = "CellsNotServing"
+	ReasonUnsettled            = "Unsettled"
+	ReasonDiscardForced        = "DiscardForced"
 
 	ReasonReady                = "Ready"
 	ReasonDatabaseNotReady     = "DatabaseNotReady"
