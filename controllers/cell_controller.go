@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
@@ -34,6 +35,8 @@ type CellReconciler struct {
 	Now func() time.Time
 	// MaskPoll is how often a ready cell's error counts are read (0: 10 s).
 	MaskPoll time.Duration
+	// Workers is how many cells reconcile at once (0: defaultCellWorkers).
+	Workers int
 
 	dbs *cellDBs // shared with the set reconciler
 }
@@ -64,6 +67,9 @@ func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Secret{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Named("redpacketcell").
+		// Cells are independent: one cell's slow database must hold one worker, not the
+		// queue (a key is never reconciled by two workers at once).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workersOr(r.Workers, defaultCellWorkers)}).
 		Complete(r)
 }
 

@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +22,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
@@ -42,6 +44,8 @@ type SetReconciler struct {
 	Recorder events.EventRecorder
 	// Now is the clock; tests move it to let routing epochs take effect.
 	Now func() time.Time
+	// Workers is how many sets reconcile at once (0: defaultSetWorkers).
+	Workers int
 
 	dbs *cellDBs // shared with the cell reconciler
 }
@@ -75,6 +79,7 @@ func (r *SetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&appsv1.Deployment{}).
 		Named("redpacketset").
+		WithOptions(controller.Options{MaxConcurrentReconciles: workersOr(r.Workers, defaultSetWorkers)}).
 		Complete(r)
 }
 
@@ -279,6 +284,11 @@ func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, 
 		slots := cellSlots(latest, name)
 		cell := desiredCell(set, name, index, slots, size)
 		existing, exists := obs.cells[name]
+		// Every cell status change wakes this reconcile; re-applying every cell of the set
+		// each time would cost one write per cell per status change.
+		if exists && cellUpToDate(existing, cell, set) {
+			continue
+		}
 		if err := r.applyCell(ctx, set, cell); err != nil {
 			return err
 		}
@@ -347,6 +357,21 @@ func desiredCell(set *rpv1.RedPacketSet, name string, index int32, slots []rpv1.
 			Draining:       len(slots) == 0,
 		},
 	}
+}
+
+// cellUpToDate reports whether the stored cell already has everything applyCell would write:
+// the desired spec, labels and the set as its controller.
+func cellUpToDate(stored, desired *rpv1.RedPacketCell, set *rpv1.RedPacketSet) bool {
+	ref := metav1.GetControllerOf(stored)
+	if ref == nil || ref.UID != set.UID {
+		return false
+	}
+	for k, v := range desired.Labels {
+		if stored.Labels[k] != v {
+			return false
+		}
+	}
+	return equality.Semantic.DeepEqual(stored.Spec, desired.Spec)
 }
 
 func (r *SetReconciler) applyCell(ctx context.Context, set *rpv1.RedPacketSet, cell *rpv1.RedPacketCell) error {
@@ -578,11 +603,13 @@ func (r *SetReconciler) epochSettled(ctx context.Context, set *rpv1.RedPacketSet
 				}
 				return false
 			}
-			db, err := r.dbs.forCell(ctx, r.Client, cell)
+			cctx, cancel := r.dbs.bound(ctx)
+			defer cancel()
+			db, err := r.dbs.forCell(cctx, r.Client, cell)
 			if err != nil {
 				return false
 			}
-			n, err := unsettledBefore(ctx, db, boundary)
+			n, err := unsettledBefore(cctx, db, boundary)
 			if err != nil || n > 0 {
 				return false
 			}
