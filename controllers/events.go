@@ -21,6 +21,8 @@ var (
 	EventCellScaled          = event{corev1.EventTypeNormal, "CellScaled", "Scale", "cell %s servers %d -> %d"}
 	EventCellDraining        = event{corev1.EventTypeNormal, "CellDraining", "Drain", "cell %s owns no slot from epoch %d on; it keeps serving older packets until they settle"}
 	EventCellHeld            = event{corev1.EventTypeWarning, "CellHeld", "Drain", "cell %s is in no routing epoch but is kept: %s"}
+	EventDeletionHeld        = event{corev1.EventTypeWarning, "DeletionHeld", "Delete", "deletion waits for settlement: %s (annotate %s=true to discard)"}
+	EventDiscardForced       = event{corev1.EventTypeWarning, "DiscardForced", "Delete", "deletion forced by %s=true: %s"}
 	EventCellDeleted         = event{corev1.EventTypeNormal, "CellDeleted", "Delete", "deleted cell %s: no routing epoch names it any more"}
 	EventRebalanceScheduled  = event{corev1.EventTypeNormal, "RebalanceScheduled", "Rebalance", "routing epoch %d takes effect at %s and moves %d slots"}
 	EventEpochPruned         = event{corev1.EventTypeNormal, "EpochPruned", "Prune", "routing epoch %d pruned: every packet created under it is settled"}

@@ -53,7 +53,8 @@ type SetReconciler struct {
 // Least privilege: children are written by server-side apply (patch) or created once (secrets),
 // and deleted only by the garbage collector through owner references, except cells, which the
 // set deletes itself once no routing epoch names them.
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets,verbs=get;list;watch
+// The set's own finalizer is added and removed by patch.
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets/status,verbs=get;update;patch
 // blockOwnerDeletion on children needs update on the owner's finalizers where the
 // OwnerReferencesPermissionEnforcement admission plugin runs.
@@ -98,7 +99,19 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !set.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil // owner references collect the children
+		// Owner references collect the children once the finalizer goes; until then the
+		// set keeps serving so its cells can settle.
+		held, err := r.finalizeSet(ctx, set)
+		if err != nil {
+			return ctrl.Result{}, fmt.Errorf("finalize set %s: %w", req.NamespacedName, err)
+		}
+		if held {
+			return ctrl.Result{RequeueAfter: heldRecheck}, nil
+		}
+		return ctrl.Result{}, nil
+	}
+	if err := ensureFinalizer(ctx, r.Client, set); err != nil {
+		return ctrl.Result{}, err
 	}
 	now := r.Now()
 	orig := set.DeepCopy()
@@ -598,9 +611,9 @@ func (r *SetReconciler) epochSettled(ctx context.Context, set *rpv1.RedPacketSet
 		for _, name := range old.Cells() {
 			cell := &rpv1.RedPacketCell{}
 			if err := r.Client.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: name}, cell); err != nil {
-				if apierrors.IsNotFound(err) {
-					continue // never created or already gone: it holds nothing
-				}
+				// Gone although an epoch still names it: only a forced deletion removes a
+				// cell that holds money, and its volume may still hold it. applyCells
+				// recreates the cell on its retained volume, and the next check asks it.
 				return false
 			}
 			cctx, cancel := r.dbs.bound(ctx)

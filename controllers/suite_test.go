@@ -518,8 +518,9 @@ func checkCellChildren(ctx context.Context, c client.Client, cell *rpv1.RedPacke
 	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: cell.MySQLSecretName()}, sec); err != nil {
 		return err
 	}
-	if err := ownedBy(sec, cell, "RedPacketCell"); err != nil {
-		return err
+	// The credentials live as long as the database volume, which outlives the cell.
+	if len(sec.OwnerReferences) != 0 {
+		return fmt.Errorf("credentials %s have owners %+v: deleting the cell would lose its volume's credentials", sec.Name, sec.OwnerReferences)
 	}
 	if len(sec.Data["password"]) < 32 || len(sec.Data["root-password"]) < 32 {
 		return fmt.Errorf("generated passwords too short")
