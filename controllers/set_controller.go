@@ -73,7 +73,8 @@ func (r *SetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.dbs = &cellDBs{}
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&rpv1.RedPacketSet{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Annotations too: the discard annotation on a held deletion must act at once.
+		For(&rpv1.RedPacketSet{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&rpv1.RedPacketCell{}).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Secret{}).
