@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
@@ -34,11 +35,14 @@ type CellReconciler struct {
 	Now func() time.Time
 	// MaskPoll is how often a ready cell's error counts are read (0: 10 s).
 	MaskPoll time.Duration
+	// Workers is how many cells reconcile at once (0: defaultCellWorkers).
+	Workers int
 
 	dbs *cellDBs // shared with the set reconciler
 }
 
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch
+// The cell's finalizer is added and removed by patch.
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketcells/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=statefulsets;deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services;configmaps;secrets,verbs=get;list;watch;create;patch
@@ -64,6 +68,9 @@ func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Secret{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Named("redpacketcell").
+		// Cells are independent: one cell's slow database must hold one worker, not the
+		// queue (a key is never reconciled by two workers at once).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workersOr(r.Workers, defaultCellWorkers)}).
 		Complete(r)
 }
 
@@ -73,10 +80,21 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if err := r.Client.Get(ctx, req.NamespacedName, cell); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if !cell.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil
-	}
 	orig := cell.DeepCopy()
+	var deletionHeld bool
+	if !cell.DeletionTimestamp.IsZero() {
+		held, err := r.finalizeCell(ctx, cell)
+		if err != nil {
+			return ctrl.Result{}, fmt.Errorf("finalize cell %s: %w", req.NamespacedName, err)
+		}
+		if !held {
+			return ctrl.Result{}, nil
+		}
+		// Held: provision and observe as usual below, so the cell keeps serving and settles.
+		deletionHeld = true
+	} else if err := ensureFinalizer(ctx, r.Client, cell); err != nil {
+		return ctrl.Result{}, err
+	}
 	phases := []struct {
 		name string
 		run  func() error
@@ -115,6 +133,9 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		}
 		result.RequeueAfter = r.MaskPoll
 	}
+	if deletionHeld && (result.RequeueAfter == 0 || result.RequeueAfter > heldRecheck) {
+		result.RequeueAfter = heldRecheck
+	}
 	if equalStatus(orig.Status, cell.Status) {
 		return result, nil
 	}
@@ -125,12 +146,16 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 }
 
 // ensureCredentials creates the cell's database credentials once. They are never logged and
-// never overwritten: the database keeps the password it was initialised with.
+// never overwritten: the database keeps the password it was initialised with. That database
+// lives on a volume the StatefulSet retains when the cell goes (and which a recreated cell of
+// the same name mounts again), so the Secret must live as long as the volume, not the cell:
+// it has no owner reference, and one a cell had (older releases) is removed. Both are deleted
+// together, by hand, once the volume is no longer wanted (docs/operator.md).
 func (r *CellReconciler) ensureCredentials(ctx context.Context, cell *rpv1.RedPacketCell) error {
 	s := &corev1.Secret{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLSecretName()}, s)
 	if err == nil {
-		return nil
+		return releaseFromCell(ctx, r.Client, s)
 	}
 	if !apierrors.IsNotFound(err) {
 		return fmt.Errorf("get credentials: %w", err)
@@ -152,13 +177,30 @@ func (r *CellReconciler) ensureCredentials(ctx context.Context, cell *rpv1.RedPa
 			"password":      []byte(app),
 		},
 	}
-	if err := ctrl.SetControllerReference(cell, s, r.Scheme); err != nil {
-		return err
-	}
 	if err := r.Client.Create(ctx, s); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create credentials: %w", err)
 	}
 	EventSecretGenerated.emit(r.Recorder, cell, s.Name)
+	return nil
+}
+
+// releaseFromCell drops owner references to cells from a credentials Secret, so deleting the
+// cell no longer garbage-collects the credentials of the volume it leaves behind.
+func releaseFromCell(ctx context.Context, c client.Client, s *corev1.Secret) error {
+	var keep []metav1.OwnerReference
+	for _, ref := range s.OwnerReferences {
+		if ref.Kind != "RedPacketCell" || ref.APIVersion != rpv1.GroupVersion.String() {
+			keep = append(keep, ref)
+		}
+	}
+	if len(keep) == len(s.OwnerReferences) {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(s.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	s.OwnerReferences = keep
+	if err := c.Patch(ctx, s, patch); err != nil {
+		return fmt.Errorf("release credentials %s from their cell: %w", s.Name, err)
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/control"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/controllers/masking"
 )
@@ -48,11 +50,26 @@ func DialCellDB(_ context.Context, cell *rpv1.RedPacketCell, creds *corev1.Secre
 	return db, nil
 }
 
+// defaultCellDBTimeout bounds one pass of calls to a cell's database (a masking poll, a
+// settlement check). A hung database then costs its own cell this long, and no other cell
+// anything: reconciles of other cells run on other workers.
+const defaultCellDBTimeout = 5 * time.Second
+
 // cellDBs keeps one pool per cell, keyed by UID so a recreated cell gets a fresh pool.
 type cellDBs struct {
-	mu   sync.Mutex
-	open CellDBOpener
-	dbs  map[types.UID]*sql.DB
+	mu      sync.Mutex
+	open    CellDBOpener
+	timeout time.Duration // 0: defaultCellDBTimeout
+	dbs     map[types.UID]*sql.DB
+}
+
+// bound gives ctx the deadline of one pass of calls to a cell's database.
+func (c *cellDBs) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := c.timeout
+	if d <= 0 {
+		d = defaultCellDBTimeout
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 func (c *cellDBs) get(ctx context.Context, cell *rpv1.RedPacketCell, creds *corev1.Secret) (*sql.DB, error) {
@@ -91,6 +108,15 @@ func (c *cellDBs) forget(uid types.UID) {
 // second) and mirrors them into the cell's status (where the set collects them for the routing
 // ConfigMap). Manual masks are reported but never lifted.
 func (r *CellReconciler) reconcileMasks(ctx context.Context, cell *rpv1.RedPacketCell, now time.Time) error {
+	// The slots to guard are those the cell creates packets in now: the epoch in force, not
+	// the newest one. A cell being scaled in keeps its slots until the next epoch takes
+	// effect, and its failing tables must be masked until then.
+	owned, err := r.ownedNow(ctx, cell, now)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := r.dbs.bound(ctx)
+	defer cancel()
 	db, err := r.dbs.forCell(ctx, r.Client, cell)
 	if err != nil {
 		return err
@@ -106,13 +132,15 @@ func (r *CellReconciler) reconcileMasks(ctx context.Context, cell *rpv1.RedPacke
 	if policy.Threshold <= 0 {
 		policy.Threshold = 50
 	}
-	windowCounts, err := control.ReadErrorCounts(ctx, db, control.DefaultSchema, now.Add(-policy.Window))
+	// Spans are measured on the database's clock, which stamps every publish: the servers'
+	// window starts are their own clocks', and the operator's may differ from both.
+	windowCounts, err := control.ReadRecentErrorCounts(ctx, db, control.DefaultSchema, policy.Window)
 	if err != nil {
 		return fmt.Errorf("read error counts: %w", err)
 	}
 	// A mask lifts only when its table has been quiet for the cool-down AND the whole window,
 	// or the errors still counted in the window would mask it again at the next poll.
-	recentCounts, err := control.ReadErrorCounts(ctx, db, control.DefaultSchema, now.Add(-max(policy.CoolDown, policy.Window)))
+	recentCounts, err := control.ReadRecentErrorCounts(ctx, db, control.DefaultSchema, max(policy.CoolDown, policy.Window))
 	if err != nil {
 		return fmt.Errorf("read error counts: %w", err)
 	}
@@ -130,20 +158,17 @@ func (r *CellReconciler) reconcileMasks(ctx context.Context, cell *rpv1.RedPacke
 	if layout.Validate() != nil {
 		layout = shard.Default
 	}
-	in := masking.Input{Now: now, Layout: layout, SlotCount: int(cell.Spec.SlotCount), Errors: map[string]int64{}, Recent: map[string]int64{}, Active: ours}
-	for _, r := range cell.Spec.Slots {
-		for s := int(r.Start); s <= int(r.End); s++ {
-			in.Owned = append(in.Owned, s)
-		}
-	}
+	in := masking.Input{Now: now, Layout: layout, SlotCount: int(cell.Spec.SlotCount), Owned: owned,
+		Errors: map[string]int64{}, Recent: map[string]int64{}, RecentCalls: map[string]int64{}, Active: ours}
 	for _, t := range windowCounts {
 		in.Errors[t.Table] = t.Errors
 	}
 	for _, t := range recentCounts {
 		in.Recent[t.Table] = t.Errors
+		in.RecentCalls[t.Table] = t.Calls
 	}
 	d := masking.Decide(policy, in)
-	if len(d.Added) > 0 || len(d.Lifted) > 0 {
+	if !sameMasks(ours, d.Masks) {
 		if err := control.WriteSourceMasks(ctx, db, control.DefaultSchema, control.SourceOperator, d.Masks); err != nil {
 			return fmt.Errorf("write masks: %w", err)
 		}
@@ -153,12 +178,15 @@ func (r *CellReconciler) reconcileMasks(ctx context.Context, cell *rpv1.RedPacke
 		for _, t := range d.Lifted {
 			EventSlotsUnmasked.emit(r.Recorder, cell, t)
 		}
+		for _, t := range d.Released {
+			EventSlotsReleased.emit(r.Recorder, cell, t)
+		}
 	}
 	if d.BudgetExhausted {
 		EventMaskBudgetExhausted.emit(r.Recorder, cell, d.BudgetSlots, fmt.Sprint(d.Deferred))
 	}
 	// Old counts only grow the table; keep a few windows for the SRE to look at.
-	if _, err := control.PruneErrorCounts(ctx, db, control.DefaultSchema, now.Add(-3*max(policy.Window, policy.CoolDown))); err != nil {
+	if _, err := control.PruneStaleErrorCounts(ctx, db, control.DefaultSchema, 3*max(policy.Window, policy.CoolDown)); err != nil {
 		return fmt.Errorf("prune error counts: %w", err)
 	}
 
@@ -189,6 +217,33 @@ func (r *CellReconciler) reconcileMasks(ctx context.Context, cell *rpv1.RedPacke
 		})
 	}
 	return nil
+}
+
+// ownedNow lists the slots cell owns at now in the routing table its set published, which is
+// the table its servers and the gateways route by.
+func (r *CellReconciler) ownedNow(ctx context.Context, cell *rpv1.RedPacketCell, now time.Time) ([]int, error) {
+	cm := &corev1.ConfigMap{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.RoutingConfigMapName()}, cm); err != nil {
+		return nil, fmt.Errorf("read routing table: %w", err)
+	}
+	t, err := routing.Parse([]byte(cm.Data[rpv1.RoutingFile]))
+	if err != nil {
+		return nil, fmt.Errorf("read routing table %s: %w", cm.Name, err)
+	}
+	return t.OwnedSlots(cell.Name, now), nil
+}
+
+// sameMasks reports whether two mask lists cover the same ranges with the same reasons.
+func sameMasks(a, b []control.Mask) bool {
+	key := func(ms []control.Mask) []string {
+		out := make([]string, 0, len(ms))
+		for _, m := range ms {
+			out = append(out, fmt.Sprintf("%d-%d %s", m.Start, m.End, m.Reason))
+		}
+		sort.Strings(out)
+		return out
+	}
+	return slices.Equal(key(a), key(b))
 }
 
 func manual(ms []control.Mask) []control.Mask {

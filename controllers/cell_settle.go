@@ -64,6 +64,8 @@ func (c *cellDBs) forCell(ctx context.Context, k8s client.Reader, cell *rpv1.Red
 
 // cellHold says why a cell that no routing epoch names must stay ("" when it may go).
 func cellHold(ctx context.Context, k8s client.Reader, dbs *cellDBs, cell *rpv1.RedPacketCell) string {
+	ctx, cancel := dbs.bound(ctx)
+	defer cancel()
 	db, err := dbs.forCell(ctx, k8s, cell)
 	if err != nil {
 		return fmt.Sprintf("cannot reach its database to check for unsettled packets: %v", err)

@@ -21,6 +21,8 @@ var (
 	EventCellScaled          = event{corev1.EventTypeNormal, "CellScaled", "Scale", "cell %s servers %d -> %d"}
 	EventCellDraining        = event{corev1.EventTypeNormal, "CellDraining", "Drain", "cell %s owns no slot from epoch %d on; it keeps serving older packets until they settle"}
 	EventCellHeld            = event{corev1.EventTypeWarning, "CellHeld", "Drain", "cell %s is in no routing epoch but is kept: %s"}
+	EventDeletionHeld        = event{corev1.EventTypeWarning, "DeletionHeld", "Delete", "deletion waits for settlement: %s (annotate %s=true to discard)"}
+	EventDiscardForced       = event{corev1.EventTypeWarning, "DiscardForced", "Delete", "deletion forced by %s=true: %s"}
 	EventCellDeleted         = event{corev1.EventTypeNormal, "CellDeleted", "Delete", "deleted cell %s: no routing epoch names it any more"}
 	EventRebalanceScheduled  = event{corev1.EventTypeNormal, "RebalanceScheduled", "Rebalance", "routing epoch %d takes effect at %s and moves %d slots"}
 	EventEpochPruned         = event{corev1.EventTypeNormal, "EpochPruned", "Prune", "routing epoch %d pruned: every packet created under it is settled"}
@@ -29,6 +31,7 @@ var (
 	EventZoneTolerance       = event{corev1.EventTypeWarning, "ZoneFailureIntolerant", "Plan", "losing a zone would leave less than the peak: %s"}
 	EventSlotsMasked         = event{corev1.EventTypeWarning, "SlotsMasked", "Mask", "masked the slots of logical table %s: its errors passed the threshold"}
 	EventSlotsUnmasked       = event{corev1.EventTypeNormal, "SlotsUnmasked", "Unmask", "lifted the mask of logical table %s after a quiet cool-down"}
+	EventSlotsReleased       = event{corev1.EventTypeNormal, "SlotsReleased", "Unmask", "released the mask of logical table %s: the cell no longer owns its slots"}
 	EventMaskBudgetExhausted = event{corev1.EventTypeWarning, "MaskBudgetExhausted", "Mask", "mask budget of %d slots spent; tables left unmasked: %s"}
 	EventRoutingLost         = event{corev1.EventTypeWarning, "RoutingStateLost", "Route", "%s"}
 	EventRoutingRebuilt      = event{corev1.EventTypeWarning, "RoutingRebuilt", "Route", "routing table rebuilt from status.routing (epochs up to %d): %s"}

@@ -12,6 +12,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,6 +23,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
@@ -29,6 +31,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/controllers/masking"
 	"github.com/redpacketset/redpacket/controllers/plan"
 )
 
@@ -43,6 +46,8 @@ type SetReconciler struct {
 	Recorder events.EventRecorder
 	// Now is the clock; tests move it to let routing epochs take effect.
 	Now func() time.Time
+	// Workers is how many sets reconcile at once (0: defaultSetWorkers).
+	Workers int
 
 	dbs *cellDBs // shared with the cell reconciler
 
@@ -56,7 +61,8 @@ type SetReconciler struct {
 // Least privilege: children are written by server-side apply (patch) or created once (secrets),
 // and deleted only by the garbage collector through owner references, except cells, which the
 // set deletes itself once no routing epoch names them.
-// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets,verbs=get;list;watch
+// The set's own finalizer is added and removed by patch.
+// +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=redpacket.dev,resources=redpacketsets/status,verbs=get;update;patch
 // blockOwnerDeletion on children needs update on the owner's finalizers where the
 // OwnerReferencesPermissionEnforcement admission plugin runs.
@@ -75,13 +81,15 @@ func (r *SetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.dbs = &cellDBs{}
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&rpv1.RedPacketSet{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Annotations too: the discard annotation on a held deletion must act at once.
+		For(&rpv1.RedPacketSet{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&rpv1.RedPacketCell{}).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Secret{}).
 		Owns(&corev1.Service{}).
 		Owns(&appsv1.Deployment{}).
 		Named("redpacketset").
+		WithOptions(controller.Options{MaxConcurrentReconciles: workersOr(r.Workers, defaultSetWorkers)}).
 		Complete(r)
 }
 
@@ -103,7 +111,19 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !set.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil // owner references collect the children
+		// Owner references collect the children once the finalizer goes; until then the
+		// set keeps serving so its cells can settle.
+		held, err := r.finalizeSet(ctx, set)
+		if err != nil {
+			return ctrl.Result{}, fmt.Errorf("finalize set %s: %w", req.NamespacedName, err)
+		}
+		if held {
+			return ctrl.Result{RequeueAfter: heldRecheck}, nil
+		}
+		return ctrl.Result{}, nil
+	}
+	if err := ensureFinalizer(ctx, r.Client, set); err != nil {
+		return ctrl.Result{}, err
 	}
 	now := r.Now()
 	orig := set.DeepCopy()
@@ -356,6 +376,11 @@ func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, 
 		slots := cellSlots(latest, name)
 		cell := desiredCell(set, name, index, slots, size)
 		existing, exists := obs.cells[name]
+		// Every cell status change wakes this reconcile; re-applying every cell of the set
+		// each time would cost one write per cell per status change.
+		if exists && cellUpToDate(existing, cell, set) {
+			continue
+		}
 		if err := r.applyCell(ctx, set, cell); err != nil {
 			return err
 		}
@@ -426,6 +451,21 @@ func desiredCell(set *rpv1.RedPacketSet, name string, index int32, slots []rpv1.
 	}
 }
 
+// cellUpToDate reports whether the stored cell already has everything applyCell would write:
+// the desired spec, labels and the set as its controller.
+func cellUpToDate(stored, desired *rpv1.RedPacketCell, set *rpv1.RedPacketSet) bool {
+	ref := metav1.GetControllerOf(stored)
+	if ref == nil || ref.UID != set.UID {
+		return false
+	}
+	for k, v := range desired.Labels {
+		if stored.Labels[k] != v {
+			return false
+		}
+	}
+	return equality.Semantic.DeepEqual(stored.Spec, desired.Spec)
+}
+
 func (r *SetReconciler) applyCell(ctx context.Context, set *rpv1.RedPacketSet, cell *rpv1.RedPacketCell) error {
 	if err := ctrl.SetControllerReference(set, cell, r.Scheme); err != nil {
 		return err
@@ -454,7 +494,7 @@ func (r *SetReconciler) applyGateway(ctx context.Context, set *rpv1.RedPacketSet
 
 func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 	msg := err.Error()
-	for _, t := range []string{rpv1.SetAvailable, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked, rpv1.SetRoutingPublished} {
+	for _, t := range []string{rpv1.SetAvailable, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked, rpv1.SetRoutingPublished, rpv1.SetCellsServing} {
 		if meta.FindStatusCondition(set.Status.Conditions, t) == nil {
 			meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: t, Status: metav1.ConditionUnknown, Reason: rpv1.ReasonInvalidSpec, Message: msg, ObservedGeneration: set.Generation})
 		}
@@ -464,7 +504,7 @@ func (r *SetReconciler) markInvalid(set *rpv1.RedPacketSet, err error) {
 }
 
 // summarise fills the status from the plan, the table and the cells' own status. It sets
-// every condition on every reconcile, so a fresh set shows all six at once.
+// every condition on every reconcile, so a fresh set shows all of them at once.
 func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routingDecision, cells []rpv1.RedPacketCell, held map[string]string, rebuilt string, now time.Time) {
 	t := d.Table
 	st := &set.Status
@@ -513,6 +553,7 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 	}
 	want := len(latest.Cells())
 	missing := want - int(st.Cells)
+	notServing := cellsNotServing(cells)
 
 	cond := func(typ string, ok bool, reason, msg string) {
 		s := metav1.ConditionFalse
@@ -531,6 +572,11 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		cond(rpv1.SetDegraded, true, rpv1.ReasonCellsUnavailable, "unavailable: "+strings.Join(unavailable, "; "))
 	} else {
 		cond(rpv1.SetDegraded, false, rpv1.ReasonAllCellsAvailable, "no cell reports a failure")
+	}
+	if len(notServing) > 0 {
+		cond(rpv1.SetCellsServing, false, rpv1.ReasonCellsNotServing, "cannot serve (their packets get 503, other cells serve): "+strings.Join(notServing, "; "))
+	} else {
+		cond(rpv1.SetCellsServing, true, rpv1.ReasonAllCellsServing, fmt.Sprintf("all %d cells can serve", len(cells)))
 	}
 	if len(progressing) > 0 || missing > 0 {
 		cond(rpv1.SetProgressing, true, rpv1.ReasonCellsProgressing, fmt.Sprintf("waiting for cells: %s", strings.Join(progressing, ", ")))
@@ -594,12 +640,10 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		maskedPerCell[m.Cell] += m.End - m.Start + 1
 	}
 	var spent []string
+	inForce, _ := t.EpochAt(now)
 	for cell, n := range maskedPerCell {
-		owned := int32(0)
-		for _, r := range cellSlots(latest, cell) {
-			owned += r.End - r.Start + 1
-		}
-		if n >= set.Spec.Masking.MaxMaskedPercent*owned/100 {
+		// The cell's own rule (masking.Budget): its share of the slots it owns now.
+		if int(n) >= masking.Budget(int(set.Spec.Masking.MaxMaskedPercent), len(inForce.Slots(cell))) {
 			spent = append(spent, cell)
 		}
 	}
@@ -613,6 +657,22 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		cond(rpv1.SetSlotsMasked, true, rpv1.ReasonMasksActive, fmt.Sprintf("%d slots masked", st.MaskedSlotCount))
 	}
 	st.ObservedGeneration = gen
+}
+
+// cellsNotServing names the cells that cannot answer for their packets, with why: no ready
+// database, or no ready server. A cell with fewer servers than planned still serves.
+func cellsNotServing(cells []rpv1.RedPacketCell) []string {
+	var out []string
+	for i := range cells {
+		c := &cells[i]
+		switch {
+		case !meta.IsStatusConditionTrue(c.Status.Conditions, rpv1.CellDatabaseReady):
+			out = append(out, c.Name+" (database not ready)")
+		case c.Status.ReadyServers == 0:
+			out = append(out, c.Name+" (no ready server)")
+		}
+	}
+	return out
 }
 
 // writeStatus writes the status only when it changed.
@@ -723,16 +783,18 @@ func (r *SetReconciler) epochSettled(ctx context.Context, set *rpv1.RedPacketSet
 		for _, name := range old.Cells() {
 			cell := &rpv1.RedPacketCell{}
 			if err := r.Client.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: name}, cell); err != nil {
-				if apierrors.IsNotFound(err) {
-					continue // never created or already gone: it holds nothing
-				}
+				// Gone although an epoch still names it: only a forced deletion removes a
+				// cell that holds money, and its volume may still hold it. applyCells
+				// recreates the cell on its retained volume, and the next check asks it.
 				return false
 			}
-			db, err := r.dbs.forCell(ctx, r.Client, cell)
+			cctx, cancel := r.dbs.bound(ctx)
+			defer cancel()
+			db, err := r.dbs.forCell(cctx, r.Client, cell)
 			if err != nil {
 				return false
 			}
-			n, err := unsettledBefore(ctx, db, boundary)
+			n, err := unsettledBefore(cctx, db, boundary)
 			if err != nil || n > 0 {
 				return false
 			}

@@ -242,9 +242,9 @@ func TestOperator(t *testing.T) {
 	})
 
 	t.Run("every condition is set and unready children degrade the set", func(t *testing.T) {
-		eventually(t, "six conditions with reasons", func() error {
+		eventually(t, "every condition with a reason", func() error {
 			s := getSet(t, c, key)
-			for _, typ := range []string{rpv1.SetAvailable, rpv1.SetProgressing, rpv1.SetDegraded, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked} {
+			for _, typ := range []string{rpv1.SetAvailable, rpv1.SetProgressing, rpv1.SetDegraded, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked, rpv1.SetCellsServing} {
 				cond := meta.FindStatusCondition(s.Status.Conditions, typ)
 				if cond == nil || cond.Reason == "" {
 					return fmt.Errorf("condition %s missing or without reason", typ)
@@ -323,6 +323,37 @@ func TestOperator(t *testing.T) {
 			}
 			if !strings.Contains(cond.Message, cell.Name) || !strings.Contains(cond.Message, rpv1.ReasonServersNotReady) {
 				return fmt.Errorf("message %q does not name %s and its reason", cond.Message, cell.Name)
+			}
+			return nil
+		})
+		if err := markReady(ctx, c, cell, cell.Spec.Servers); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a cell that cannot serve is named in CellsServing", func(t *testing.T) {
+		eventually(t, "every cell serving", func() error {
+			s := getSet(t, c, key)
+			if st, r := condition(s.Status.Conditions, rpv1.SetCellsServing); st != metav1.ConditionTrue || r != rpv1.ReasonAllCellsServing {
+				return fmt.Errorf("CellsServing %s/%s", st, r)
+			}
+			return nil
+		})
+		cell := &rpv1.RedPacketCell{}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: set.CellName(1)}, cell); err != nil {
+			t.Fatal(err)
+		}
+		if err := markReady(ctx, c, cell, 0); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "CellsServing names the down cell only", func() error {
+			s := getSet(t, c, key)
+			cond := meta.FindStatusCondition(s.Status.Conditions, rpv1.SetCellsServing)
+			if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != rpv1.ReasonCellsNotServing {
+				return fmt.Errorf("CellsServing %+v", cond)
+			}
+			if !strings.Contains(cond.Message, cell.Name+" (no ready server)") || strings.Contains(cond.Message, set.CellName(0)) {
+				return fmt.Errorf("message %q should name %s alone", cond.Message, cell.Name)
 			}
 			return nil
 		})
@@ -501,8 +532,9 @@ func checkCellChildren(ctx context.Context, c client.Client, cell *rpv1.RedPacke
 	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: cell.MySQLSecretName()}, sec); err != nil {
 		return err
 	}
-	if err := ownedBy(sec, cell, "RedPacketCell"); err != nil {
-		return err
+	// The credentials live as long as the database volume, which outlives the cell.
+	if len(sec.OwnerReferences) != 0 {
+		return fmt.Errorf("credentials %s have owners %+v: deleting the cell would lose its volume's credentials", sec.Name, sec.OwnerReferences)
 	}
 	if len(sec.Data["password"]) < 32 || len(sec.Data["root-password"]) < 32 {
 		return fmt.Errorf("generated passwords too short")

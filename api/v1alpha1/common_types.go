@@ -180,9 +180,11 @@ type MaskingPolicy struct {
 	// +optional
 	CoolDown *metav1.Duration `json:"coolDown,omitempty"`
 
-	// MaxMaskedPercent is the mask budget: the most slots of the set, in percent, that may
-	// be masked at once. Past it the operator stops masking and reports SlotsMasked with
-	// reason MaskBudgetExhausted, so masking can never take the whole service down.
+	// MaxMaskedPercent is the mask budget, per cell: the most of a cell's slots (those it
+	// owns in the routing epoch in force), in percent and rounded up, that the operator may
+	// mask at once. Each cell decides its masks alone, so there is no set-wide budget. Past
+	// it the operator stops masking in that cell and reports SlotsMasked with reason
+	// MaskBudgetExhausted, so masking can never take the whole service down.
 	// +kubebuilder:default=10
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=100

@@ -17,6 +17,13 @@ const (
 	// SetRoutingPublished is True when the routing table the set wants is published; False
 	// when the operator refuses to write it (routing state lost, size budget reached).
 	SetRoutingPublished = "RoutingPublished"
+	// SetCellsServing is True when every cell the routing table names can serve its packets
+	// (its database is ready and at least one server is); False names the cells that cannot.
+	// Their packets get 503 from the gateways; every other cell keeps serving.
+	SetCellsServing = "CellsServing"
+	// SetDeletionHeld is True while the set (or a cell) is being deleted and its deletion waits
+	// for unsettled packets and undelivered wallet effects.
+	SetDeletionHeld = "DeletionHeld"
 )
 
 // Condition types of a RedPacketCell.
@@ -54,6 +61,10 @@ const (
 	ReasonRebalanceDelayClamped = "RebalanceDelayClamped"
 	ReasonRoutingStateLost      = "RoutingStateLost"
 	ReasonRoutingTableFull      = "RoutingTableFull"
+	ReasonAllCellsServing       = "AllCellsServing"
+	ReasonCellsNotServing       = "CellsNotServing"
+	ReasonUnsettled             = "Unsettled"
+	ReasonDiscardForced         = "DiscardForced"
 
 	ReasonReady                = "Ready"
 	ReasonDatabaseNotReady     = "DatabaseNotReady"

@@ -23,6 +23,13 @@ const (
 	// ZoneTopologyKey is the node label servers spread over.
 	ZoneTopologyKey = "topology.kubernetes.io/zone"
 
+	// FinalizerSettle holds a set or cell being deleted until its cells hold no unsettled
+	// packet and no undelivered wallet effect (docs/operator.md, "Deleting a set").
+	FinalizerSettle = "redpacket.dev/settle"
+	// AnnotationDiscardUnsettled, set to "true" on a set or cell being deleted, lets the
+	// deletion go on although money is unsettled: the deliberate force path.
+	AnnotationDiscardUnsettled = "redpacket.dev/discard-unsettled"
+
 	// RoutingFile is the key of the routing table in the routing ConfigMap.
 	RoutingFile = "routing.json"
 	// CellConfigFile is the key of the cell server's settings in the cell ConfigMap.

@@ -424,3 +424,41 @@ func TestRoutingReadersAndAnnouncement(t *testing.T) {
 		t.Fatalf("highest epoch seen %d (%v), want 7", n, err)
 	}
 }
+
+// TestRecentErrorCountsUseTheDatabaseClock: a server whose clock is an hour behind publishes
+// windows that start an hour "ago"; counting by the database's publish time still sees them,
+// and a row the database stamped long ago is out of the span (and pruned) whatever its window.
+func TestRecentErrorCountsUseTheDatabaseClock(t *testing.T) {
+	db, schema := setup(t)
+	ctx := context.Background()
+	behind := time.Now().Add(-time.Hour)
+	ahead := time.Now().Add(time.Hour)
+	if err := control.RecordErrors(ctx, db, schema, "srv-slow-clock", []control.WindowCount{{Table: "db_01.t_2", WindowStart: behind, Errors: 9, Calls: 9}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := control.RecordErrors(ctx, db, schema, "srv-fast-clock", []control.WindowCount{{Table: "db_03.t_0", WindowStart: ahead, Errors: 4, Calls: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := control.ReadRecentErrorCounts(ctx, db, schema, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Table != "db_01.t_2" || got[0].Errors != 9 || got[1].Table != "db_03.t_0" || got[1].Errors != 4 {
+		t.Fatalf("recent counts %+v, want both servers' errors whatever their clocks", got)
+	}
+	// The fast server's row was published (by the database's clock) ten minutes ago.
+	if _, err := db.ExecContext(ctx, "UPDATE `"+schema+"`.table_errors SET updated_at = NOW(6) - INTERVAL 10 MINUTE WHERE server = 'srv-fast-clock'"); err != nil {
+		t.Fatal(err)
+	}
+	got, err = control.ReadRecentErrorCounts(ctx, db, schema, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Table != "db_01.t_2" {
+		t.Fatalf("recent counts %+v, want only the row published within the span", got)
+	}
+	n, err := control.PruneStaleErrorCounts(ctx, db, schema, 5*time.Minute)
+	if err != nil || n != 1 {
+		t.Fatalf("prune: %d %v, want the one row published ten minutes ago", n, err)
+	}
+}

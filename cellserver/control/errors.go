@@ -98,6 +98,54 @@ func ReadErrorCounts(ctx context.Context, db *sql.DB, schema string, since time.
 	return out, nil
 }
 
+// ReadRecentErrorCounts sums, per logical table, every row published within span of now, both
+// read off the database's clock: updated_at is stamped by the database at every publish. The
+// servers' window starts come from their own clocks, so comparing them with the reader's clock
+// would hide the errors of a server whose clock is behind by more than span. A row updated
+// within span may hold errors up to one window older; that over-counts, never under-counts.
+func ReadRecentErrorCounts(ctx context.Context, db *sql.DB, schema string, span time.Duration) ([]TableErrors, error) {
+	tbl, err := qualify(schema, "table_errors")
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.QueryContext(ctx,
+		"SELECT logical_table, SUM(errors), SUM(calls), COUNT(DISTINCT server), MIN(window_start), MAX(window_start)"+
+			" FROM "+tbl+" WHERE updated_at >= NOW(6) - INTERVAL ? MICROSECOND GROUP BY logical_table ORDER BY logical_table",
+		span.Microseconds())
+	if err != nil {
+		return nil, fmt.Errorf("read recent error counts: %w", err)
+	}
+	defer rows.Close()
+	out := []TableErrors{}
+	for rows.Next() {
+		var t TableErrors
+		if err := rows.Scan(&t.Table, &t.Errors, &t.Calls, &t.Servers, &t.FirstWindow, &t.LastWindow); err != nil {
+			return nil, fmt.Errorf("read recent error counts: %w", err)
+		}
+		t.FirstWindow, t.LastWindow = t.FirstWindow.UTC(), t.LastWindow.UTC()
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read recent error counts: %w", err)
+	}
+	return out, nil
+}
+
+// PruneStaleErrorCounts deletes rows not published within span of now by the database's clock
+// (see ReadRecentErrorCounts for why not the servers' window starts).
+func PruneStaleErrorCounts(ctx context.Context, db *sql.DB, schema string, span time.Duration) (int64, error) {
+	tbl, err := qualify(schema, "table_errors")
+	if err != nil {
+		return 0, err
+	}
+	res, err := db.ExecContext(ctx, "DELETE FROM "+tbl+" WHERE updated_at < NOW(6) - INTERVAL ? MICROSECOND", span.Microseconds())
+	if err != nil {
+		return 0, fmt.Errorf("prune stale error counts: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
 // PruneErrorCounts deletes windows that started before before, so the table stays small.
 func PruneErrorCounts(ctx context.Context, db *sql.DB, schema string, before time.Time) (int64, error) {
 	tbl, err := qualify(schema, "table_errors")

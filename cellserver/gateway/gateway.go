@@ -197,8 +197,10 @@ func (g *Gateway) Probe(ctx context.Context) {
 // ReadyServers lists the servers of cell that answered their last probe.
 func (g *Gateway) ReadyServers(cell string) []string { return g.ready.Ready(cell) }
 
-// Ready is nil when the gateway can route: a table is loaded and every cell of the epoch in
-// force has a ready server.
+// Ready is nil when the gateway can route: a table is loaded and at least one cell it names
+// has a ready server. One cell down must not take the gateway out of its Service: that cell's
+// packets get 503 cell_unavailable per request, every other cell's are served, and creates go
+// to the cells that can take them. Per-cell health is in rp_gateway_cell_serving.
 func (g *Gateway) Ready() error {
 	if g.draining.Load() {
 		return errors.New("draining for shutdown")
@@ -210,16 +212,16 @@ func (g *Gateway) Ready() error {
 	if !g.probed.Load() {
 		return errors.New("cell servers not probed yet")
 	}
-	e, ok := t.EpochAt(g.cfg.Now())
-	if !ok {
+	if _, ok := t.EpochAt(g.cfg.Now()); !ok {
 		return errors.New("routing table has no epoch")
 	}
-	for _, cell := range e.Cells() {
-		if len(g.ready.Ready(cell)) == 0 {
-			return fmt.Errorf("cell %s has no ready server", cell)
+	cells := t.AllCells()
+	for _, cell := range cells {
+		if len(g.ready.Ready(cell)) > 0 {
+			return nil
 		}
 	}
-	return nil
+	return fmt.Errorf("no cell can serve: cells %s have no ready server", strings.Join(cells, ", "))
 }
 
 // Handler serves the public API, /healthz and /readyz.

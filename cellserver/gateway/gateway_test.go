@@ -360,7 +360,8 @@ func TestBadPacketRequests(t *testing.T) {
 	if a := h.do("DELETE", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 1, 0)), ""); strings.Contains(a.raw, `"field"`) {
 		t.Errorf("empty field written: %s", a.raw)
 	}
-	// A cell whose servers are all unready answers 503, and the gateway is not ready.
+	// A cell whose servers are all unready answers 503; the gateway stays ready for the
+	// other cells (TestOneDownCellLeavesTheGatewayReady).
 	h.cells["c"].mu.Lock()
 	h.cells["c"].ready = map[string]bool{table.Endpoints["c"][0]: false}
 	h.cells["c"].mu.Unlock()
@@ -368,8 +369,8 @@ func TestBadPacketRequests(t *testing.T) {
 	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 3, 0)), "{}"); a.status != http.StatusServiceUnavailable || a.body["code"] != "cell_unavailable" {
 		t.Errorf("unready cell: %d %s", a.status, a.raw)
 	}
-	if a := h.do("GET", "/readyz", ""); a.status != http.StatusServiceUnavailable || !strings.Contains(a.raw, "cell c") {
-		t.Errorf("readyz with a dead cell: %d %s", a.status, a.raw)
+	if a := h.do("GET", "/readyz", ""); a.status != http.StatusOK {
+		t.Errorf("readyz with one dead cell: %d %s", a.status, a.raw)
 	}
 	if a := h.do("GET", "/healthz", ""); a.status != http.StatusOK {
 		t.Errorf("healthz: %d", a.status)

@@ -21,6 +21,7 @@ type metrics struct {
 	failovers     *prometheus.CounterVec
 	readyServers  *prometheus.GaugeVec
 	knownServers  *prometheus.GaugeVec
+	cellServing   *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
@@ -59,9 +60,13 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 			Name: "rp_gateway_known_servers",
 			Help: "Servers of a cell found by the resolver, ready or not.",
 		}, []string{"cell"}),
+		cellServing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rp_gateway_cell_serving",
+			Help: "1 while a cell has a ready server, so its packets are routed; 0 while its requests get 503 cell_unavailable. The gateway stays ready while any cell serves.",
+		}, []string{"cell"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.upstream, m.createRetries, m.keyLookups, m.failovers, m.readyServers, m.knownServers,
+		reg.MustRegister(m.requests, m.duration, m.upstream, m.createRetries, m.keyLookups, m.failovers, m.readyServers, m.knownServers, m.cellServing,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "rp_gateway_routing_epoch",
 				Help: "Number of the newest epoch in the loaded routing table.",
@@ -99,6 +104,11 @@ func newMetrics(reg prometheus.Registerer, g *Gateway) *metrics {
 func (m *metrics) observeCell(cell string, ready, total int) {
 	m.readyServers.WithLabelValues(cell).Set(float64(ready))
 	m.knownServers.WithLabelValues(cell).Set(float64(total))
+	serving := 0.0
+	if ready > 0 {
+		serving = 1
+	}
+	m.cellServing.WithLabelValues(cell).Set(serving)
 }
 
 // instrument counts and times h under verb, and refuses other methods than method ("" = any)

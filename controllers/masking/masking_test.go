@@ -64,7 +64,7 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "a quiet mask lifts after the cool-down",
-			in: Input{Now: t0, Layout: shard.Default, SlotCount: 1000, Owned: ownedRange(0, 249),
+			in: Input{Now: t0, Layout: shard.Default, SlotCount: 1000, Owned: ownedRange(0, 249), RecentCalls: map[string]int64{"db_07.t_3": 12},
 				Active: []control.Mask{{Start: 73, End: 73, Source: control.SourceOperator, Since: t0.Add(-6 * time.Minute)}}},
 			wantLifted: []string{"db_07.t_3"}, wantSlots: 0,
 		},
@@ -113,6 +113,7 @@ func TestDecide(t *testing.T) {
 // masks stay within the budget and the cell's owned slots, never overlap, a table over the
 // threshold is masked unless the budget is spent, and a mask lifts only after a quiet cool-down.
 func TestDecideSimulation(t *testing.T) {
+	t.Log("seeds 1..30")
 	for seed := int64(1); seed <= 30; seed++ {
 		rng := rand.New(rand.NewSource(seed))
 		layout := shard.Layout{Databases: 1 + rng.Intn(10), TablesPerDB: 1 + rng.Intn(10)}
@@ -124,7 +125,11 @@ func TestDecideSimulation(t *testing.T) {
 		now := t0
 		for step := 0; step < 40; step++ {
 			now = now.Add(time.Minute)
-			errs, recent := map[string]int64{}, map[string]int64{}
+			if step == 20 {
+				// A rebalance moves part of the cell's slots away: masks there must go.
+				owned = owned[len(owned)/3:]
+			}
+			errs, recent, calls := map[string]int64{}, map[string]int64{}, map[string]int64{}
 			for _, tb := range layout.All() {
 				name := layout.Name(tb)
 				if rng.Intn(8) == 0 {
@@ -136,8 +141,11 @@ func TestDecideSimulation(t *testing.T) {
 				if !lastError[name].IsZero() && now.Sub(lastError[name]) < p.CoolDown {
 					recent[name] = 1
 				}
+				if rng.Intn(3) != 0 { // some tables go unreported: unknown, never healthy
+					calls[name] = 1 + recent[name]
+				}
 			}
-			d := Decide(p, Input{Now: now, Layout: layout, SlotCount: 1000, Owned: owned, Errors: errs, Recent: recent, Active: active})
+			d := Decide(p, Input{Now: now, Layout: layout, SlotCount: 1000, Owned: owned, Errors: errs, Recent: recent, RecentCalls: calls, Active: active})
 			ownedSet := map[int]bool{}
 			for _, s := range owned {
 				ownedSet[s] = true
@@ -151,7 +159,9 @@ func TestDecideSimulation(t *testing.T) {
 					seen[s] = true
 				}
 			}
-			if len(seen) > d.BudgetSlots {
+			// A shrinking cell may hold more masks than its new budget (lifting a failing
+			// table's mask would send packets into it); it may add none then.
+			if len(seen) > d.BudgetSlots && len(d.Added) > 0 {
 				t.Fatalf("seed %d step %d: %d slots masked over budget %d", seed, step, len(seen), d.BudgetSlots)
 			}
 			for name, n := range errs {
@@ -174,8 +184,8 @@ func TestDecideSimulation(t *testing.T) {
 				}
 			}
 			for _, name := range d.Lifted {
-				if recent[name] != 0 {
-					t.Fatalf("seed %d step %d: %s lifted while still failing", seed, step, name)
+				if recent[name] != 0 || calls[name] == 0 {
+					t.Fatalf("seed %d step %d: %s lifted while still failing or unreported", seed, step, name)
 				}
 			}
 			active = d.Masks

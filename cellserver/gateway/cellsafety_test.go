@@ -1,0 +1,74 @@
+package gateway
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestOneDownCellLeavesTheGatewayReady (issue 11 §5): a cell with no ready server gets 503 for
+// its own packets only; the gateway stays ready (its readiness probe keeps it in the Service)
+// while any cell can serve, reports per-cell serving in its metrics, and is unready only when no
+// cell can serve.
+func TestOneDownCellLeavesTheGatewayReady(t *testing.T) {
+	table := twoEpochTable()
+	h := newHarness(t, table, 1, cellsABC()...)
+	waitUntil(t, func() bool { return h.gw.Ready() == nil })
+
+	setReady := func(cell string, ready bool) {
+		h.cells[cell].mu.Lock()
+		h.cells[cell].ready = map[string]bool{table.Endpoints[cell][0]: ready}
+		h.cells[cell].mu.Unlock()
+	}
+	// -1: the series does not exist.
+	serving := func(cell string) float64 {
+		families, err := h.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() != "rp_gateway_cell_serving" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "cell" && l.GetValue() == cell {
+						return m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		return -1
+	}
+
+	setReady("c", false)
+	waitUntil(t, func() bool { return len(h.gw.ReadyServers("c")) == 0 })
+	if a := h.do("GET", "/readyz", ""); a.status != http.StatusOK {
+		t.Fatalf("readyz with one cell down: %d %s, want 200 while cells a and b serve", a.status, a.raw)
+	}
+	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 3, 0)), "{}"); a.status != http.StatusServiceUnavailable || a.body["code"] != "cell_unavailable" {
+		t.Errorf("packet of the down cell: %d %s, want 503 cell_unavailable", a.status, a.raw)
+	}
+	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 0, 0)), "{}"); a.status != http.StatusOK || a.cell != "a" {
+		t.Errorf("packet of a serving cell: %d from %q %s", a.status, a.cell, a.raw)
+	}
+	waitUntil(t, func() bool { return serving("c") == 0 && serving("a") == 1 && serving("b") == 1 })
+
+	for _, cell := range []string{"a", "b"} {
+		setReady(cell, false)
+	}
+	waitUntil(t, func() bool { return len(h.gw.ReadyServers("a")) == 0 && len(h.gw.ReadyServers("b")) == 0 })
+	a := h.do("GET", "/readyz", "")
+	if a.status != http.StatusServiceUnavailable || a.body["code"] != "not_ready" {
+		t.Fatalf("readyz with every cell down: %d %s", a.status, a.raw)
+	}
+	for _, cell := range []string{"a", "b", "c"} {
+		if !strings.Contains(a.raw, cell) {
+			t.Errorf("readyz message %q does not name cell %s", a.raw, cell)
+		}
+	}
+
+	setReady("b", true)
+	waitUntil(t, func() bool { return h.gw.Ready() == nil && serving("b") == 1 && serving("a") == 0 })
+}

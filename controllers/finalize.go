@@ -1,0 +1,122 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+)
+
+// Deleting a set or a cell must never strand money: a cell's database holds the packets that
+// still owe a payout or a refund and the outbox rows that still owe a wallet credit. Both
+// objects carry FinalizerSettle, released only by the same check scale-in uses before it
+// deletes a retired cell (cellHold), or deliberately by AnnotationDiscardUnsettled.
+
+// ensureFinalizer adds FinalizerSettle to a live object.
+func ensureFinalizer(ctx context.Context, c client.Client, obj client.Object) error {
+	if controllerutil.ContainsFinalizer(obj, rpv1.FinalizerSettle) {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(obj.DeepCopyObject().(client.Object), client.MergeFromWithOptimisticLock{})
+	controllerutil.AddFinalizer(obj, rpv1.FinalizerSettle)
+	if err := c.Patch(ctx, obj, patch); err != nil {
+		return fmt.Errorf("add finalizer to %s: %w", obj.GetName(), err)
+	}
+	return nil
+}
+
+// releaseFinalizer removes FinalizerSettle, letting the deletion finish.
+func releaseFinalizer(ctx context.Context, c client.Client, obj client.Object) error {
+	patch := client.MergeFromWithOptions(obj.DeepCopyObject().(client.Object), client.MergeFromWithOptimisticLock{})
+	controllerutil.RemoveFinalizer(obj, rpv1.FinalizerSettle)
+	if err := c.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove finalizer from %s: %w", obj.GetName(), err)
+	}
+	return nil
+}
+
+func discardForced(obj client.Object) bool {
+	return obj.GetAnnotations()[rpv1.AnnotationDiscardUnsettled] == "true"
+}
+
+// finalizeSet decides a deleting set's finalizer: released once no cell of the set holds
+// anything (each cell then goes through its own finalizer), or when the discard is forced, in
+// which case the annotation is passed on to the cells. It reports whether the set is still held.
+func (r *SetReconciler) finalizeSet(ctx context.Context, set *rpv1.RedPacketSet) (held bool, err error) {
+	if !controllerutil.ContainsFinalizer(set, rpv1.FinalizerSettle) {
+		return false, nil
+	}
+	cells, err := r.listCells(ctx, set)
+	if err != nil {
+		return true, err
+	}
+	if discardForced(set) {
+		for i := range cells {
+			if err := markDiscard(ctx, r.Client, &cells[i]); err != nil {
+				return true, err
+			}
+		}
+		EventDiscardForced.emit(r.Recorder, set, rpv1.AnnotationDiscardUnsettled, fmt.Sprintf("set %s and its %d cells deleted without the settlement check", set.Name, len(cells)))
+		return false, releaseFinalizer(ctx, r.Client, set)
+	}
+	var holding []string
+	for i := range cells {
+		if why := cellHold(ctx, r.Client, r.dbs, &cells[i]); why != "" {
+			holding = append(holding, fmt.Sprintf("%s (%s)", cells[i].Name, why))
+		}
+	}
+	if len(holding) == 0 {
+		return false, releaseFinalizer(ctx, r.Client, set)
+	}
+	msg := strings.Join(holding, "; ")
+	EventDeletionHeld.emit(r.Recorder, set, msg, rpv1.AnnotationDiscardUnsettled)
+	orig := set.DeepCopy()
+	meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetDeletionHeld, Status: metav1.ConditionTrue,
+		Reason: rpv1.ReasonUnsettled, Message: "deletion waits for settlement: " + msg, ObservedGeneration: set.Generation})
+	return true, r.writeStatus(ctx, orig, set)
+}
+
+func markDiscard(ctx context.Context, c client.Client, cell *rpv1.RedPacketCell) error {
+	if discardForced(cell) {
+		return nil
+	}
+	patch := client.MergeFrom(cell.DeepCopy())
+	if cell.Annotations == nil {
+		cell.Annotations = map[string]string{}
+	}
+	cell.Annotations[rpv1.AnnotationDiscardUnsettled] = "true"
+	if err := c.Patch(ctx, cell, patch); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("pass the discard on to cell %s: %w", cell.Name, err)
+	}
+	return nil
+}
+
+// finalizeCell decides a deleting cell's finalizer. A cell still holding money stays, keeps its
+// children and keeps serving, so its sweeper settles what it holds; the set sees it as present
+// and prunes none of the routing epochs its packets need. It reports whether the cell is held.
+func (r *CellReconciler) finalizeCell(ctx context.Context, cell *rpv1.RedPacketCell) (held bool, err error) {
+	if !controllerutil.ContainsFinalizer(cell, rpv1.FinalizerSettle) {
+		return false, nil
+	}
+	if discardForced(cell) {
+		EventDiscardForced.emit(r.Recorder, cell, rpv1.AnnotationDiscardUnsettled, "cell "+cell.Name+" deleted without the settlement check")
+		r.dbs.forget(cell.UID)
+		return false, releaseFinalizer(ctx, r.Client, cell)
+	}
+	why := cellHold(ctx, r.Client, r.dbs, cell)
+	if why == "" {
+		r.dbs.forget(cell.UID)
+		return false, releaseFinalizer(ctx, r.Client, cell)
+	}
+	EventDeletionHeld.emit(r.Recorder, cell, why, rpv1.AnnotationDiscardUnsettled)
+	meta.SetStatusCondition(&cell.Status.Conditions, metav1.Condition{Type: rpv1.SetDeletionHeld, Status: metav1.ConditionTrue,
+		Reason: rpv1.ReasonUnsettled, Message: "deletion waits for settlement: " + why, ObservedGeneration: cell.Generation})
+	return true, nil
+}
