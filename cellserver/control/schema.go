@@ -9,6 +9,8 @@
 //     the operator's masking policy reads.
 //   - shard_layout: the shard layout the cell was created with; servers with another refuse
 //     to start.
+//   - routing_epochs: per server, the newest routing epoch it has loaded, so a roll-out can be
+//     checked to have reached every server before the epoch takes effect.
 //
 // Every function is a plain call over a *sql.DB, so the servers and the operator (which holds
 // the cell's DB credentials) share one implementation. This package decides nothing: it never
@@ -97,6 +99,11 @@ func EnsureSchema(ctx context.Context, db *sql.DB, schema string) error {
 			" db_prefix VARCHAR(64) NOT NULL," +
 			" recorded_at DATETIME(6) NOT NULL," +
 			" recorded_by VARCHAR(255) NOT NULL" +
+			") ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`routing_epochs` (" +
+			" server VARBINARY(255) NOT NULL PRIMARY KEY," +
+			" epoch BIGINT NOT NULL," +
+			" reported_at DATETIME(6) NOT NULL" +
 			") ENGINE=InnoDB",
 	}
 	for _, s := range stmts {
