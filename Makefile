@@ -21,6 +21,7 @@ manifests: ## CRDs and RBAC from markers.
 		paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	@if [ -d charts/redpacket-operator/templates ]; then hack/sync-chart-crds.sh; fi
+	hack/sync-monitoring.sh
 
 .PHONY: check-generate
 check-generate: generate manifests ## Fail when generated files are not up to date.
