@@ -65,8 +65,12 @@ deps: ## Install MariaDB and memcached from Debian packages when missing.
 envtest: ## Build kube-apiserver and etcd from Go modules (cached in bin/envtest).
 	@hack/build-envtest.sh >/dev/null
 
+.PHONY: promtool
+promtool: ## Build promtool from the Prometheus Go module (cached per version outside the repo).
+	@hack/build-promtool.sh >/dev/null
+
 .PHONY: test
-test: deps envtest check-generate vet ## Run every test: unit, real MariaDB/memcached, envtest, end to end.
+test: deps envtest promtool check-generate vet ## Run every test: unit, real MariaDB/memcached, envtest, end to end.
 	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 30m ./...
 
 BENCHTIME ?= 5s
