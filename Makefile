@@ -21,6 +21,7 @@ manifests: ## CRDs and RBAC from markers.
 		paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	@if [ -d charts/redpacket-operator/templates ]; then hack/sync-chart-crds.sh; fi
+	hack/sync-monitoring.sh
 
 .PHONY: check-generate
 check-generate: generate manifests ## Fail when generated files are not up to date.
@@ -74,8 +75,12 @@ deps: ## Install MariaDB and memcached from Debian packages when missing.
 envtest: ## Build kube-apiserver and etcd from Go modules (cached in bin/envtest).
 	@hack/build-envtest.sh >/dev/null
 
+.PHONY: promtool
+promtool: ## Build promtool from the Prometheus Go module (cached per version outside the repo).
+	@hack/build-promtool.sh >/dev/null
+
 .PHONY: test
-test: deps envtest check-generate vet ## Run every test: unit, real MariaDB/memcached, envtest, end to end.
+test: deps envtest promtool check-generate vet ## Run every test: unit, real MariaDB/memcached, envtest, end to end.
 	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 30m ./...
 
 BENCHTIME ?= 5s

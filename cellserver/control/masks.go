@@ -3,7 +3,9 @@ package control
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"github.com/go-sql-driver/mysql"
 	"slices"
 	"time"
 )
@@ -81,7 +83,7 @@ func ReadMaskHistory(ctx context.Context, db *sql.DB, schema string, since time.
 // same Start, End and Source — keep their original Since and take the new Reason. It runs in
 // one transaction, so a server never reads a half-written set.
 func WriteMasks(ctx context.Context, db *sql.DB, schema string, masks []Mask) error {
-	return writeMasks(ctx, db, schema, "", masks)
+	return writeMasks(ctx, db, schema, "", masks, nil)
 }
 
 // WriteSourceMasks is WriteMasks limited to one source: only active masks from source are
@@ -96,14 +98,20 @@ func WriteSourceMasks(ctx context.Context, db *sql.DB, schema, source string, ma
 			return fmt.Errorf("write masks of source %s: range %d..%d has source %q", source, m.Start, m.End, m.Source)
 		}
 	}
-	return writeMasks(ctx, db, schema, source, masks)
+	return writeMasks(ctx, db, schema, source, masks, nil)
 }
 
-func writeMasks(ctx context.Context, db *sql.DB, schema, onlySource string, masks []Mask) error {
-	tbl, err := qualify(schema, "masks")
-	if err != nil {
-		return err
+// EditSourceMasks is WriteSourceMasks of what edit makes of the source's active masks, read
+// under the same lock the write holds: two people adding or lifting manual masks at once
+// each see the other's change instead of overwriting it.
+func EditSourceMasks(ctx context.Context, db *sql.DB, schema, source string, edit func(active []Mask) ([]Mask, error)) error {
+	if source == "" {
+		return fmt.Errorf("edit masks: empty source")
 	}
+	return writeMasks(ctx, db, schema, source, nil, edit)
+}
+
+func validMasks(masks []Mask, source string) error {
 	for _, m := range masks {
 		if m.Start < 0 || m.End < m.Start {
 			return fmt.Errorf("write masks: bad range %d..%d", m.Start, m.End)
@@ -111,6 +119,34 @@ func writeMasks(ctx context.Context, db *sql.DB, schema, onlySource string, mask
 		if m.Source == "" {
 			return fmt.Errorf("write masks: range %d..%d has no source", m.Start, m.End)
 		}
+		if source != "" && m.Source != source {
+			return fmt.Errorf("write masks of source %s: range %d..%d has source %q", source, m.Start, m.End, m.Source)
+		}
+	}
+	return nil
+}
+
+// writeMasks retries a transaction InnoDB chose as a deadlock victim: two writers' locking
+// reads of the active masks and their inserts can cross, and the victim's work was rolled
+// back whole, so running it again is the standard and safe answer.
+func writeMasks(ctx context.Context, db *sql.DB, schema, onlySource string, masks []Mask, edit func([]Mask) ([]Mask, error)) error {
+	for attempt := 1; ; attempt++ {
+		err := writeMasksOnce(ctx, db, schema, onlySource, masks, edit)
+		var me *mysql.MySQLError
+		if attempt < 5 && errors.As(err, &me) && me.Number == 1213 {
+			continue
+		}
+		return err
+	}
+}
+
+func writeMasksOnce(ctx context.Context, db *sql.DB, schema, onlySource string, masks []Mask, edit func([]Mask) ([]Mask, error)) error {
+	tbl, err := qualify(schema, "masks")
+	if err != nil {
+		return err
+	}
+	if err := validMasks(masks, ""); err != nil {
+		return err
 	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -121,7 +157,7 @@ func writeMasks(ctx context.Context, db *sql.DB, schema, onlySource string, mask
 	// Locking read of every active mask, even when only one source is rewritten: two
 	// writers serialise instead of both inserting the same new mask.
 	rows, err := tx.QueryContext(ctx,
-		"SELECT id, slot_start, slot_end, source, reason FROM "+tbl+" WHERE lifted_at IS NULL FOR UPDATE")
+		"SELECT id, slot_start, slot_end, source, reason, since FROM "+tbl+" WHERE lifted_at IS NULL ORDER BY slot_start, slot_end, id FOR UPDATE")
 	if err != nil {
 		return fmt.Errorf("write masks: read active: %w", err)
 	}
@@ -131,10 +167,12 @@ func writeMasks(ctx context.Context, db *sql.DB, schema, onlySource string, mask
 	}
 	current := map[maskKey]active{}
 	var duplicates []int64
+	var mine []Mask
 	for rows.Next() {
 		var k maskKey
 		var a active
-		if err := rows.Scan(&a.id, &k.start, &k.end, &k.source, &a.reason); err != nil {
+		var since time.Time
+		if err := rows.Scan(&a.id, &k.start, &k.end, &k.source, &a.reason, &since); err != nil {
 			rows.Close()
 			return fmt.Errorf("write masks: read active: %w", err)
 		}
@@ -146,11 +184,20 @@ func writeMasks(ctx context.Context, db *sql.DB, schema, onlySource string, mask
 			continue
 		}
 		current[k] = a
+		mine = append(mine, Mask{Start: k.start, End: k.end, Reason: a.reason, Source: k.source, Since: since.UTC()})
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("write masks: read active: %w", err)
 	}
 	rows.Close()
+	if edit != nil {
+		if masks, err = edit(mine); err != nil {
+			return err
+		}
+		if err := validMasks(masks, onlySource); err != nil {
+			return err
+		}
+	}
 
 	wanted := map[maskKey]bool{}
 	for _, m := range masks {

@@ -250,6 +250,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if err != nil {
 		return err
 	}
+	// A packet waits Expiry for payment and is then open for Expiry again.
+	if err := registerStatusGauges(reg, st, watcher, 2*cfg.Expiry); err != nil {
+		return err
+	}
 
 	var draining atomic.Bool
 	apiCfg := httpapi.Config{Service: svc, Queue: q, Registerer: reg, Gatherer: reg, Log: log,
@@ -290,6 +294,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	spawn := func(f func(context.Context)) { wg.Add(1); go func() { defer wg.Done(); f(bg) }() }
 	if watcher != nil {
 		spawn(watcher.Run)
+		spawn(func(ctx context.Context) { reportEpochs(ctx, db, cfg.ControlSchema, cfg.ServerName, watcher, log) })
 	}
 	spawn(brk.Run)
 	spawn(func(ctx context.Context) { svc.RunSweeper(ctx, cfg.SweepEvery) })

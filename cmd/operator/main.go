@@ -5,6 +5,7 @@ package main
 
 import (
 	"flag"
+	"log/slog"
 	"os"
 	"time"
 
@@ -14,10 +15,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/controllers"
+	"github.com/redpacketset/redpacket/internal/opmetrics"
 )
 
 func main() {
@@ -64,6 +67,11 @@ func main() {
 	}
 	if err := controllers.Setup(mgr); err != nil {
 		log.Error(err, "set up controllers")
+		os.Exit(1)
+	}
+	// Status as gauges for the alerts and the dashboard (docs/operator.md, monitoring).
+	if err := metrics.Registry.Register(opmetrics.New(mgr.GetClient(), slog.New(slog.NewJSONHandler(os.Stderr, nil)))); err != nil {
+		log.Error(err, "register status metrics")
 		os.Exit(1)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
