@@ -27,12 +27,13 @@ command -v debootstrap >/dev/null || { log "debootstrap missing: apt-get install
 mkdir -p "${out}" "${cache}"
 
 # version PACKAGE: the candidate version apt would install, the cache key.
-version() { apt-cache show --no-all-versions "$1" | awk '/^Version:/ {print $2; exit}'; }
+# (awk reads to the end: an early exit would fail apt-cache with SIGPIPE under pipefail.)
+version() { apt-cache show --no-all-versions "$1" | awk '/^Version:/ && !v {v = $2} END {print v}'; }
 
 mounted=()
 cleanup() {
   for m in "${mounted[@]}"; do umount -l "$m" 2>/dev/null || true; done
-  [[ -n ${work:-} ]] && rm -rf "${work}"
+  if [[ -n ${work:-} ]]; then rm -rf "${work}"; fi
 }
 trap cleanup EXIT
 
