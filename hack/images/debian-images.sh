@@ -37,10 +37,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# rootfs NAME VERSION SETUP_FUNCTION: the cached root filesystem tar of one image.
+# rootfs NAME VERSION SETUP_FUNCTION [KEY]: the cached root filesystem tar of one image, keyed
+# by the package version and KEY (a digest of the project's files the setup copies in).
 rootfs() {
-  local name=$1 ver=$2 setup=$3
-  local tarfile="${cache}/${name}-${suite}-${ver//[:~\/]/_}.rootfs.tar"
+  local name=$1 ver=$2 setup=$3 key=${4:+-$4}
+  local tarfile="${cache}/${name}-${suite}-${ver//[:~\/+]/_}${key}.rootfs.tar"
   trap cleanup EXIT # this runs in $(...), which does not inherit the caller's trap
   if [[ -s ${tarfile} ]]; then
     log "${name} ${ver}: cached ${tarfile}"
@@ -111,9 +112,9 @@ cd "${root}"
 
 ver=$(version mariadb-server)
 [[ ${ver} == *:10.11.* || ${ver} == 10.11.* ]] || { log "mariadb-server ${ver} is not 10.11"; exit 1; }
-tarfile=$(rootfs mariadb "${ver}" setup_mariadb)
+tarfile=$(rootfs mariadb "${ver}" setup_mariadb "$(cat hack/images/mariadb/* | sha256sum | cut -c1-12)")
 "${images[@]}" -rootfs "${tarfile}" -out "${out}/mariadb.tar" \
-  -tag docker.io/library/mariadb:10.11 -tag "redpacketset.local/debian/mariadb:${ver//[:~]/_}" \
+  -tag docker.io/library/mariadb:10.11 -tag "redpacketset.local/debian/mariadb:${ver//[:~+]/_}" \
   -user 999:999 -entrypoint '["docker-entrypoint.sh"]' -cmd '["mariadbd"]' \
   -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -env LANG=C.UTF-8 \
   -expose 3306/tcp -volume /var/lib/mysql
@@ -122,7 +123,7 @@ ver=$(version memcached)
 [[ ${ver} == 1.6.* ]] || { log "memcached ${ver} is not 1.6"; exit 1; }
 tarfile=$(rootfs memcached "${ver}" setup_memcached)
 "${images[@]}" -rootfs "${tarfile}" -out "${out}/memcached.tar" \
-  -tag docker.io/library/memcached:1.6 -tag "redpacketset.local/debian/memcached:${ver//[:~]/_}" \
+  -tag docker.io/library/memcached:1.6 -tag "redpacketset.local/debian/memcached:${ver//[:~+]/_}" \
   -user 11211:11211 -entrypoint '["memcached"]' \
   -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   -expose 11211/tcp

@@ -68,6 +68,7 @@ initialise() {
     # mariadb-install-db also makes password-less root@127.0.0.1, root@::1 and root@<host>;
     # they would shadow root@'%' for local TCP logins.
     echo "DELETE FROM mysql.global_priv WHERE User='' OR (User='root' AND Host NOT IN ('localhost'));"
+    echo "DELETE FROM mysql.proxies_priv WHERE Host NOT IN ('localhost');"
     echo "FLUSH PRIVILEGES;"
     echo "ALTER USER 'root'@'localhost' IDENTIFIED BY $(sql_string "${MARIADB_ROOT_PASSWORD:-}");"
     echo "CREATE USER 'root'@'%' IDENTIFIED BY $(sql_string "${MARIADB_ROOT_PASSWORD:-}");"
