@@ -57,9 +57,25 @@ rpbench-locks: go-check deps ## Lock strategies across concurrency levels: docs/
 
 ##@ Build
 
+# The version of the project's images, set only in the VERSION file: the manifests, the chart
+# and the CRD defaults name it (hack/images/main_test.go checks they agree).
+VERSION := $(shell cat VERSION)
+IMAGES_DIR ?= bin/images
+REGISTRY ?= ghcr.io/redpacketset
+# The Debian stand-ins for mariadb and memcached: root filesystems cached by package version.
+IMAGES_CACHE ?= $(HOME)/.cache/redpacketset/images
+
 .PHONY: build
 build: ## Build every binary into bin/.
 	$(GO) build -o bin/ ./cmd/...
+
+.PHONY: images
+images: ## Image tarballs of operator, cellserver and gateway in bin/images (static, user 65532, no shell).
+	$(GO) run ./hack/images project -version $(VERSION) -registry $(REGISTRY) -out $(IMAGES_DIR)
+
+.PHONY: images-debian
+images-debian: ## mariadb:10.11 and memcached:1.6 stand-ins from Debian packages for a registry-less test cluster (root, debootstrap).
+	hack/images/debian-images.sh $(IMAGES_DIR) $(IMAGES_CACHE)
 
 .PHONY: vet
 vet:

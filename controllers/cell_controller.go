@@ -112,6 +112,7 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		{"server deployment", func() error { return r.Client.Apply(ctx, serverDeployment(cell), FieldOwner, client.ForceOwnership) }},
 		{"server service", func() error { return r.Client.Apply(ctx, serverService(cell), FieldOwner, client.ForceOwnership) }},
 		{"server pdb", func() error { return r.Client.Apply(ctx, serverPDB(cell), FieldOwner, client.ForceOwnership) }},
+		{"mysql pdb", func() error { return r.Client.Apply(ctx, mysqlPDB(cell), FieldOwner, client.ForceOwnership) }},
 	}
 	for _, ph := range phases {
 		if err := ph.run(); err != nil {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"strconv"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,7 +33,54 @@ const (
 	routingMount = "/etc/redpacket/routing"
 	cellMount    = "/etc/redpacket/cell"
 	signingMount = "/etc/redpacket/signing"
+	dbAuthMount  = "/etc/redpacket/db"
 )
+
+// The users the children run as. Pod Security "restricted" needs runAsNonRoot, and the kubelet
+// can only verify it for a numeric user, so each is named here rather than left to the image:
+// the project's images run as 65532 (make images), the official mariadb image's mysql user is
+// 999 and the official memcached image's memcache user is 11211; the images make images builds
+// from Debian packages keep those numbers (docs/operator.md, "Images").
+const (
+	projectUID   int64 = 65532
+	mysqlUID     int64 = 999
+	memcachedUID int64 = 11211
+)
+
+// restrictedPod is the pod half of the restricted profile; fsGroup makes mounted volumes (the
+// database's PVC, the credentials file) readable by the container's user.
+func restrictedPod(fsGroup int64) *corev1ac.PodSecurityContextApplyConfiguration {
+	return corev1ac.PodSecurityContext().
+		WithRunAsNonRoot(true).
+		WithFSGroup(fsGroup).
+		WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))
+}
+
+// restrictedContainer is the container half. A read-only root suits the static binaries and
+// memcached, which write nothing; MariaDB writes its socket and temporary files outside the PVC.
+func restrictedContainer(uid int64, readOnlyRoot bool) *corev1ac.SecurityContextApplyConfiguration {
+	return corev1ac.SecurityContext().
+		WithRunAsUser(uid).WithRunAsGroup(uid).WithRunAsNonRoot(true).
+		WithAllowPrivilegeEscalation(false).
+		WithReadOnlyRootFilesystem(readOnlyRoot).
+		WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))
+}
+
+// Requests a container gets when its spec names none: without them a pod is BestEffort, the
+// first the kubelet evicts under memory pressure, and the scheduler packs it anywhere.
+var (
+	defaultServerRequests  = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m"), corev1.ResourceMemory: resource.MustParse("256Mi")}
+	defaultMySQLRequests   = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m"), corev1.ResourceMemory: resource.MustParse("512Mi")}
+	defaultGatewayRequests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}
+)
+
+// memcachedRequests holds memcached's item memory (-m) plus its connection buffers and hash table.
+func memcachedRequests(memoryMB int32) corev1.ResourceList {
+	return corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("50m"),
+		corev1.ResourceMemory: *resource.NewQuantity(int64(memoryMB+32)<<20, resource.BinarySI),
+	}
+}
 
 func setLabels(set *rpv1.RedPacketSet, cell string) map[string]string {
 	l := map[string]string{
@@ -97,7 +146,8 @@ type cellConfig struct {
 // the ConfigMap.
 const mysqlInitScript = `#!/bin/bash
 set -euo pipefail
-mariadb -uroot -p"${MARIADB_ROOT_PASSWORD}" <<SQL
+# MYSQL_PWD, not -p: an argument would show the root password in the process list.
+MYSQL_PWD="${MARIADB_ROOT_PASSWORD}" mariadb -uroot <<SQL
 CREATE USER IF NOT EXISTS '${RP_DB_USER}'@'%' IDENTIFIED BY '${RP_DB_PASSWORD}';
 GRANT ALL PRIVILEGES ON \` + "`" + `db\_%\` + "`" + `.* TO '${RP_DB_USER}'@'%';
 GRANT ALL PRIVILEGES ON \` + "`" + `rp\_%\` + "`" + `.* TO '${RP_DB_USER}'@'%';
@@ -156,10 +206,27 @@ func zoneAffinity(zones []string) *corev1ac.AffinityApplyConfiguration {
 					WithKey(rpv1.ZoneTopologyKey).WithOperator(corev1.NodeSelectorOpIn).WithValues(zones...)))))
 }
 
-func resourcesAC(r corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+// resourcesAC is r with a request for every resource in defaults that r leaves open. A
+// resource with only a limit is requested at its limit, as the API server would default it;
+// a default above that limit would make the pod invalid.
+func resourcesAC(r corev1.ResourceRequirements, defaults corev1.ResourceList) *corev1ac.ResourceRequirementsApplyConfiguration {
+	req := corev1.ResourceList{}
+	for name, q := range r.Requests {
+		req[name] = q
+	}
+	for name, q := range defaults {
+		if _, ok := req[name]; ok {
+			continue
+		}
+		if limit, ok := r.Limits[name]; ok {
+			req[name] = limit
+		} else {
+			req[name] = q
+		}
+	}
 	ac := corev1ac.ResourceRequirements()
-	if len(r.Requests) > 0 {
-		ac.WithRequests(r.Requests)
+	if len(req) > 0 {
+		ac.WithRequests(req)
 	}
 	if len(r.Limits) > 0 {
 		ac.WithLimits(r.Limits)
@@ -209,13 +276,20 @@ func mysqlStatefulSet(cell *rpv1.RedPacketCell) *appsv1ac.StatefulSetApplyConfig
 			secretEnv("RP_DB_USER", secret, "user"),
 			secretEnv("RP_DB_PASSWORD", secret, "password"),
 		).
-		WithResources(resourcesAC(m.Resources)).
+		WithResources(resourcesAC(m.Resources, defaultMySQLRequests)).
+		WithSecurityContext(restrictedContainer(mysqlUID, false)).
+		// The first start of an empty volume initialises the datadir and runs the grants; a
+		// restart after a crash replays InnoDB's redo log, which on a big volume takes minutes.
+		// Liveness starts counting only once this has passed once.
+		WithStartupProbe(corev1ac.Probe().
+			WithExec(corev1ac.ExecAction().WithCommand("healthcheck.sh", "--connect", "--innodb_initialized")).
+			WithPeriodSeconds(10).WithTimeoutSeconds(5).WithFailureThreshold(90)).
 		WithReadinessProbe(corev1ac.Probe().
 			WithExec(corev1ac.ExecAction().WithCommand("healthcheck.sh", "--connect", "--innodb_initialized")).
 			WithPeriodSeconds(5).WithTimeoutSeconds(3).WithFailureThreshold(3)).
 		WithLivenessProbe(corev1ac.Probe().
 			WithExec(corev1ac.ExecAction().WithCommand("healthcheck.sh", "--connect")).
-			WithInitialDelaySeconds(60).WithPeriodSeconds(10).WithTimeoutSeconds(5)).
+			WithPeriodSeconds(10).WithTimeoutSeconds(5).WithFailureThreshold(3)).
 		WithVolumeMounts(
 			corev1ac.VolumeMount().WithName("data").WithMountPath("/var/lib/mysql"),
 			corev1ac.VolumeMount().WithName("init").WithMountPath("/docker-entrypoint-initdb.d").WithReadOnly(true),
@@ -231,6 +305,8 @@ func mysqlStatefulSet(cell *rpv1.RedPacketCell) *appsv1ac.StatefulSetApplyConfig
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(cellLabels(cell, rpv1.ComponentMySQL)).
 				WithSpec(corev1ac.PodSpec().
+					WithAutomountServiceAccountToken(false).
+					WithSecurityContext(restrictedPod(mysqlUID)).
 					WithAffinity(zoneAffinity(cell.Spec.Zones)).
 					WithTopologySpreadConstraints(zoneSpread(cell, rpv1.ComponentMySQL)).
 					WithContainers(container).
@@ -243,7 +319,9 @@ func mysqlStatefulSet(cell *rpv1.RedPacketCell) *appsv1ac.StatefulSetApplyConfig
 func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfiguration {
 	t := cell.Spec.Template
 	secret := cell.MySQLSecretName()
-	dsn := fmt.Sprintf("$(RP_DB_USER):$(RP_DB_PASSWORD)@tcp(%s:%d)/?parseTime=true&interpolateParams=true",
+	// The password is read from a file by the server: a $(VAR) in args is expanded by the
+	// kubelet into the process's argv, which every user of the node can read.
+	dsn := fmt.Sprintf("$(RP_DB_USER)@tcp(%s:%d)/?parseTime=true&interpolateParams=true",
 		cell.MySQLPodName(0)+"."+cell.MySQLName(), MySQLPort)
 	server := corev1ac.Container().
 		WithName("cellserver").
@@ -251,7 +329,11 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 		WithArgs(
 			fmt.Sprintf("-listen=:%d", ServerPort),
 			"-mysql-dsn="+dsn,
+			"-mysql-password-file="+dbAuthMount+"/password",
 			fmt.Sprintf("-memcached=127.0.0.1:%d", MemcachedPort),
+			// memcached listens on the pod's loopback, which no kubelet probe can reach (a
+			// probe's host is the node's): the server's readiness asks it instead.
+			"-ready-memcached",
 			"-routing-file="+routingMount+"/"+rpv1.RoutingFile,
 			"-cell="+cell.Name,
 			"-server-name=$(POD_NAME)",
@@ -271,10 +353,15 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 		WithEnv(
 			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
 			secretEnv("RP_DB_USER", secret, "user"),
-			secretEnv("RP_DB_PASSWORD", secret, "password"),
 		).
 		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ServerPort)).
-		WithResources(resourcesAC(t.Server.Resources)).
+		WithResources(resourcesAC(t.Server.Resources, defaultServerRequests)).
+		WithSecurityContext(restrictedContainer(projectUID, true)).
+		// The server listens only once its database answers (up to 2 min) and its schema
+		// exists (up to 10 min on a first start of the full layout, cmd/cellserver); until
+		// then liveness must not count, or a slow database gets the server killed in a loop.
+		WithStartupProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("http"))).
+			WithPeriodSeconds(5).WithFailureThreshold(150)).
 		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("http"))).
 			WithPeriodSeconds(2).WithFailureThreshold(2)).
 		WithLivenessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("http"))).
@@ -283,13 +370,14 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 			corev1ac.VolumeMount().WithName("routing").WithMountPath(routingMount).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName("cell").WithMountPath(cellMount).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName("signing").WithMountPath(signingMount).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName("db-auth").WithMountPath(dbAuthMount).WithReadOnly(true),
 		)
 	memcached := corev1ac.Container().
 		WithName("memcached").
 		WithImage(t.Memcached.Image).
 		WithArgs("-l", "127.0.0.1", "-p", strconv.Itoa(MemcachedPort), "-U", "0", "-m", strconv.Itoa(int(t.Memcached.MemoryMB))).
-		WithResources(resourcesAC(t.Memcached.Resources)).
-		WithReadinessProbe(corev1ac.Probe().WithTCPSocket(corev1ac.TCPSocketAction().WithPort(intstr.FromInt32(MemcachedPort)).WithHost("127.0.0.1")).WithPeriodSeconds(5))
+		WithResources(resourcesAC(t.Memcached.Resources, memcachedRequests(t.Memcached.MemoryMB))).
+		WithSecurityContext(restrictedContainer(memcachedUID, true))
 	return appsv1ac.Deployment(cell.ServerName(), cell.Namespace).
 		WithLabels(cellLabels(cell, rpv1.ComponentServer)).
 		WithOwnerReferences(ownerRef(cell, cellGVK)).
@@ -299,6 +387,8 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(cellLabels(cell, rpv1.ComponentServer)).
 				WithSpec(corev1ac.PodSpec().
+					WithAutomountServiceAccountToken(false).
+					WithSecurityContext(restrictedPod(projectUID)).
 					WithAffinity(zoneAffinity(cell.Spec.Zones)).
 					WithTopologySpreadConstraints(zoneSpread(cell, rpv1.ComponentServer)).
 					// Long enough for the server to drain its queues and outbox.
@@ -308,6 +398,9 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 						corev1ac.Volume().WithName("routing").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(cell.RoutingConfigMapName())),
 						corev1ac.Volume().WithName("cell").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(cell.ConfigMapName())),
 						corev1ac.Volume().WithName("signing").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(cell.SigningSecretName())),
+						// Only the password, readable by the pod's fsGroup and nobody else.
+						corev1ac.Volume().WithName("db-auth").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(secret).
+							WithDefaultMode(0o440).WithItems(corev1ac.KeyToPath().WithKey("password").WithPath("password"))),
 					))))
 }
 
@@ -323,6 +416,22 @@ func serverService(cell *rpv1.RedPacketCell) *corev1ac.ServiceApplyConfiguration
 			WithPorts(corev1ac.ServicePort().WithName("http").WithPort(ServerPort).WithTargetPort(intstr.FromString("http"))))
 }
 
+// mysqlPDB keeps a voluntary eviction (a node drain) from taking the cell's primary: the
+// servers write only to pod 0, so its eviction is an outage of the cell. The drain waits until
+// an SRE moves the database deliberately. A primary that is not ready anyway may be evicted,
+// or a crash-looping database would block every drain of its node.
+func mysqlPDB(cell *rpv1.RedPacketCell) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	sel := selectorLabels(cell, rpv1.ComponentMySQL)
+	sel[appsv1.StatefulSetPodNameLabel] = cell.MySQLPodName(0)
+	return policyv1ac.PodDisruptionBudget(cell.MySQLName(), cell.Namespace).
+		WithLabels(cellLabels(cell, rpv1.ComponentMySQL)).
+		WithOwnerReferences(ownerRef(cell, cellGVK)).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithMinAvailable(intstr.FromInt32(1)).
+			WithUnhealthyPodEvictionPolicy(policyv1.AlwaysAllow).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(sel)))
+}
+
 func serverPDB(cell *rpv1.RedPacketCell) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
 	return policyv1ac.PodDisruptionBudget(cell.ServerName(), cell.Namespace).
 		WithLabels(cellLabels(cell, rpv1.ComponentServer)).
@@ -332,7 +441,7 @@ func serverPDB(cell *rpv1.RedPacketCell) *policyv1ac.PodDisruptionBudgetApplyCon
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(cell, rpv1.ComponentServer))))
 }
 
-// gatewayObjects are the set's access layer: a Deployment and a Service.
+// gatewayObjects are the set's access layer: a Deployment, its Service and its disruption budget.
 func gatewayObjects(set *rpv1.RedPacketSet) []runtime.ApplyConfiguration {
 	labels := setLabels(set, "")
 	labels[rpv1.LabelComponent] = rpv1.ComponentGateway
@@ -352,7 +461,8 @@ func gatewayObjects(set *rpv1.RedPacketSet) []runtime.ApplyConfiguration {
 		).
 		WithEnv(corev1ac.EnvVar().WithName("POD_NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.namespace")))).
 		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ServerPort)).
-		WithResources(resourcesAC(g.Resources)).
+		WithResources(resourcesAC(g.Resources, defaultGatewayRequests)).
+		WithSecurityContext(restrictedContainer(projectUID, true)).
 		WithLivenessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("http"))).WithPeriodSeconds(10)).
 		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("http"))).WithPeriodSeconds(2)).
 		WithVolumeMounts(
@@ -368,6 +478,8 @@ func gatewayObjects(set *rpv1.RedPacketSet) []runtime.ApplyConfiguration {
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(labels).
 				WithSpec(corev1ac.PodSpec().
+					WithAutomountServiceAccountToken(false).
+					WithSecurityContext(restrictedPod(projectUID)).
 					// Longer than the gateway's -drain-delay (5 s) plus in-flight requests.
 					WithTerminationGracePeriodSeconds(30).
 					WithTopologySpreadConstraints(corev1ac.TopologySpreadConstraint().WithMaxSkew(1).
@@ -384,5 +496,12 @@ func gatewayObjects(set *rpv1.RedPacketSet) []runtime.ApplyConfiguration {
 		WithSpec(corev1ac.ServiceSpec().
 			WithSelector(sel).
 			WithPorts(corev1ac.ServicePort().WithName("http").WithPort(80).WithTargetPort(intstr.FromString("http"))))
-	return []runtime.ApplyConfiguration{dep, svc}
+	// One gateway at a time may go in a drain; the others keep serving the set.
+	pdb := policyv1ac.PodDisruptionBudget(set.GatewayName(), set.Namespace).
+		WithLabels(labels).
+		WithOwnerReferences(owner).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithMaxUnavailable(intstr.FromInt32(1)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(sel)))
+	return []runtime.ApplyConfiguration{dep, svc, pdb}
 }

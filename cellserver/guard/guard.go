@@ -335,6 +335,18 @@ func (g *Guard) useMemcachedNoProbe() bool {
 	return g.mc != nil && g.downUntil.Load() == 0
 }
 
+// Ping asks memcached whether it answers, regardless of whether the guard currently uses it; it
+// changes nothing in the guard. Without Addr there is nothing to ask and it fails.
+func (g *Guard) Ping() error {
+	if g.mc == nil {
+		return errors.New("guard: no memcached configured")
+	}
+	if err := g.mc.Ping(); err != nil {
+		return fmt.Errorf("guard: ping memcached: %w", err)
+	}
+	return nil
+}
+
 func (g *Guard) memcachedFailed(op string, err error) {
 	g.mcErrors.Inc()
 	prev := g.downUntil.Swap(time.Now().Add(g.cfg.ProbeEvery).UnixNano())

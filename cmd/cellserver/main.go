@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -40,10 +41,14 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/wallet"
 )
 
+// passwordEnv holds the database password when no -mysql-password-file is given.
+const passwordEnv = "RP_MYSQL_PASSWORD"
+
 // Config is everything the flags set.
 type Config struct {
 	Listen         string
 	MySQLDSN       string
+	ReadyMemcached bool
 	MySQLMaxConns  int
 	Memcached      string
 	RoutingFile    string
@@ -81,6 +86,9 @@ func parseFlags(args []string) (Config, error) {
 	fs := flag.NewFlagSet("cellserver", flag.ContinueOnError)
 	fs.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
 	fs.StringVar(&c.MySQLDSN, "mysql-dsn", "root@tcp(127.0.0.1:3306)/", "the cell's MariaDB (go-sql-driver DSN, no default database needed)")
+	var passwordFile string
+	fs.StringVar(&passwordFile, "mysql-password-file", "", "file holding the password of -mysql-dsn's user (a mounted Secret); without it $"+passwordEnv+" is used when set. Keeps the password out of argv")
+	fs.BoolVar(&c.ReadyMemcached, "ready-memcached", false, "report not ready while -memcached does not answer (in a pod, the readiness of the memcached beside the server)")
 	fs.IntVar(&c.MySQLMaxConns, "mysql-max-conns", 64, "connection pool size; bounds this server's share of the cell DB")
 	fs.StringVar(&c.Memcached, "memcached", "127.0.0.1:11211", "the memcached beside this server (guard counters, remaining-count cache); empty = local guard only")
 	fs.StringVar(&c.RoutingFile, "routing-file", "", "routing.json from the routing ConfigMap; empty = this cell owns every slot")
@@ -124,7 +132,51 @@ func parseFlags(args []string) (Config, error) {
 	if c.ServerName == "" {
 		return Config{}, errors.New("-server-name is required (no hostname)")
 	}
+	if c.ReadyMemcached && c.Memcached == "" {
+		return Config{}, errors.New("-ready-memcached needs -memcached")
+	}
+	password, err := readPassword(passwordFile)
+	if err != nil {
+		return Config{}, err
+	}
+	if c.MySQLDSN, err = withPassword(c.MySQLDSN, password); err != nil {
+		return Config{}, err
+	}
 	return c, nil
+}
+
+// readPassword is the password from file, else from $RP_MYSQL_PASSWORD; "" when neither is
+// given. A named file that is missing or empty is an error: falling back to a password-less
+// login would fail later with a misleading "access denied".
+func readPassword(file string) (string, error) {
+	if file == "" {
+		return os.Getenv(passwordEnv), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("-mysql-password-file: %w", err)
+	}
+	p := strings.TrimRight(string(b), "\r\n")
+	if p == "" {
+		return "", fmt.Errorf("-mysql-password-file %s is empty", file)
+	}
+	return p, nil
+}
+
+// withPassword sets the password of a go-sql-driver DSN.
+func withPassword(dsn, password string) (string, error) {
+	if password == "" {
+		return dsn, nil
+	}
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return "", fmt.Errorf("-mysql-dsn: %w", err)
+	}
+	if cfg.Passwd != "" {
+		return "", errors.New("-mysql-dsn has a password and another is given by -mysql-password-file or $" + passwordEnv + ": give one")
+	}
+	cfg.Passwd = password
+	return cfg.FormatDSN(), nil
 }
 
 func main() {
@@ -224,7 +276,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		}
 	}()
 
-	g, cache, closeGuard, err := newGuard(cfg, reg, log)
+	g, cache, pingCache, closeGuard, err := newGuard(cfg, reg, log)
 	if err != nil {
 		return err
 	}
@@ -263,6 +315,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 			}
 			if err := db.PingContext(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)
+			}
+			if cfg.ReadyMemcached {
+				if err := pingCache(); err != nil {
+					return fmt.Errorf("memcached %s: %w", cfg.Memcached, err)
+				}
 			}
 			return nil
 		}}

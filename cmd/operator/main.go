@@ -57,6 +57,7 @@ func main() {
 		LeaderElectionNamespace: *leaderElectNS,
 	}
 	mgrOpts.Cache.SyncPeriod = syncPeriod
+	mgrOpts.Cache.ByObject = controllers.CacheByObject()
 	if *watchNamespace != "" {
 		mgrOpts.Cache.DefaultNamespaces = map[string]cache.Config{*watchNamespace: {}}
 	}
