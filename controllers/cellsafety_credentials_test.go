@@ -67,7 +67,7 @@ func TestRecreatedCellKeepsItsCredentials(t *testing.T) {
 			Zones:          []string{"zone-a", "zone-b"},
 			Cells:          2,
 			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
-			RebalanceDelay: &metav1.Duration{Duration: time.Second},
+			RebalanceDelay: &metav1.Duration{Duration: time.Minute}, // the floor; the clock skew below moves past it
 			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: time.Hour}},
 		},
 	}
@@ -89,6 +89,9 @@ func TestRecreatedCellKeepsItsCredentials(t *testing.T) {
 	}
 
 	scale(t, ctx, c, set, 3)
+	eventually(t, "epoch 2 published", func() error { return publishedEpoch(t, c, key, 2) })
+	skew.Store(int64(2 * time.Minute)) // past the minute's delay
+	touch(t, ctx, c, "again-cell-0")
 	eventually(t, "epoch 2 in force", inForce(2))
 	var first corev1.Secret
 	eventually(t, "cell 2's credentials", func() error { return c.Get(ctx, secret2, &first) })
@@ -98,6 +101,9 @@ func TestRecreatedCellKeepsItsCredentials(t *testing.T) {
 	}
 
 	scale(t, ctx, c, set, 2)
+	eventually(t, "epoch 3 published", func() error { return publishedEpoch(t, c, key, 3) })
+	skew.Store(int64(4 * time.Minute))
+	touch(t, ctx, c, "again-cell-0")
 	eventually(t, "epoch 3 in force", inForce(3))
 	skew.Store(int64(4 * time.Hour)) // every older epoch past its time; cell 2 holds nothing
 	touch(t, ctx, c, "again-cell-0")
@@ -131,4 +137,16 @@ func TestRecreatedCellKeepsItsCredentials(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// publishedEpoch is nil once the set's status holds epoch n, in force or pending.
+func publishedEpoch(t *testing.T, c client.Client, key client.ObjectKey, n int64) error {
+	t.Helper()
+	s := getSet(t, c, key)
+	for _, e := range s.Status.Routing.Epochs {
+		if e.Number >= n {
+			return nil
+		}
+	}
+	return fmt.Errorf("status holds %d epochs, none numbered %d", len(s.Status.Routing.Epochs), n)
 }

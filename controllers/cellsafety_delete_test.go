@@ -42,7 +42,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 			Zones:          []string{"zone-a", "zone-b"},
 			Cells:          2,
 			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
-			RebalanceDelay: &metav1.Duration{Duration: time.Second},
+			RebalanceDelay: &metav1.Duration{Duration: time.Minute}, // the floor; the clock skew below moves past it
 			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: time.Hour}},
 		},
 	}
@@ -92,6 +92,9 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	created := wrap(1, 600)
 
 	scale(t, ctx, c, set, 1)
+	eventually(t, "epoch 2 published", func() error { return publishedEpoch(t, c, key, 2) })
+	skew.Store(int64(2 * time.Minute)) // past the minute's delay
+	touch(t, ctx, c, "doomed-cell-0")
 	eventually(t, "epoch 2 in force, cell 1 draining", func() error {
 		s := getSet(t, c, key)
 		if s.Status.Routing.CurrentEpoch != 2 {
@@ -143,8 +146,8 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	})
 
 	// The sweeper settles the packet: the deletion goes through, then epoch 1 is pruned.
-	if _, err := stores[1].ExpireDue(ctx, created.Add(2*time.Hour), 100); err != nil {
-		t.Fatal(err)
+	if got, err := stores[1].ExpireDue(ctx, created.Add(2*time.Hour), 100); err != nil || len(got) != 1 {
+		t.Fatalf("sweep settled %v (%v), want the one packet", got, err)
 	}
 	touch(t, ctx, c, "doomed-cell-1")
 	eventually(t, "cell 1 gone and epoch 1 pruned once settled", func() error {
