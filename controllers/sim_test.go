@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/gateway"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers/plan"
 )
@@ -45,7 +46,9 @@ type simPacket struct {
 // every second it checks, with each server's own refusal rule (routing.StaleFor):
 //   - no (slot, ID second) has two issuing cells;
 //   - every packet created so far is routed by the operator's table to the cell that issued
-//     it, until it settles (so no epoch an unsettled packet needs was pruned).
+//     it, until it settles (so no epoch an unsettled packet needs was pruned);
+//   - a gateway holding any published table (late or not) stays ready while any cell it
+//     names can serve (its database up and a server of it holding a table).
 //
 // Run more seeds with -sim.seeds=N, one with -sim.seed=N.
 func TestControlPlaneSimulation(t *testing.T) {
@@ -230,6 +233,26 @@ func simulate(seed int64) error {
 						packets = append(packets, simPacket{slot: slot, created: sec, cell: s.cell, settles: now.Add(time.Duration(rng.Int64N(int64(2 * expiry))))})
 					}
 				}
+			}
+		}
+		// Gateways load tables late too; each must stay ready while any cell can serve.
+		for g := 0; g < 2; g++ {
+			held := versions[rng.IntN(len(versions))]
+			serving := func(cell string) int {
+				n := 0
+				for _, s := range servers {
+					if s.cell == cell && s.held >= 0 && !down[cell] {
+						n++
+					}
+				}
+				return n
+			}
+			canServe := false
+			for _, c := range held.AllCells() {
+				canServe = canServe || serving(c) > 0
+			}
+			if err := gateway.ReadyFor(held, serving); canServe && err != nil {
+				return fmt.Errorf("step %d: a gateway holding epoch %d is not ready while a cell can serve: %v", step, held.Latest().Number, err)
 			}
 		}
 		// Every packet still unsettled is routed by the operator's table (what every reader

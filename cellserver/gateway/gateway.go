@@ -212,12 +212,21 @@ func (g *Gateway) Ready() error {
 	if !g.probed.Load() {
 		return errors.New("cell servers not probed yet")
 	}
-	if _, ok := t.EpochAt(g.cfg.Now()); !ok {
+	return ReadyFor(t, func(cell string) int { return len(g.ready.Ready(cell)) })
+}
+
+// ReadyFor is the gateway's readiness rule, pure so the control-plane simulation checks the
+// same one: a table with an epoch, and at least one cell it names with a ready server.
+func ReadyFor(t *routing.Table, readyServers func(cell string) int) error {
+	if t == nil {
+		return errors.New("no routing table loaded")
+	}
+	if len(t.Epochs) == 0 {
 		return errors.New("routing table has no epoch")
 	}
 	cells := t.AllCells()
 	for _, cell := range cells {
-		if len(g.ready.Ready(cell)) > 0 {
+		if readyServers(cell) > 0 {
 			return nil
 		}
 	}
