@@ -32,7 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/idalloc"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
 	"github.com/redpacketset/redpacket/cellserver/routing"
@@ -238,13 +238,13 @@ func (a *API) translate(err error) *apiError {
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeKeyHandover, msg: err.Error(), retryAfter: routing.KeyHandover}
 	case errors.Is(err, packet.ErrKeyElsewhere):
 		return &apiError{status: http.StatusMisdirectedRequest, code: routing.CodeNotHome, msg: err.Error()}
-	case errors.Is(err, packet.ErrSlotUnavailable), errors.Is(err, ids.ErrSlotUnavailable):
+	case errors.Is(err, packet.ErrSlotUnavailable), errors.Is(err, idalloc.ErrSlotUnavailable):
 		return conflict(routing.CodeSlotUnavailable, "")
 	case errors.Is(err, queue.ErrOverloaded):
 		return &apiError{status: http.StatusTooManyRequests, code: routing.CodeOverloaded, msg: "too many requests for this packet; retry later", retryAfter: a.cfg.Queue.RetryAfter()}
 	case errors.Is(err, queue.ErrClosed):
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeShuttingDown, msg: "server is draining", retryAfter: time.Second}
-	case errors.Is(err, ids.ErrNoSlot), errors.Is(err, ids.ErrNotIssuing), errors.Is(err, ids.ErrExhausted):
+	case errors.Is(err, idalloc.ErrNoSlot), errors.Is(err, idalloc.ErrNotIssuing), errors.Is(err, idalloc.ErrExhausted):
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeUnavailable, msg: err.Error(), retryAfter: time.Second}
 	case dbUnavailable(err), errors.Is(err, store.ErrUnreadable):
 		return &apiError{status: http.StatusServiceUnavailable, code: routing.CodeDBUnavailable, msg: "the cell database is unavailable; retry (every call is idempotent)", retryAfter: time.Second}

@@ -1,5 +1,5 @@
-// Package ids owns packet IDs: their layout and, in allocator files, how a cell server issues
-// them. The layout is pure and shared by every tier, because everything about a packet's
+// Package ids owns the packet ID layout. It is pure (no I/O, no database) and shared by every
+// tier, because everything about a packet's
 // placement follows from its ID alone:
 //
 //	id = prefix*1000 + slot

@@ -55,7 +55,7 @@ var (
 	ErrSlotUnavailable = errors.New("slot unavailable in this cell")
 )
 
-// IDSource issues packet IDs; ids.Allocator satisfies it. slot < 0 lets the source pick.
+// IDSource issues packet IDs; idalloc.Allocator satisfies it. slot < 0 lets the source pick.
 type IDSource interface {
 	Next(ctx context.Context, slot int) (int64, error)
 }

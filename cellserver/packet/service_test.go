@@ -11,7 +11,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/breaker"
 	"github.com/redpacketset/redpacket/cellserver/control"
-	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/idalloc"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/cellserver/store"
@@ -376,7 +376,7 @@ func TestWrapRetriesAwayFromAFailingTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = env.DB.Exec("DROP DATABASE IF EXISTS " + ctl) })
-	alloc, err := ids.NewAllocator(ctx, ids.AllocatorConfig{DB: env.DB, Control: ctl, Server: "test", Cell: "cell-0", Layout: env.Store.Layout(), Breaker: brk})
+	alloc, err := idalloc.NewAllocator(ctx, idalloc.AllocatorConfig{DB: env.DB, Control: ctl, Server: "test", Cell: "cell-0", Layout: env.Store.Layout(), Breaker: brk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +397,7 @@ func TestWrapRetriesAwayFromAFailingTable(t *testing.T) {
 		}
 	}
 	// The tripped table's slots get no new IDs, so an explicit request there is refused.
-	if _, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "a", RequestID: "explicit", TotalCents: 100, Count: 1, Kind: packet.KindFixed}, 0); !errors.Is(err, ids.ErrSlotUnavailable) {
+	if _, _, err := svc.Wrap(ctx, packet.WrapRequest{Sender: "a", RequestID: "explicit", TotalCents: 100, Count: 1, Kind: packet.KindFixed}, 0); !errors.Is(err, idalloc.ErrSlotUnavailable) {
 		t.Fatalf("wrap in the tripped table's slot: %v", err)
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/breaker"
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/httpapi"
+	"github.com/redpacketset/redpacket/cellserver/idalloc"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
@@ -262,7 +263,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if err := ledger.EnsureSchema(startCtx); err != nil {
 		return err
 	}
-	alloc, err := ids.NewAllocator(startCtx, ids.AllocatorConfig{DB: db, Control: cfg.ControlSchema, Server: cfg.ServerName,
+	alloc, err := idalloc.NewAllocator(startCtx, idalloc.AllocatorConfig{DB: db, Control: cfg.ControlSchema, Server: cfg.ServerName,
 		Region: cfg.Region, Layout: layout, SlotCount: cfg.Slots, Cell: cfg.Cell, Routing: routes, RoutingConfirmed: confirmed, Breaker: brk,
 		Registerer: reg, Logger: log})
 	if err != nil {

@@ -25,7 +25,7 @@ const (
 	MinRebalanceDelay = routing.MinEpochLead
 	// MaxHandoverWait bounds how long past its first planned effective time an epoch is
 	// pushed back waiting for late readers. After that it takes effect as published and the
-	// servers that still lack it refuse to issue IDs on their own (ids.Allocator).
+	// servers that still lack it refuse to issue IDs on their own (idalloc.Allocator).
 	MaxHandoverWait = 15 * time.Minute
 )
 

@@ -28,6 +28,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/bench"
 	"github.com/redpacketset/redpacket/cellserver/control"
+	"github.com/redpacketset/redpacket/cellserver/idalloc"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
@@ -143,7 +144,7 @@ type env struct {
 	pool    *sql.DB
 	st      *store.Store
 	svc     *packet.Service
-	alloc   *ids.Allocator
+	alloc   *idalloc.Allocator
 	single  *queue.Queue
 	grouped *queue.Queue
 	cell    string
@@ -170,7 +171,7 @@ func newEnv(ctx context.Context, dsn string, callers int, log *slog.Logger) (*en
 		pool.Close()
 		return nil, err
 	}
-	alloc, err := ids.NewAllocator(ctx, ids.AllocatorConfig{DB: pool, Control: ctl, Server: "lockbench", Layout: layout, SlotCount: ids.MaxSlots, Cell: "lockbench", Logger: log})
+	alloc, err := idalloc.NewAllocator(ctx, idalloc.AllocatorConfig{DB: pool, Control: ctl, Server: "lockbench", Layout: layout, SlotCount: ids.MaxSlots, Cell: "lockbench", Logger: log})
 	if err != nil {
 		pool.Close()
 		return nil, err

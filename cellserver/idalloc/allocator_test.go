@@ -1,10 +1,11 @@
-package ids
+package idalloc
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/redpacketset/redpacket/cellserver/ids"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -166,14 +167,14 @@ func TestConcurrentIssueIsUniqueOwnedUnmaskedAndTimeOrdered(t *testing.T) {
 	}
 	seen := make(map[int64]bool, 2*goroutines*perGoroutine)
 	slotsUsed := map[int]bool{}
-	for g, ids := range results {
+	for g, issued := range results {
 		var prev time.Time
-		for _, id := range ids {
+		for _, id := range issued {
 			if seen[id] {
 				t.Fatalf("id %d issued twice", id)
 			}
 			seen[id] = true
-			p, err := Decompose(id)
+			p, err := ids.Decompose(id)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -231,10 +232,10 @@ func TestRestartWithinTheSameSecondNeverRepeats(t *testing.T) {
 				t.Fatalf("round %d: id %d repeated after restart", round, id)
 			}
 			seen[id] = true
-			if c := CreatedAt(id); !c.After(lastSecond) && i == 0 && round > 0 {
+			if c := ids.CreatedAt(id); !c.After(lastSecond) && i == 0 && round > 0 {
 				t.Fatalf("round %d starts at %v, not after the previous holder's %v", round, c, lastSecond)
 			}
-			lastSecond = CreatedAt(id)
+			lastSecond = ids.CreatedAt(id)
 		}
 		if err := a.Close(ctx); err != nil {
 			t.Fatal(err)
@@ -291,8 +292,8 @@ func TestCrashedHoldersWorkerIsTakenOverAfterItsReservation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !CreatedAt(id).After(CreatedAt(last)) {
-		t.Fatalf("successor issued at %v, not after the crashed holder's %v", CreatedAt(id), CreatedAt(last))
+	if !ids.CreatedAt(id).After(ids.CreatedAt(last)) {
+		t.Fatalf("successor issued at %v, not after the crashed holder's %v", ids.CreatedAt(id), ids.CreatedAt(last))
 	}
 }
 
@@ -317,7 +318,7 @@ func TestMaskedSlotsAreNeverIssued(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s := Slot(id); s < 900 {
+		if s := ids.Slot(id); s < 900 {
 			t.Fatalf("id %d issued in masked slot %d", id, s)
 		}
 	}
@@ -370,8 +371,8 @@ func TestUnavailableSlotsSayWhy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if testLayout.Of(Slot(id)) == tripped {
-			t.Fatalf("id %d issued in slot %d of tripped table %s", id, Slot(id), testLayout.Name(tripped))
+		if testLayout.Of(ids.Slot(id)) == tripped {
+			t.Fatalf("id %d issued in slot %d of tripped table %s", id, ids.Slot(id), testLayout.Name(tripped))
 		}
 	}
 	// After the cool-down the breaker lets one probe through; the slot is usable again.
@@ -411,9 +412,9 @@ func TestEpochChangeMovesIssuanceAtItsEffectiveSecond(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cell, _, err := tbl.OwnerAt(Slot(id), CreatedAt(id))
-			if err != nil || cell != "cell-a" || Slot(id) > max {
-				t.Fatalf("id %d slot %d created %v routes to %q (%v)", id, Slot(id), CreatedAt(id), cell, err)
+			cell, _, err := tbl.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+			if err != nil || cell != "cell-a" || ids.Slot(id) > max {
+				t.Fatalf("id %d slot %d created %v routes to %q (%v)", id, ids.Slot(id), ids.CreatedAt(id), cell, err)
 			}
 		}
 	}
@@ -508,7 +509,7 @@ func TestStolenLeaseIsDetectedAndReplaced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, _ := Decompose(id); p.Worker == old {
+	if p, _ := ids.Decompose(id); p.Worker == old {
 		t.Fatalf("id %d still carries the lost worker %d", id, old)
 	}
 }
@@ -528,8 +529,8 @@ func TestClockGoingBackNeverIssuesBelowTheHighWater(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !CreatedAt(second).Equal(CreatedAt(first)) || second <= first {
-		t.Fatalf("after the clock went back: %d (%v) after %d (%v)", second, CreatedAt(second), first, CreatedAt(first))
+	if !ids.CreatedAt(second).Equal(ids.CreatedAt(first)) || second <= first {
+		t.Fatalf("after the clock went back: %d (%v) after %d (%v)", second, ids.CreatedAt(second), first, ids.CreatedAt(first))
 	}
 }
 
@@ -539,7 +540,7 @@ func TestExhaustedSequenceWaitsForTheNextSecond(t *testing.T) {
 	t0 := time.Date(2026, 2, 1, 10, 0, 0, 0, time.UTC)
 	clock := newFakeClock(t0)
 	a := newAllocator(t, AllocatorConfig{DB: db, Control: schema, Clock: clock.Now, MaxWait: 100 * time.Millisecond})
-	for i := 0; i <= MaxSeq; i++ {
+	for i := 0; i <= ids.MaxSeq; i++ {
 		if _, err := a.Next(ctx, 9); err != nil {
 			t.Fatalf("id %d of the second: %v", i, err)
 		}
@@ -561,8 +562,8 @@ func TestExhaustedSequenceWaitsForTheNextSecond(t *testing.T) {
 		got <- id
 	}()
 	clock.Advance(time.Second)
-	if id := <-got; !CreatedAt(id).Equal(t0.Add(time.Second)) {
-		t.Fatalf("after the wait: created %v, want %v", CreatedAt(id), t0.Add(time.Second))
+	if id := <-got; !ids.CreatedAt(id).Equal(t0.Add(time.Second)) {
+		t.Fatalf("after the wait: created %v, want %v", ids.CreatedAt(id), t0.Add(time.Second))
 	}
 }
 

@@ -1,4 +1,10 @@
-package ids
+// Package idalloc issues packet IDs in a cell server: it leases a worker number from the
+// cell's control schema, honours masks, breakers and the routing table, and never issues an
+// ID another server could issue too. The ID layout itself is cellserver/ids (pure); this
+// package holds the I/O, so the gateway and other readers of IDs never link database code.
+// It must never decide routing or masks: it only obeys what the control schema and the
+// routing table say.
+package idalloc
 
 import (
 	"context"
@@ -15,6 +21,7 @@ import (
 
 	"github.com/redpacketset/redpacket/cellserver/breaker"
 	"github.com/redpacketset/redpacket/cellserver/control"
+	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 )
@@ -30,7 +37,7 @@ import (
 //     mark in the control schema (each renewal reserves up to the lease's end). A new holder
 //     of the worker — after a release or an expiry — only issues in later seconds, so even a
 //     crash followed by a restart within the same second never repeats an ID.
-//  3. Within one second, each slot has its own sequence up to MaxSeq; the allocator never
+//  3. Within one second, each slot has its own sequence up to ids.MaxSeq; the allocator never
 //     issues in a second below one it already used, whatever the clock does.
 //
 // Slots are chosen among those the cell owns at the ID's own creation second (the second the
@@ -70,7 +77,7 @@ type AllocatorConfig struct {
 	Region  int    // home region encoded in every ID
 	Layout  shard.Layout
 	// SlotCount is the number of slots of the set; default: the routing table's, else
-	// MaxSlots.
+	// ids.MaxSlots.
 	SlotCount int
 	Cell      string
 	// Routing returns the current routing table; nil means this cell owns every slot.
@@ -162,8 +169,8 @@ func NewAllocator(ctx context.Context, cfg AllocatorConfig) (*Allocator, error) 
 	if cfg.Server == "" || cfg.Cell == "" {
 		return nil, errors.New("id allocator: Server and Cell are required")
 	}
-	if cfg.Region < 0 || cfg.Region > MaxRegion {
-		return nil, fmt.Errorf("id allocator: region %d outside 0..%d", cfg.Region, MaxRegion)
+	if cfg.Region < 0 || cfg.Region > ids.MaxRegion {
+		return nil, fmt.Errorf("id allocator: region %d outside 0..%d", cfg.Region, ids.MaxRegion)
 	}
 	if err := cfg.Layout.Validate(); err != nil {
 		return nil, fmt.Errorf("id allocator: %w", err)
@@ -202,10 +209,10 @@ func NewAllocator(ctx context.Context, cfg AllocatorConfig) (*Allocator, error) 
 		}
 	}
 	if slotCount == 0 {
-		slotCount = MaxSlots
+		slotCount = ids.MaxSlots
 	}
-	if slotCount < 1 || slotCount > MaxSlots {
-		return nil, fmt.Errorf("id allocator: slot count %d outside 1..%d", slotCount, MaxSlots)
+	if slotCount < 1 || slotCount > ids.MaxSlots {
+		return nil, fmt.Errorf("id allocator: slot count %d outside 1..%d", slotCount, ids.MaxSlots)
 	}
 
 	a := &Allocator{
@@ -344,10 +351,10 @@ func (a *Allocator) tryNext(slot int) (id int64, retryAt int64, err error) {
 	if a.seqSec[slot] != sec {
 		a.seqSec[slot], a.seq[slot] = sec, 0
 	}
-	if a.seq[slot] > MaxSeq {
+	if a.seq[slot] > ids.MaxSeq {
 		return 0, sec + 1, nil
 	}
-	id, err = Compose(Parts{Created: created, Region: a.cfg.Region, Worker: a.lease.Worker, Seq: int(a.seq[slot]), Slot: slot})
+	id, err = ids.Compose(ids.Parts{Created: created, Region: a.cfg.Region, Worker: a.lease.Worker, Seq: int(a.seq[slot]), Slot: slot})
 	if err != nil {
 		return 0, 0, fmt.Errorf("next id: %w", err)
 	}
