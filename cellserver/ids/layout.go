@@ -1,6 +1,5 @@
 // Package ids owns the packet ID layout. It is pure (no I/O, no database) and shared by every
-// tier, because everything about a packet's
-// placement follows from its ID alone:
+// tier, because everything about a packet's placement follows from its ID alone:
 //
 //	id = prefix*1000 + slot
 //	prefix = seconds<<22 | region<<20 | worker<<12 | seq
