@@ -78,7 +78,7 @@ images-debian: ## mariadb:10.11 and memcached:1.6 stand-ins from Debian packages
 	hack/images/debian-images.sh $(IMAGES_DIR) $(IMAGES_CACHE)
 
 .PHONY: vet
-vet:
+vet: ## go vet over every package.
 	$(GO) vet ./...
 
 ##@ Test
@@ -111,4 +111,4 @@ bench: deps ## The hot-packet lock-strategy benchmark on real MariaDB (BENCHTIME
 
 .PHONY: help
 help:
-	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*?##/ { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
