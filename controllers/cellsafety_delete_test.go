@@ -24,8 +24,10 @@ import (
 
 // TestDeletionWaitsForSettlement (issue 11 §4): a draining cell holding an unpaid packet,
 // deleted by hand once its epoch is past the time rule, stays (and its epoch is kept) until
-// the packet settles; a set deleted while a cell holds a packet waits with DeletionHeld until
-// the deliberate discard annotation lets it go.
+// the packet settles; settled itself, it still stays, the same object and not a recreated one,
+// while its epoch is kept for another cell's packet, and goes once that one settles and the
+// epoch is pruned. A set deleted while a cell holds a packet waits with DeletionHeld until the
+// deliberate discard annotation lets it go.
 func TestDeletionWaitsForSettlement(t *testing.T) {
 	env := envtestutil.Start(t)
 	c := env.Client
@@ -67,15 +69,17 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		return nil
 	})
 
-	// An unpaid packet, written by the real store: wrap(1, 600) in cell 1 under epoch 1, and
-	// later wrap(0, 100) in cell 0 under epoch 2.
+	// Unpaid packets, written by the real store: wrap(1, 600) in cell 1 under epoch 1, and
+	// later in cell 0 one under epoch 1 and one under epoch 2. Which epoch a packet was created
+	// under is decided by its ID's time against the epochs' effective times, which the skewed
+	// operator clock sets: "under epoch 2" needs that clock.
 	stores := map[int]*store.Store{}
-	wrap := func(i, slot int) time.Time {
+	wrap := func(i, slot int, at time.Time) time.Time {
 		st, err := store.New(dbs[fmt.Sprintf("doomed-cell-%d", i)], store.Config{Layout: shard.Layout{Databases: 2, TablesPerDB: 2}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		created := time.Now().UTC().Truncate(time.Second)
+		created := at.UTC().Truncate(time.Second)
 		if err := st.EnsureSchema(ctx, created); err != nil {
 			t.Fatal(err)
 		}
@@ -83,13 +87,13 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := st.Wrap(ctx, store.Packet{ID: id, Sender: "alice", RequestID: fmt.Sprintf("r%d", i), Kind: "random", TotalCents: 500, Count: 5, CreatedAt: created}, created.Add(time.Hour)); err != nil {
+		if _, _, err := st.Wrap(ctx, store.Packet{ID: id, Sender: "alice", RequestID: fmt.Sprintf("r%d-%d", i, slot), Kind: "random", TotalCents: 500, Count: 5, CreatedAt: created}, created.Add(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 		stores[i] = st
 		return created
 	}
-	created := wrap(1, 600)
+	created := wrap(1, 600, time.Now())
 
 	scale(t, ctx, c, set, 1)
 	eventually(t, "epoch 2 published", func() error { return publishedEpoch(t, c, key, 2) })
@@ -105,7 +109,8 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		}
 		return nil
 	})
-	wrap(0, 100)
+	early := wrap(0, 101, time.Now()) // the real clock is still before epoch 2's effective time
+	wrap(0, 100, now())
 	// Epoch 1 is past its time; only the unsettled packet keeps it. Then cell 1 is deleted by hand.
 	skew.Store(int64(4 * time.Hour))
 	touch(t, ctx, c, "doomed-cell-1")
@@ -118,6 +123,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	if err := c.Delete(ctx, &rpv1.RedPacketCell{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "doomed-cell-1"}}); err != nil {
 		t.Fatal(err)
 	}
+	var heldUID types.UID
 	eventually(t, "the deleted cell is held and says why", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, cellKey(1), cell); err != nil {
@@ -127,6 +133,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		if cell.DeletionTimestamp.IsZero() || cond == nil || cond.Status != metav1.ConditionTrue || !strings.Contains(cond.Message, "1 unsettled packets") {
 			return fmt.Errorf("cell 1 deleting %v, DeletionHeld %+v", !cell.DeletionTimestamp.IsZero(), cond)
 		}
+		heldUID = cell.UID
 		return nil
 	})
 	touch(t, ctx, c, "doomed-cell-0")
@@ -145,11 +152,34 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		return nil
 	})
 
-	// The sweeper settles the packet: the deletion goes through, then epoch 1 is pruned.
+	// The sweeper settles cell 1's packet, but cell 0 still owes one created under epoch 1: the
+	// epoch is kept, and so is cell 1, the same object, still deleting and saying why.
 	if got, err := stores[1].ExpireDue(ctx, created.Add(2*time.Hour), 100); err != nil || len(got) != 1 {
 		t.Fatalf("sweep settled %v (%v), want the one packet", got, err)
 	}
 	touch(t, ctx, c, "doomed-cell-1")
+	eventually(t, "settled cell 1 held, not recreated, while epoch 1 is kept", func() error {
+		cell := &rpv1.RedPacketCell{}
+		if err := c.Get(ctx, cellKey(1), cell); err != nil {
+			return fmt.Errorf("cell 1: %w", err)
+		}
+		cond := meta.FindStatusCondition(cell.Status.Conditions, rpv1.SetDeletionHeld)
+		if cell.UID != heldUID || cell.DeletionTimestamp.IsZero() || cond == nil || !strings.Contains(cond.Message, "routing epochs [1] still name it") {
+			touch(t, ctx, c, "doomed-cell-1")
+			return fmt.Errorf("cell 1 uid %s (held %s) deleting %v, DeletionHeld %+v", cell.UID, heldUID, !cell.DeletionTimestamp.IsZero(), cond)
+		}
+		if n := len(getSet(t, c, key).Status.Routing.Epochs); n != 2 {
+			return fmt.Errorf("%d epochs: epoch 1 pruned while cell 0 owes a packet created under it", n)
+		}
+		return nil
+	})
+
+	// Cell 0's epoch-1 packet settles (its epoch-2 packet expires later): epoch 1 is pruned,
+	// then the deletion goes through.
+	if got, err := stores[0].ExpireDue(ctx, early.Add(time.Hour+time.Minute), 100); err != nil || len(got) != 1 {
+		t.Fatalf("sweep of cell 0 settled %v (%v), want its epoch-1 packet", got, err)
+	}
+	touch(t, ctx, c, "doomed-cell-0")
 	eventually(t, "cell 1 gone and epoch 1 pruned once settled", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, cellKey(1), cell); !apierrors.IsNotFound(err) {

@@ -100,7 +100,11 @@ func markDiscard(ctx context.Context, c client.Client, cell *rpv1.RedPacketCell)
 
 // finalizeCell decides a deleting cell's finalizer. A cell still holding money stays, keeps its
 // children and keeps serving, so its sweeper settles what it holds; the set sees it as present
-// and prunes none of the routing epochs its packets need. It reports whether the cell is held.
+// and prunes none of the routing epochs its packets need. A cell that owes nothing itself also
+// stays while a kept epoch names it (other cells may still owe packets created under that
+// epoch): gone, the set would count the epoch as unsettled and recreate the cell only to ask
+// it again. Held, the set asks it, prunes the epoch, and then the cell goes. It reports whether
+// the cell is held.
 func (r *CellReconciler) finalizeCell(ctx context.Context, cell *rpv1.RedPacketCell) (held bool, err error) {
 	if !controllerutil.ContainsFinalizer(cell, rpv1.FinalizerSettle) {
 		return false, nil
@@ -112,6 +116,9 @@ func (r *CellReconciler) finalizeCell(ctx context.Context, cell *rpv1.RedPacketC
 	}
 	why := cellHold(ctx, r.Client, r.dbs, cell)
 	if why == "" {
+		why = namedByEpochs(ctx, r.Client, cell)
+	}
+	if why == "" {
 		r.dbs.forget(cell.UID)
 		return false, releaseFinalizer(ctx, r.Client, cell)
 	}
@@ -119,4 +126,33 @@ func (r *CellReconciler) finalizeCell(ctx context.Context, cell *rpv1.RedPacketC
 	meta.SetStatusCondition(&cell.Status.Conditions, metav1.Condition{Type: rpv1.SetDeletionHeld, Status: metav1.ConditionTrue,
 		Reason: rpv1.ReasonUnsettled, Message: "deletion waits for settlement: " + why, ObservedGeneration: cell.Generation})
 	return true, nil
+}
+
+// namedByEpochs says which of the set's kept routing epochs still name the cell ("" when none
+// does, or the set is gone). The set's status mirrors every epoch of the published table.
+func namedByEpochs(ctx context.Context, c client.Reader, cell *rpv1.RedPacketCell) string {
+	name := cell.Labels[rpv1.LabelSet]
+	if name == "" {
+		return ""
+	}
+	set := &rpv1.RedPacketSet{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: cell.Namespace, Name: name}, set); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ""
+		}
+		return fmt.Sprintf("cannot read set %s to check which routing epochs name it: %v", name, err)
+	}
+	var epochs []int64
+	for _, e := range set.Status.Routing.Epochs {
+		for _, r := range e.Ranges {
+			if r.Cell == cell.Name {
+				epochs = append(epochs, e.Number)
+				break
+			}
+		}
+	}
+	if len(epochs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("routing epochs %v still name it; set %s prunes them once every packet created under them is settled", epochs, name)
 }
