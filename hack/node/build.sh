@@ -115,11 +115,11 @@ build_coredns() {
 
 # The helpers are the project's own code: rebuilt whenever a source is newer than the binaries.
 build_helpers() {
-  if have pause cri-sweep oci-pack && [[ -f "${NODE_IMAGES}/pause.tar" ]] &&
+  if have pause cri-sweep oci-pack pki && [[ -f "${NODE_IMAGES}/pause.tar" ]] &&
     [[ -z "$(find "${here}/helpers" -newer "${NODE_BIN}/oci-pack" -type f)" ]]; then return; fi
   log "building node helpers"
   cd "${here}/helpers"
-  for b in pause cri-sweep oci-pack; do
+  for b in pause cri-sweep oci-pack pki; do
     GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "${NODE_BIN}/.${b}.tmp" "./${b}" >&2
     mv "${NODE_BIN}/.${b}.tmp" "${NODE_BIN}/${b}"
   done

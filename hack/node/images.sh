@@ -30,29 +30,37 @@ what=${1:-all}
 
 pack() { "${NODE_BIN}/oci-pack" "$@"; }
 
+# build_rootfs BASE: the Debian rootfs both database images share, as one layer tarball.
+build_rootfs() {
+  local base=$1
+  command -v mmdebstrap >/dev/null || { log "mmdebstrap missing: run hack/node/install-packages.sh"; exit 1; }
+  log "building the Debian ${DEBIAN_SUITE} rootfs with MariaDB and memcached (~3 min)"
+  mkdir -p "${base}"
+  # Fixed ids, as the official images have them, so a pod's runAsUser can name them; written
+  # before the packages' maintainer scripts, which then find the users and keep them.
+  mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
+    --essential-hook='echo "mysql:x:999:999:MariaDB:/var/lib/mysql:/usr/sbin/nologin" >> "$1"/etc/passwd && echo "mysql:x:999:" >> "$1"/etc/group' \
+    --essential-hook='echo "memcache:x:11211:11211:memcached:/nonexistent:/usr/sbin/nologin" >> "$1"/etc/passwd && echo "memcache:x:11211:" >> "$1"/etc/group' \
+    --include=mariadb-server,mariadb-client,memcached,ca-certificates \
+    --customize-hook='rm -rf "$1"/var/lib/mysql/* "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
+    --customize-hook='mkdir -p "$1"/docker-entrypoint-initdb.d && chown 999:999 "$1"/var/lib/mysql' \
+    "${DEBIAN_SUITE}" "${base}/rootfs.tar.tmp" >&2
+  mv "${base}/rootfs.tar.tmp" "${base}/rootfs.tar"
+}
+
 build_base() {
+  # Keyed by this function's text alone: the entrypoint, healthcheck and settings are a layer
+  # of their own above it, so editing them never rebuilds the rootfs.
   local key
-  key=$(cat "${here}/images.sh" "${here}"/rootfs/* | sha256sum | cut -c1-16)
+  key=$(declare -f build_rootfs | sha256sum | cut -c1-16)
   local base="${NODE_CACHE}/rootfs/${DEBIAN_SUITE}-${key}"
-  if [[ ! -f "${base}/rootfs.tar" ]]; then
-    command -v mmdebstrap >/dev/null || { log "mmdebstrap missing: run hack/node/install-packages.sh"; exit 1; }
-    log "building the Debian ${DEBIAN_SUITE} rootfs with MariaDB and memcached (~3 min)"
-    mkdir -p "${base}"
-    # Fixed ids, as the official images have them, so a pod's runAsUser can name them.
-    mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
-      --essential-hook='chroot "$1" groupadd -r -g 999 mysql && chroot "$1" useradd -r -u 999 -g 999 -d /var/lib/mysql -s /usr/sbin/nologin mysql' \
-      --essential-hook='chroot "$1" groupadd -r -g 11211 memcache && chroot "$1" useradd -r -u 11211 -g 11211 -d /nonexistent -s /usr/sbin/nologin memcache' \
-      --include=mariadb-server,mariadb-client,memcached,ca-certificates \
-      --customize-hook='rm -rf "$1"/var/lib/mysql/* "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
-      --customize-hook='mkdir -p "$1"/docker-entrypoint-initdb.d "$1"/run/mysqld && chown 999:999 "$1"/var/lib/mysql "$1"/run/mysqld && chmod 0777 "$1"/run/mysqld' \
-      --customize-hook='install -m 0755 '"${here}"'/rootfs/mariadb-entrypoint.sh "$1"/usr/local/bin/docker-entrypoint.sh' \
-      --customize-hook='install -m 0755 '"${here}"'/rootfs/healthcheck.sh "$1"/usr/local/bin/healthcheck.sh' \
-      --customize-hook='install -m 0644 '"${here}"'/rootfs/mariadb.cnf "$1"/etc/mysql/mariadb.conf.d/90-container.cnf' \
-      "${DEBIAN_SUITE}" "${base}/rootfs.tar.tmp" >&2
-    mv "${base}/rootfs.tar.tmp" "${base}/rootfs.tar"
-  fi
-  if [[ ! -f "${out}/mariadb.tar" || "${out}/mariadb.tar" -ot "${base}/rootfs.tar" ]]; then
+  [[ -f "${base}/rootfs.tar" ]] || build_rootfs "${base}"
+  if [[ ! -f "${out}/mariadb.tar" || "${out}/mariadb.tar" -ot "${base}/rootfs.tar" ]] ||
+    [[ -n "$(find "${here}/rootfs" -newer "${out}/mariadb.tar" -type f)" ]]; then
     pack -o "${out}/mariadb.tar" -tag "${MARIADB_IMAGE}" -layer "${base}/rootfs.tar" \
+      -file "${here}/rootfs/mariadb-entrypoint.sh=/usr/local/bin/docker-entrypoint.sh" \
+      -file "${here}/rootfs/healthcheck.sh=/usr/local/bin/healthcheck.sh" \
+      -file "${here}/rootfs/mariadb.cnf=/etc/mysql/mariadb.conf.d/90-container.cnf" \
       -entrypoint /usr/local/bin/docker-entrypoint.sh -cmd mariadbd -user 999:999 \
       -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -port 3306/tcp >&2
   fi

@@ -16,7 +16,7 @@ fi
 datadir=/var/lib/mysql
 # Started as root (no runAsUser): own the volume, then drop to mysql as the official image does.
 if [[ "$(id -u)" == 0 ]]; then
-  chown -R mysql:mysql "${datadir}" /run/mysqld
+  chown -R mysql:mysql "${datadir}"
   exec setpriv --reuid=mysql --regid=mysql --init-groups "$0" "$@"
 fi
 
@@ -25,10 +25,10 @@ sql_escape() { local s=${1//\\/\\\\}; printf '%s' "${s//\'/\\\'}"; }
 if [[ ! -d "${datadir}/mysql" ]]; then
   : "${MARIADB_ROOT_PASSWORD:?MARIADB_ROOT_PASSWORD must be set to initialise an empty datadir}"
   log "initialising ${datadir}"
-  # --skip-name-resolve: a pod's own name may not resolve yet, which aborts the install.
+  # --skip-name-resolve --force: a pod's own name may not resolve yet, which aborts the install.
   mariadb-install-db --datadir="${datadir}" --skip-test-db --skip-name-resolve \
-    --auth-root-authentication-method=normal --user="$(id -un)" >/dev/null
-  "$@" --skip-networking --socket=/run/mysqld/mysqld.sock &
+    --auth-root-authentication-method=normal --user="$(id -un)" --force >/dev/null
+  "$@" --skip-networking --socket=/var/lib/mysql/mysqld.sock &
   pid=$!
   for _ in $(seq 1 300); do
     mariadb --protocol=socket -uroot -e 'SELECT 1' >/dev/null 2>&1 && break
