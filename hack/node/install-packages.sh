@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the single-node test cluster runs: containerd, runc, the CNI
-# plugins, iptables and conntrack. Idempotent; runs apt-get only when something is missing.
+# Installs the Debian packages the single-node test cluster runs or is built with: containerd,
+# runc, the CNI plugins, iptables, conntrack, iproute2, util-linux (nsenter), curl, and mmdebstrap
+# (the database images' rootfs). Idempotent; runs apt-get only when something is missing.
 # Services the packages would start are held back (policy-rc.d): hack/node/up.sh starts its own
 # containerd with its own configuration and stops exactly that process.
 set -euo pipefail
@@ -14,6 +15,8 @@ declare -A probe=(
   [conntrack]=/usr/sbin/conntrack
   [iproute2]=/usr/sbin/ip
   [util-linux]=/usr/bin/nsenter
+  [mmdebstrap]=/usr/bin/mmdebstrap
+  [curl]=/usr/bin/curl
 )
 missing=()
 for pkg in "${!probe[@]}"; do

@@ -14,6 +14,8 @@ import (
 	"helm.sh/helm/v3/pkg/chart/loader"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -84,6 +86,52 @@ func TestOperatorOnRealPods(t *testing.T) {
 	if t.Failed() {
 		cl.dump(t, setNamespace)
 		return
+	}
+	t.Run("kubectl delete rps: the garbage collector removes every child", func(t *testing.T) { deleteSet(t, ctx, cl, set) })
+	t.Run("helm uninstall keeps the CRDs", func(t *testing.T) { helmUninstall(t, ctx, cl) })
+}
+
+// deleteSet deletes the set as a user would and waits for the controller-manager's garbage
+// collector to remove what the set owns, through its cells. The database volumes' claims stay:
+// a StatefulSet's claims outlive it unless told otherwise, so the data is never lost by a
+// delete.
+func deleteSet(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedPacketSet) {
+	cl.run(t, "delete", "rps", set.Name, "-n", set.Namespace, "--wait=true", "--timeout=5m")
+	sel := client.MatchingLabels{rpv1.LabelSet: set.Name}
+	lists := map[string]client.ObjectList{
+		"cells": &rpv1.RedPacketCellList{}, "deployments": &appsv1.DeploymentList{}, "statefulsets": &appsv1.StatefulSetList{},
+		"services": &corev1.ServiceList{}, "configmaps": &corev1.ConfigMapList{}, "secrets": &corev1.SecretList{},
+		"pdbs": &policyv1.PodDisruptionBudgetList{}, "pods": &corev1.PodList{},
+	}
+	poll(t, "every child of the set gone", 5*time.Minute, func() (bool, error) {
+		for kind, l := range lists {
+			if err := cl.c.List(ctx, l, client.InNamespace(set.Namespace), sel); err != nil {
+				return false, err
+			}
+			if n := meta.LenList(l); n > 0 {
+				return false, fmt.Errorf("%d %s left", n, kind)
+			}
+		}
+		return true, nil
+	})
+}
+
+func helmUninstall(t *testing.T, ctx context.Context, cl *cluster) {
+	un := action.NewUninstall(helmConfig(t, cl))
+	un.Wait, un.Timeout = true, 3*time.Minute
+	if _, err := un.Run(releaseName); err != nil {
+		t.Fatalf("helm uninstall: %v", err)
+	}
+	var dep appsv1.Deployment
+	err := cl.c.Get(ctx, client.ObjectKey{Namespace: operatorNamespace, Name: "rp-redpacket-operator"}, &dep)
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("the operator's Deployment after uninstall: %v", err)
+	}
+	for _, name := range []string{"redpacketsets.redpacket.dev", "redpacketcells.redpacket.dev"} {
+		var crd apiextensionsv1.CustomResourceDefinition
+		if err := cl.c.Get(ctx, client.ObjectKey{Name: name}, &crd); err != nil {
+			t.Errorf("CRD %s after helm uninstall: %v", name, err)
+		}
 	}
 }
 
