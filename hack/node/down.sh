@@ -22,7 +22,7 @@ stop() {
   pid=$(cat "${f}")
   # A recycled PID belongs to someone else: only a process whose argv names our binary or
   # state directory is ours.
-  if kill -0 "${pid}" 2>/dev/null && tr '\0' ' ' < "/proc/${pid}/cmdline" 2>/dev/null | grep -q -e "${S}" -e "${NODE_BIN}"; then
+  if kill -0 "${pid}" 2>/dev/null && { tr '\0' ' ' < "/proc/${pid}/cmdline"; } 2>/dev/null | grep -q -e "${S}" -e "${NODE_BIN}"; then
     kill -TERM "${pid}" 2>/dev/null
     local deadline=$((SECONDS + 30))
     while kill -0 "${pid}" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
@@ -45,7 +45,7 @@ stop containerd
 # Shims outlive containerd by design; ours name our containerd's socket in their argv.
 for p in /proc/[0-9]*; do
   pid=${p#/proc/}
-  if tr '\0' ' ' < "${p}/cmdline" 2>/dev/null | grep -q -e "containerd-shim.*${C}/containerd.sock"; then
+  if { tr '\0' ' ' < "${p}/cmdline"; } 2>/dev/null | grep -q -e "containerd-shim.*${C}/containerd.sock"; then
     log "stopping leftover shim ${pid}"
     kill -KILL "${pid}" 2>/dev/null
   fi
@@ -78,12 +78,12 @@ for cmd in iptables ip6tables; do
   for table in filter nat mangle raw; do
     "${cmd}" -t "${table}" -S 2>/dev/null | grep -E -- '^-A [A-Z]+ .*-j (KUBE-|CNI-|RPNODE-)' | grep -Ev -- '^-A (KUBE-|CNI-|RPNODE-)' |
       while read -r rule; do
-        # shellcheck disable=SC2086
-        "${cmd}" -t "${table}" ${rule/#-A/-D} 2>/dev/null
+        # -S quotes comments as a shell would: eval splits the rule as it was written.
+        eval "${cmd} -w -t ${table} ${rule/#-A/-D}" 2>/dev/null
       done
     chains=$("${cmd}" -t "${table}" -S 2>/dev/null | awk '$1 == "-N" {print $2}' | grep -E "${ours}")
-    for ch in ${chains}; do "${cmd}" -t "${table}" -F "${ch}" 2>/dev/null; done
-    for ch in ${chains}; do "${cmd}" -t "${table}" -X "${ch}" 2>/dev/null; done
+    for ch in ${chains}; do "${cmd}" -w -t "${table}" -F "${ch}" 2>/dev/null; done
+    for ch in ${chains}; do "${cmd}" -w -t "${table}" -X "${ch}" 2>/dev/null; done
   done
   if [[ -f "${S}/host/${cmd}" ]]; then
     if ! diff <(sort "${S}/host/${cmd}") <(ipt_snapshot "${cmd}" | sort) > "${S}/host/${cmd}.diff"; then

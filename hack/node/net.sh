@@ -43,8 +43,11 @@ sysctl_path() { echo "/proc/sys/${1//.//}"; }
 log() { echo "node: $*" >&2; }
 die() { echo "node: $*" >&2; exit 1; }
 
-# iptables-save without counters or comments: what "the host as it was" is compared by.
+# Every chain, rule and non-default policy of every table, one per line: what "the host as it
+# was" is compared by (an absent table and one with only ACCEPT policies are the same host).
 ipt_snapshot() {
-  local cmd=$1
-  "${cmd}-save" 2>/dev/null | sed -e 's/\[[0-9]*:[0-9]*\]//' -e '/^#/d'
+  local cmd=$1 table
+  for table in filter nat mangle raw; do
+    { "${cmd}" -w -t "${table}" -S 2>/dev/null || true; } | { grep -v -- "^-P [A-Z]* ACCEPT$" || true; } | sed "s/^/${table} /"
+  done
 }

@@ -20,6 +20,7 @@ source "${here}/net.sh"
 S=${NODE_STATE}
 B=${NODE_BIN}
 PV_COUNT=${PV_COUNT:-8}
+trap 'log "failed at line ${LINENO}: ${BASH_COMMAND}"' ERR
 
 # Preflight: say exactly why this machine cannot run a node, never half-start.
 [[ "$(id -u)" == 0 ]] || die "must run as root (the kubelet, containerd and iptables need it)"
@@ -50,7 +51,7 @@ rm -rf "${S}/pki"
 : > "${S}/host/sysctls"
 for k in "${HOST_SYSCTLS[@]}"; do
   p=$(sysctl_path "${k}")
-  [[ -r "${p}" ]] && echo "${k}=$(cat "${p}")" >> "${S}/host/sysctls"
+  if [[ -r "${p}" ]]; then echo "${k}=$(cat "${p}")" >> "${S}/host/sysctls"; fi
 done
 ipt_snapshot iptables > "${S}/host/iptables"
 ipt_snapshot ip6tables > "${S}/host/ip6tables"
@@ -109,7 +110,7 @@ wait_for() {
 start etcd "${B}/etcd" --name node --data-dir "${S}/etcd" \
   --listen-client-urls "http://127.0.0.1:${ETCD_PORT}" --advertise-client-urls "http://127.0.0.1:${ETCD_PORT}" \
   --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
-  --initial-cluster "node=http://127.0.0.1:${ETCD_PEER_PORT}" --listen-metrics-urls "" \
+  --initial-cluster "node=http://127.0.0.1:${ETCD_PEER_PORT}" \
   --unsafe-no-fsync --quota-backend-bytes 2147483648
 wait_for etcd 60 curl -fsS "http://127.0.0.1:${ETCD_PORT}/health"
 
@@ -241,7 +242,7 @@ clusterDNS: [${DNS_IP}]
 # dnsPolicy: Default pods get this file: nothing listens on a pod's own 127.0.0.1:53, so a
 # name outside the cluster fails at once instead of reaching the host's resolver.
 resolvConf: ${S}/etc/resolv.conf
-podLogsDirectory: ${S}/pod-logs
+podLogsDir: ${S}/pod-logs
 # Images are imported by hand and can never be pulled again: never collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
