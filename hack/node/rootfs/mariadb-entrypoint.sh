@@ -26,8 +26,9 @@ if [[ ! -d "${datadir}/mysql" ]]; then
   : "${MARIADB_ROOT_PASSWORD:?MARIADB_ROOT_PASSWORD must be set to initialise an empty datadir}"
   log "initialising ${datadir}"
   # --skip-name-resolve --force: a pod's own name may not resolve yet, which aborts the install.
+  # No --user: this already runs as mysql, and install-db would chown a volume it cannot.
   mariadb-install-db --datadir="${datadir}" --skip-test-db --skip-name-resolve \
-    --auth-root-authentication-method=normal --user="$(id -un)" --force >/dev/null
+    --auth-root-authentication-method=normal --force >/dev/null
   "$@" --skip-networking --socket=/var/lib/mysql/mysqld.sock &
   pid=$!
   for _ in $(seq 1 300); do
