@@ -233,22 +233,26 @@ func applyAndWaitAvailable(t *testing.T, ctx context.Context, cl *cluster, set *
 	t.Logf("set Available after %s", time.Since(start).Round(time.Second))
 
 	// The kubelet, not the operator, says the pods are up: every pod of the set Running with
-	// Ready=True, no container restarted.
-	var pods corev1.PodList
-	if err := cl.c.List(ctx, &pods, client.InNamespace(setNamespace), client.MatchingLabels{rpv1.LabelSet: set.Name}); err != nil {
-		t.Fatal(err)
-	}
+	// Ready=True, none restarted. The gateway is not part of Available (cells are), so its pod
+	// may become Ready a moment later.
 	want := map[string]int{rpv1.ComponentMySQL: 2, rpv1.ComponentServer: 2, rpv1.ComponentGateway: 1}
 	got := map[string]int{}
+	var pods corev1.PodList
+	poll(t, "every pod of the set Ready", 3*time.Minute, func() (bool, error) {
+		if err := cl.c.List(ctx, &pods, client.InNamespace(setNamespace), client.MatchingLabels{rpv1.LabelSet: set.Name}); err != nil {
+			return false, err
+		}
+		got = map[string]int{}
+		var notReady []string
+		for _, p := range pods.Items {
+			got[p.Labels[rpv1.LabelComponent]]++
+			if !podReady(&p) {
+				notReady = append(notReady, p.Name)
+			}
+		}
+		return len(notReady) == 0, fmt.Errorf("not Ready: %v", notReady)
+	})
 	for _, p := range pods.Items {
-		got[p.Labels[rpv1.LabelComponent]]++
-		ready := false
-		for _, c := range p.Status.Conditions {
-			ready = ready || (c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue)
-		}
-		if p.Status.Phase != corev1.PodRunning || !ready {
-			t.Errorf("pod %s: phase %s, Ready %v", p.Name, p.Status.Phase, ready)
-		}
 		if p.Spec.NodeName != "node1" {
 			t.Errorf("pod %s on node %q", p.Name, p.Spec.NodeName)
 		}
@@ -291,21 +295,35 @@ func applyAndWaitAvailable(t *testing.T, ctx context.Context, cl *cluster, set *
 			}
 		}
 	}
-	// kubectl's columns come from the CRDs' printer columns: each must be filled.
-	out := cl.run(t, "get", "rps,rpc", "-n", setNamespace)
-	t.Logf("kubectl get rps,rpc:\n%s", out)
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] == "NAME" || line == "" {
-			continue
-		}
-		if strings.Contains(line, "<none>") || strings.Contains(line, "<unknown>") {
-			t.Errorf("an empty column: %q", line)
-		}
-		if !strings.Contains(line, "True") {
-			t.Errorf("not Available: %q", line)
+	// kubectl's columns come from the CRDs' printer columns: each must be filled (a blank
+	// column leaves a row with fewer fields than its header).
+	for _, kind := range []string{"rps", "rpc"} {
+		out := cl.run(t, "get", kind, "-n", setNamespace)
+		t.Logf("kubectl get %s:\n%s", kind, out)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		header := strings.Fields(lines[0])
+		for _, line := range lines[1:] {
+			f := strings.Fields(line)
+			if len(f) != len(header) || strings.Contains(line, "<none>") || strings.Contains(line, "<unknown>") {
+				t.Errorf("kubectl get %s: an empty column in %q (columns %v)", kind, line, header)
+			}
+			if !strings.Contains(line, "True") {
+				t.Errorf("kubectl get %s: not Available: %q", kind, line)
+			}
 		}
 	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // gatewayURL is the gateway pod's address: the host reaches pod IPs over the node's bridge.
