@@ -160,8 +160,10 @@ func nodeSet() *rpv1.RedPacketSet {
 				Queue:     rpv1.QueueSpec{Workers: 16},
 			},
 			Gateway: rpv1.GatewaySpec{Replicas: 1},
-			// Long enough for every gateway and server to load a new epoch, short for a test.
-			RebalanceDelay: &metav1.Duration{Duration: 20 * time.Second},
+			// RebalanceDelay stays at its default (2m): a new epoch must take effect only after
+			// the kubelet has projected the routing ConfigMap into every pod. At 20s it does not
+			// on a real node, and servers with the old table go on creating packets in slots the
+			// new epoch gives another cell (docs/design.md §4.4), which the audit reports.
 		},
 	}
 }
