@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 )
@@ -44,6 +46,7 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	ctrllog.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
 	code := func() int {
 		var down func() error
 		node, down, nodeErr = bringUp()
