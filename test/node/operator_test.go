@@ -516,9 +516,22 @@ func scaleOut(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedPacke
 	t.Logf("%d opens in %s (%.0f/s), %d packets, %d throttled, %d errors; epoch %d effective %s",
 		res.Opens, res.Elapsed.Round(time.Millisecond), res.OpensPerSec, len(res.Created), res.Throttled, res.Errors,
 		set.Status.Routing.CurrentEpoch, effective.Format(time.RFC3339))
-	if res.Errors != 0 {
-		t.Errorf("%d unexpected errors under the scale-out, first: %v", res.Errors, res.ErrorSamples)
+	// While a wrap key's home moves to the new epoch's cell, docs/api.md has the gateway answer
+	// 503 key_handover with Retry-After: a refusal that changes nothing. Any other failure is a
+	// breach.
+	handovers := int64(0)
+	for _, v := range res.Verbs {
+		for outcome, n := range v.Outcomes {
+			switch {
+			case strings.HasPrefix(outcome, "2"), outcome == "409 exhausted", strings.HasPrefix(outcome, "429 "):
+			case outcome == "503 key_handover":
+				handovers += n
+			default:
+				t.Errorf("%s: %d answers %q under the scale-out", v.Verb, n, outcome)
+			}
+		}
 	}
+	t.Logf("%d refusals during the key hand-over; first unexpected answers: %v", handovers, res.ErrorSamples)
 	perCell := map[string]int{}
 	for _, p := range res.Created {
 		perCell[p.Cell]++
