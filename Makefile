@@ -95,9 +95,33 @@ envtest: ## Build kube-apiserver and etcd from Go modules (cached in bin/envtest
 promtool: ## Build promtool from the Prometheus Go module (cached per version outside the repo).
 	@hack/build-promtool.sh >/dev/null
 
+# test/node runs on its own, after the rest: it brings up a whole cluster on the machine's cores.
+NODE_TEST_PKG := ./test/node
+
 .PHONY: test
-test: deps envtest promtool check-generate vet ## Run every test: unit, real MariaDB/memcached, envtest, end to end.
-	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 30m ./...
+test: deps envtest promtool check-generate vet node-build ## Run every test: unit, real MariaDB/memcached, envtest, end to end, then the real node.
+	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/test/node$$')
+	$(MAKE) node-test
+
+##@ Real node
+
+.PHONY: node-build
+node-build: ## Build the single-node cluster and its images (cached by version in ~/.cache/redpacketset/node).
+	hack/node/install-packages.sh
+	hack/node/build.sh >/dev/null
+	hack/node/images.sh >/dev/null
+
+.PHONY: node-test
+node-test: node-build ## The operator on a real kubelet: Helm install, a 2-cell set Available, load and audit (needs root).
+	$(GO) test -count=1 -timeout 60m -v $(NODE_TEST_PKG)
+
+.PHONY: node-up
+node-up: node-build ## Start the single-node cluster; prints the env file to source (KUBECONFIG, ...).
+	hack/node/up.sh
+
+.PHONY: node-down
+node-down: ## Stop the single-node cluster and restore the host.
+	hack/node/down.sh
 
 BENCHTIME ?= 5s
 

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -257,6 +258,16 @@ func TestCRDs(t *testing.T) {
 		cell := base()
 		if err := c.Create(ctx, cell); err != nil {
 			t.Fatalf("valid cell rejected: %v", err)
+		}
+		// kubectl's Draining column reads spec.draining: a cell stored without it shows a
+		// blank column instead of false.
+		stored := &unstructured.Unstructured{}
+		stored.SetGroupVersionKind(rpv1.GroupVersion.WithKind("RedPacketCell"))
+		if err := c.Get(ctx, client.ObjectKeyFromObject(cell), stored); err != nil {
+			t.Fatal(err)
+		}
+		if v, found, err := unstructured.NestedBool(stored.Object, "spec", "draining"); err != nil || !found || v {
+			t.Errorf("stored spec.draining = %v (found %v, %v), want false present", v, found, err)
 		}
 		cell.Spec.Index = 3
 		if err := c.Update(ctx, cell); err == nil || !strings.Contains(err.Error(), "spec.index is immutable") {

@@ -64,7 +64,9 @@ type RedPacketCellSpec struct {
 	// +optional
 	Masking MaskingPolicy `json:"masking,omitempty"`
 
-	// Draining is true when the cell owns no slot in the current epoch.
+	// Draining is true when the cell owns no slot in the current epoch. Defaulted, so the
+	// object always carries it and `kubectl get rpc` shows false rather than a blank column.
+	// +kubebuilder:default=false
 	// +optional
 	Draining bool `json:"draining,omitempty"`
 }
