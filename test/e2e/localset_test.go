@@ -409,4 +409,6 @@ func (h teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
 	return teeHandler{h.a.WithAttrs(as), h.b.WithAttrs(as)}
 }
 
-func (h teeHandler) WithGroup(n string) slog.Handler { return teeHandler{h.a.WithGroup(n), h.b.WithGroup(n)} }
+func (h teeHandler) WithGroup(n string) slog.Handler {
+	return teeHandler{h.a.WithGroup(n), h.b.WithGroup(n)}
+}

@@ -454,7 +454,6 @@ func audit(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedPacketSe
 	}
 }
 
-
 // scaleOut scales the set from 2 to 3 cells while the festival load runs: a new epoch is
 // published and takes effect, the new cell becomes Available, packets created after the epoch
 // land in the new cell, and the audit (every packet in the cell owning its slot at its creation
