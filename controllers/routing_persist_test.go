@@ -183,7 +183,7 @@ func TestRoutingTableBudget(t *testing.T) {
 
 	// A generated history: random cell counts every minute for the last day, fragmenting the
 	// ranges, up to the last epoch that fits the budget; it ends on the set's own 4 cells.
-	seed := uint64(time.Now().UnixNano())
+	seed := uint64(time.Now().UnixNano()) // -run TestRoutingTableBudget with this line set to the logged seed replays one
 	t.Logf("history seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 11))
 	cells := func(n int) []string {
@@ -207,8 +207,14 @@ func TestRoutingTableBudget(t *testing.T) {
 			if !errors.Is(err, routing.ErrTableTooLarge) {
 				t.Fatal(err)
 			}
-			tbl = closing
-			break
+			if _, err := closing.Marshal(); err == nil {
+				tbl = closing
+				break
+			}
+			// This step's epoch left no room to close on 4 cells: close the step before
+			// instead (it fitted with room for two more epochs) and go on from there.
+			tbl, _, _ = plan.NextTable(tbl, plan.TableInput{Set: set.Name, SlotCount: 1000, Cells: cells(4), Now: now, Delay: time.Minute})
+			continue
 		}
 		tbl = next
 		if now.After(time.Now().Add(-10 * time.Minute)) {
