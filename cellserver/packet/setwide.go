@@ -49,7 +49,7 @@ func (s *Service) FindWrap(ctx context.Context, r WrapRequest) (Packet, bool, er
 	if err != nil || !found {
 		return Packet{}, false, err
 	}
-	if got.TotalCents != r.TotalCents || got.Count != r.Count || got.Kind != r.Kind || got.Group != r.Group || got.Greeting != r.Greeting {
+	if !got.SameWrap(Packet{TotalCents: r.TotalCents, Count: r.Count, Kind: r.Kind, Group: r.Group, Greeting: r.Greeting}) {
 		return Packet{}, false, fmt.Errorf("request %s already wrapped packet %d: %w", r.RequestID, got.ID, ErrIdempotencyClash)
 	}
 	return got, true, nil

@@ -74,6 +74,12 @@ type Packet struct {
 	SettledAt      time.Time // zero until expired or cancelled
 }
 
+// SameWrap reports whether o asks for the packet p was wrapped as: a retried wrap must carry
+// the same content, or its request ID is being reused for another packet.
+func (p *Packet) SameWrap(o Packet) bool {
+	return p.TotalCents == o.TotalCents && p.Count == o.Count && p.Kind == o.Kind && p.Group == o.Group && p.Greeting == o.Greeting
+}
+
 // Exhausted reports whether every share has been opened.
 func (p *Packet) Exhausted() bool { return p.Status == StatusActive && p.RemainingCount == 0 }
 

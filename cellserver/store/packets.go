@@ -118,7 +118,7 @@ func (s *Store) existingWrap(ctx context.Context, p Packet) (Packet, bool, error
 	if got.Sender != p.Sender || got.RequestID != p.RequestID {
 		return Packet{}, false, fmt.Errorf("wrap request %q/%q points at packet %d of %q/%q", p.Sender, p.RequestID, id, got.Sender, got.RequestID)
 	}
-	if got.TotalCents != p.TotalCents || got.Count != p.Count || got.Kind != p.Kind || got.Group != p.Group || got.Greeting != p.Greeting {
+	if !got.SameWrap(p) {
 		return Packet{}, false, fmt.Errorf("request %s already wrapped packet %d: %w", p.RequestID, id, ErrIdempotencyClash)
 	}
 	return got, false, nil
