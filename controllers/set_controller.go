@@ -57,6 +57,8 @@ type SetReconciler struct {
 	// reconcile without a write to every cell every time.
 	announcedMu sync.Mutex
 	announced   map[types.UID]int64
+	// published is the same for the table itself (publishToCells).
+	published map[types.UID]int64
 }
 
 // Least privilege: children are written by server-side apply (patch) or created once (secrets),
@@ -207,6 +209,12 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 			_ = r.writeStatus(ctx, orig, set)
 			return ctrl.Result{}, fmt.Errorf("reconcile set %s: %s: %w", req.NamespacedName, ph.name, err)
 		}
+	}
+
+	// After the status and the ConfigMap hold the table: a server may load it from here.
+	if failed := r.publishToCells(ctx, obs.cells, d.Table); len(failed) > 0 {
+		logger.Info("routing table not yet published to every cell's control schema; their servers wait for the ConfigMap", "epoch", d.Table.Latest().Number, "cells", failed)
+		d.RequeueAt = earliest(d.RequeueAt, now.Add(5*time.Second))
 	}
 
 	// Re-read cells: applyCells may have created some.
@@ -764,6 +772,48 @@ func (r *SetReconciler) announce(ctx context.Context, cells map[string]*rpv1.Red
 			r.announced = map[types.UID]int64{}
 		}
 		r.announced[cell.UID] = e.Number
+		r.announcedMu.Unlock()
+	}
+	slices.Sort(failed)
+	return failed
+}
+
+// publishToCells writes t into the control schema of every cell that does not hold its newest
+// epoch yet, and returns the cells it could not reach, with why. Only once the set's status
+// holds t: a server must never load an epoch the operator could still forget and plan
+// differently.
+func (r *SetReconciler) publishToCells(ctx context.Context, cells map[string]*rpv1.RedPacketCell, t *routing.Table) []string {
+	latest := t.Latest().Number
+	var data []byte
+	var failed []string
+	for name, cell := range cells {
+		r.announcedMu.Lock()
+		done := r.published[cell.UID] >= latest
+		r.announcedMu.Unlock()
+		if done {
+			continue
+		}
+		if data == nil {
+			var err error
+			if data, err = t.Marshal(); err != nil {
+				return []string{fmt.Sprintf("every cell (%v)", err)}
+			}
+		}
+		db, err := r.dbs.forCell(ctx, r.Client, cell)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, cellDBTimeout)
+			err = control.PublishTable(cctx, db, control.DefaultSchema, latest, data)
+			cancel()
+		}
+		if err != nil {
+			failed = append(failed, fmt.Sprintf("%s (%v)", name, err))
+			continue
+		}
+		r.announcedMu.Lock()
+		if r.published == nil {
+			r.published = map[types.UID]int64{}
+		}
+		r.published[cell.UID] = latest
 		r.announcedMu.Unlock()
 	}
 	slices.Sort(failed)

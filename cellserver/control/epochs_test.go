@@ -97,3 +97,29 @@ func TestEditSourceMasksNeverLosesAConcurrentEdit(t *testing.T) {
 		t.Fatal("an edit of manual masks wrote an operator mask")
 	}
 }
+
+// TestPublishedTableNeverGoesBack: a server polling with the epoch it holds gets the table
+// only when a newer one was published, and a late write of an older table (an operator that
+// lost its lease) leaves the newer one in place.
+func TestPublishedTableNeverGoesBack(t *testing.T) {
+	db, schema := setup(t)
+	ctx := context.Background()
+	if body, n, err := control.ReadPublishedTable(ctx, db, schema, 0); err != nil || body != nil || n != 0 {
+		t.Fatalf("nothing published: %q %d %v", body, n, err)
+	}
+	for _, p := range []struct {
+		epoch int64
+		body  string
+	}{{3, "three"}, {5, "five"}, {4, "four, late"}, {5, "five again"}} {
+		if err := control.PublishTable(ctx, db, schema, p.epoch, []byte(p.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body, n, err := control.ReadPublishedTable(ctx, db, schema, 4)
+	if err != nil || string(body) != "five" || n != 5 {
+		t.Fatalf("after 4: %q epoch %d %v, want the first table of epoch 5", body, n, err)
+	}
+	if body, n, err := control.ReadPublishedTable(ctx, db, schema, 5); err != nil || body != nil || n != 0 {
+		t.Fatalf("after 5: %q %d %v, want nothing newer", body, n, err)
+	}
+}

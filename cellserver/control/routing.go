@@ -112,3 +112,41 @@ func ReadAnnouncement(ctx context.Context, db *sql.DB, schema string) (epoch int
 	}
 	return epoch, effective.UTC(), nil
 }
+
+// PublishTable records body, an encoded routing table whose newest epoch is epoch, as the
+// cell's published table. Like the announcement it never goes back: a late write of an older
+// table by an earlier operator leaves the newer one in place. The operator calls it only once
+// the table is in the set's status, so a server never loads an epoch the operator could
+// forget and plan differently.
+func PublishTable(ctx context.Context, db *sql.DB, schema string, epoch int64, body []byte) error {
+	tbl, err := qualify(schema, "routing_published")
+	if err != nil {
+		return err
+	}
+	// body is assigned first: it compares against the old epoch.
+	if _, err := db.ExecContext(ctx,
+		"INSERT INTO "+tbl+" (id, epoch, body, updated_at) VALUES (1, ?, ?, NOW(6))"+
+			" ON DUPLICATE KEY UPDATE body = IF(VALUES(epoch) > epoch, VALUES(body), body),"+
+			" updated_at = IF(VALUES(epoch) > epoch, NOW(6), updated_at), epoch = GREATEST(epoch, VALUES(epoch))",
+		epoch, body); err != nil {
+		return fmt.Errorf("publish routing table of epoch %d: %w", epoch, err)
+	}
+	return nil
+}
+
+// ReadPublishedTable returns the cell's published table when its newest epoch is above
+// after, and nil otherwise, so the poll that finds nothing new moves no table bytes.
+func ReadPublishedTable(ctx context.Context, db *sql.DB, schema string, after int64) (body []byte, epoch int64, err error) {
+	tbl, err := qualify(schema, "routing_published")
+	if err != nil {
+		return nil, 0, err
+	}
+	err = db.QueryRowContext(ctx, "SELECT epoch, body FROM "+tbl+" WHERE id = 1 AND epoch > ?", after).Scan(&epoch, &body)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read published routing table: %w", err)
+	}
+	return body, epoch, nil
+}

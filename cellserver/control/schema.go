@@ -14,6 +14,10 @@
 //   - routing_announce: one row, the newest routing epoch the operator announced, written
 //     before the table holding it is published — what a server that has not loaded it yet
 //     reads to know it must stop issuing near its effective time.
+//   - routing_published: one row, the newest routing table the operator recorded (in the
+//     set's status) and published, so a server loads a new epoch from its own cell's database
+//     within a poll rather than when the kubelet gets round to refreshing the mounted
+//     ConfigMap (a minute or more), and a gateway gets it from any server.
 //
 // Every function is a plain call over a *sql.DB, so the servers and the operator (which holds
 // the cell's DB credentials) share one implementation. This package decides nothing: it never
@@ -113,6 +117,13 @@ func EnsureSchema(ctx context.Context, db *sql.DB, schema string) error {
 			" id TINYINT NOT NULL PRIMARY KEY," +
 			" epoch BIGINT NOT NULL," +
 			" effective_time DATETIME NOT NULL," +
+			" updated_at DATETIME(6) NOT NULL" +
+			") ENGINE=InnoDB",
+		// The encoded table (routing.Table.Marshal) whose newest epoch is epoch.
+		"CREATE TABLE IF NOT EXISTS `" + schema + "`.`routing_published` (" +
+			" id TINYINT NOT NULL PRIMARY KEY," +
+			" epoch BIGINT NOT NULL," +
+			" body MEDIUMBLOB NOT NULL," +
 			" updated_at DATETIME(6) NOT NULL" +
 			") ENGINE=InnoDB",
 	}

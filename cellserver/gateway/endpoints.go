@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,12 +126,15 @@ func (r *readiness) Ready(cell string) []string {
 }
 
 // probe resolves and probes every server of every cell the table names, concurrently, then
-// swaps in the new picture at once.
-func (r *readiness) probe(ctx context.Context, table *routing.Table) {
+// swaps in the new picture at once. It returns a server that holds a newer table than table,
+// if any answered (routing.HeaderRoutingEpoch), and that table's newest epoch.
+func (r *readiness) probe(ctx context.Context, table *routing.Table) (newer string, newerEpoch int64) {
 	cells := table.AllCells()
 	type result struct {
 		cell         string
 		known, ready []string
+		newer        string
+		newerEpoch   int64
 	}
 	results := make(chan result, len(cells))
 	var wg sync.WaitGroup
@@ -145,30 +149,42 @@ func (r *readiness) probe(ctx context.Context, table *routing.Table) {
 				return
 			}
 			outcomes := make([]probeOutcome, len(servers))
+			epochs := make([]int64, len(servers))
 			var swg sync.WaitGroup
 			for i, s := range servers {
 				swg.Add(1)
 				go func() {
 					defer swg.Done()
-					outcomes[i] = r.probeOne(ctx, s)
+					outcomes[i], epochs[i] = r.probeOne(ctx, s)
 				}()
 			}
 			swg.Wait()
-			ready := r.judge(cell, servers, outcomes)
-			slices.Sort(ready)
+			res := result{cell: cell}
+			for i, e := range epochs {
+				if e > res.newerEpoch {
+					res.newer, res.newerEpoch = servers[i], e
+				}
+			}
+			res.ready = r.judge(cell, servers, outcomes)
+			slices.Sort(res.ready)
 			slices.Sort(servers)
-			results <- result{cell: cell, known: servers, ready: ready}
+			res.known = servers
+			results <- res
 		}()
 	}
 	wg.Wait()
 	close(results)
 	if ctx.Err() != nil {
 		// Probes cut short by shutdown say nothing about the servers: keep the last picture.
-		return
+		return "", 0
 	}
 	ready := make(map[string][]string, len(cells))
 	known := make(map[string][]string, len(cells))
+	held := table.Latest().Number
 	for res := range results {
+		if res.newerEpoch > max(held, newerEpoch) {
+			newer, newerEpoch = res.newer, res.newerEpoch
+		}
 		ready[res.cell], known[res.cell] = res.ready, res.known
 		if r.onProbe != nil {
 			r.onProbe(res.cell, len(res.ready), len(res.known))
@@ -182,6 +198,7 @@ func (r *readiness) probe(ctx context.Context, table *routing.Table) {
 	}
 	r.ready, r.known = ready, known
 	r.mu.Unlock()
+	return newer, newerEpoch
 }
 
 // markDown takes server out of cell's ready list until the next probe finds it ready again.
@@ -222,25 +239,54 @@ func (r *readiness) judge(cell string, servers []string, outcomes []probeOutcome
 	return ready
 }
 
-func (r *readiness) probeOne(ctx context.Context, base string) probeOutcome {
+// probeOne probes one server, and says which routing epoch it holds (0: not said).
+func (r *readiness) probeOne(ctx context.Context, base string) (probeOutcome, int64) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/readyz", nil)
 	if err != nil {
-		return probeNotReady
+		return probeNotReady, 0
 	}
 	// Probes are signed like any call, so a cell may put its whole mux behind the verifier.
 	if err := r.signer.Sign(req, nil); err != nil {
-		return probeNotReady
+		return probeNotReady, 0
 	}
 	resp, err := r.client.Do(req)
 	if err != nil {
-		return probeNoAnswer
+		return probeNoAnswer, 0
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // lets the connection be reused
+	epoch, _ := strconv.ParseInt(resp.Header.Get(routing.HeaderRoutingEpoch), 10, 64)
 	if resp.StatusCode != http.StatusOK {
-		return probeNotReady
+		return probeNotReady, epoch
 	}
-	return probeReady
+	return probeReady, epoch
+}
+
+// fetchTable asks server for its routing table when it is newer than after; nil when it is not.
+func (r *readiness) fetchTable(ctx context.Context, server string, after int64) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, max(r.timeout, 5*time.Second))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, server+routing.PathRouting+"?after="+strconv.FormatInt(after, 10), nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.signer.Sign(req, nil); err != nil {
+		return nil, err
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return io.ReadAll(io.LimitReader(resp.Body, 2*routing.MaxTableBytes))
+	case http.StatusNoContent:
+		return nil, nil
+	default:
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("%s%s: %d %s", server, routing.PathRouting, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
 }

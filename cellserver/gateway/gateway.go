@@ -70,6 +70,14 @@ const HeaderCell = "X-Redpacket-Cell"
 // TableSource gives the routing table in force; *routing.Watcher is one.
 type TableSource interface{ Current() *routing.Table }
 
+// TableOfferer is a TableSource that also takes a newer table from elsewhere than its own
+// source (*routing.Watcher is one): the gateway offers it the table of a cell server that
+// advertises a newer epoch, since servers load new epochs from their cell's database well
+// before the kubelet refreshes the gateway's mounted ConfigMap.
+type TableOfferer interface {
+	Offer(data []byte, source string) (bool, error)
+}
+
 // Config wires a Gateway.
 type Config struct {
 	Routing  TableSource     // required
@@ -188,9 +196,22 @@ func (g *Gateway) Run(ctx context.Context) {
 
 // Probe resolves and probes every cell's servers once.
 func (g *Gateway) Probe(ctx context.Context) {
-	if t := g.cfg.Routing.Current(); t != nil {
-		g.ready.probe(ctx, t)
-		g.probed.Store(true)
+	t := g.cfg.Routing.Current()
+	if t == nil {
+		return
+	}
+	server, epoch := g.ready.probe(ctx, t)
+	g.probed.Store(true)
+	o, ok := g.cfg.Routing.(TableOfferer)
+	if !ok || server == "" {
+		return
+	}
+	data, err := g.ready.fetchTable(ctx, server, t.Latest().Number)
+	if err == nil && data != nil {
+		_, err = o.Offer(data, server)
+	}
+	if err != nil && ctx.Err() == nil {
+		g.log.Warn("a cell server holds a newer routing table, and it could not be loaded from it", "server", server, "epoch", epoch, "err", err)
 	}
 }
 

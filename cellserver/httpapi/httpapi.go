@@ -59,6 +59,9 @@ type Config struct {
 	Log          *slog.Logger
 	// DefaultLimit and MaxLimit bound page sizes (defaults 20 and 100).
 	DefaultLimit, MaxLimit int
+	// Routing is the table the server holds, handed to gateways (routing.PathRouting); nil
+	// serves none.
+	Routing func() *routing.Table
 }
 
 // API is the HTTP handler set.
@@ -113,6 +116,7 @@ func New(cfg Config) (*API, error) {
 	v1.Handle("POST "+routing.PathFindWrap, a.verb("find_wrap", a.findWrap))
 	v1.Handle("POST "+routing.PathPaymentClaims, a.verb("claim_payment", a.claimPayment))
 	v1.Handle("POST "+routing.PathFindPaymentClaim, a.verb("find_payment_claim", a.findPaymentClaim))
+	v1.Handle("GET "+routing.PathRouting, a.verb("routing", a.routingTable))
 	v1.Handle("GET /v1/users/{user}/sent", a.verb("sent", a.history(packet.RoleSent)))
 	v1.Handle("GET /v1/users/{user}/received", a.verb("received", a.history(packet.RoleReceived)))
 	v1.Handle("/v1/", a.verb("unknown", func(w http.ResponseWriter, r *http.Request) error {
@@ -139,6 +143,11 @@ func New(cfg Config) (*API, error) {
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
 func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
+	if a.cfg.Routing != nil {
+		if t := a.cfg.Routing(); t != nil && t.Latest() != nil {
+			w.Header().Set(routing.HeaderRoutingEpoch, strconv.FormatInt(t.Latest().Number, 10))
+		}
+	}
 	if a.cfg.Ready != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
@@ -148,6 +157,34 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// routingTable hands the table this server holds to a gateway that holds an older one.
+func (a *API) routingTable(w http.ResponseWriter, r *http.Request) error {
+	var after int64
+	if v := r.URL.Query().Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 || strconv.FormatInt(n, 10) != v {
+			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: "after", msg: "after must be an epoch number (0 or more, decimal)"}
+		}
+		after = n
+	}
+	var t *routing.Table
+	if a.cfg.Routing != nil {
+		t = a.cfg.Routing()
+	}
+	if t == nil || t.Latest() == nil || t.Latest().Number <= after {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	data, err := t.Marshal()
+	if err != nil {
+		return fmt.Errorf("encode the routing table: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(routing.HeaderRoutingEpoch, strconv.FormatInt(t.Latest().Number, 10))
+	_, _ = w.Write(data)
+	return nil
 }
 
 // apiError is an answer that is not a 2xx.

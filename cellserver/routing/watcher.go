@@ -156,9 +156,38 @@ func (w *Watcher) Poll() {
 		w.refuse(err, true)
 		return
 	}
+	if cur := w.current.Load(); cur != nil && t.Latest().Number < cur.Latest().Number {
+		// The table in force came from Offer and the file has not caught up (a mounted
+		// ConfigMap lags its object by a minute or more). Going back would drop an epoch the
+		// operator already recorded; the file is readable, so the table is still confirmed.
+		w.log.Info("routing file older than the table in force; keeping the newer table", "file_epoch", t.Latest().Number, "epoch", w.epoch.Load())
+		w.confirm()
+		return
+	}
 	w.goodHash = hash
 	w.install(t)
 	w.log.Info("routing table reloaded", "epoch", w.epoch.Load(), "epochs", len(t.Epochs), "masked_ranges", len(t.Masked))
+}
+
+// Offer installs data, an encoded table from another source than the file (the cell's control
+// schema, or a cell server asked by a gateway), when its newest epoch is newer than the one in
+// force. The file stays the authority for everything else: a table of the same epoch (masks,
+// pruned epochs) comes only from the file, and the next file of at least this epoch replaces
+// the offered one. It reports whether data was installed; a table that fails to parse is an
+// error and changes nothing.
+func (w *Watcher) Offer(data []byte, source string) (bool, error) {
+	t, err := Parse(data)
+	if err != nil {
+		return false, fmt.Errorf("routing table from %s: %w", source, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if cur := w.current.Load(); cur != nil && t.Latest().Number <= cur.Latest().Number {
+		return false, nil
+	}
+	w.install(t)
+	w.log.Info("routing table loaded ahead of the file", "source", source, "epoch", w.epoch.Load(), "epochs", len(t.Epochs))
+	return true, nil
 }
 
 func (w *Watcher) read() ([]byte, os.FileInfo, error) {

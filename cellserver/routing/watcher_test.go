@@ -189,3 +189,48 @@ func TestWatcherBadFileComesBackBad(t *testing.T) {
 		t.Fatal("the same bad content came back and the watcher stopped reporting it")
 	}
 }
+
+// TestWatcherOfferRunsAheadOfTheFile: a newer table offered from the cell's database is in
+// force at once; the lagging file does not take it back; the file's own copy of that epoch
+// (with a mask added) replaces the offered one; an older or equal offer changes nothing.
+func TestWatcherOfferRunsAheadOfTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routing.json")
+	one := twoEpochs()
+	one.Epochs = one.Epochs[:1]
+	writeTable(t, path, one)
+	w, err := NewWatcher(path, time.Hour, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, err := twoEpochs().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := w.Offer(two, "test"); !ok || err != nil || w.LoadedEpoch() != 2 {
+		t.Fatalf("offer of epoch 2: %v %v, epoch %d", ok, err, w.LoadedEpoch())
+	}
+	// The kubelet may deliver an intermediate version: epoch 1 with a mask added.
+	oneMasked := twoEpochs()
+	oneMasked.Epochs = oneMasked.Epochs[:1]
+	oneMasked.Masked = []MaskedRange{{Start: 7, End: 7, Reason: "test", Since: t1}}
+	writeTable(t, path, oneMasked)
+	for i := 0; i < 2*forceReadEvery; i++ {
+		w.Poll()
+	}
+	if w.LoadedEpoch() != 2 || w.Failing() {
+		t.Fatalf("the epoch-1 file took the table back: epoch %d failing %v", w.LoadedEpoch(), w.Failing())
+	}
+	if ok, err := w.Offer(two, "test"); ok || err != nil {
+		t.Fatalf("a second offer of epoch 2 installed: %v %v", ok, err)
+	}
+	if ok, err := w.Offer([]byte("{"), "test"); ok || err == nil {
+		t.Fatalf("a broken offer: %v %v", ok, err)
+	}
+	masked := twoEpochs()
+	masked.Masked = []MaskedRange{{Start: 3, End: 4, Reason: "test", Since: t1}}
+	writeTable(t, path, masked)
+	w.Poll()
+	if !w.Current().IsMasked(3) || w.LoadedEpoch() != 2 {
+		t.Fatalf("the file's copy of epoch 2 with a mask was not installed: epoch %d", w.LoadedEpoch())
+	}
+}

@@ -36,6 +36,18 @@ const (
 	PathFindPaymentClaim = "/v1/payment-claims/find"
 )
 
+// A cell server hands its routing table to gateways, so a new epoch it loaded from its cell's
+// control schema reaches them as fast as it reached the server, not when the kubelet refreshes
+// the gateway's mounted ConfigMap.
+const (
+	// HeaderRoutingEpoch, on every /readyz answer of a cell server, is the newest epoch of the
+	// table it holds.
+	HeaderRoutingEpoch = "X-Redpacket-Routing-Epoch"
+	// PathRouting (GET, ?after=N) answers 200 with the server's encoded table when its newest
+	// epoch is above N, 204 when it is not.
+	PathRouting = "/v1/routing"
+)
+
 // Error codes of the JSON error body. A client sees the gateway's own refusals and the cell's,
 // forwarded unchanged, on the same API, so one kind of fault must have one code whichever tier
 // refuses it; this list is the only place codes are named. docs/api.md and docs/gateway.md

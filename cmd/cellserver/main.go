@@ -93,7 +93,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.MySQLMaxConns, "mysql-max-conns", 64, "connection pool size; bounds this server's share of the cell DB")
 	fs.StringVar(&c.Memcached, "memcached", "127.0.0.1:11211", "the memcached beside this server (guard counters, remaining-count cache); empty = local guard only")
 	fs.StringVar(&c.RoutingFile, "routing-file", "", "routing.json from the routing ConfigMap; empty = this cell owns every slot")
-	fs.DurationVar(&c.RoutingPoll, "routing-poll", routing.DefaultWatchInterval, "how often the routing file is checked for a new version")
+	fs.DurationVar(&c.RoutingPoll, "routing-poll", routing.DefaultWatchInterval, "how often the routing file, and the table published in the control schema, are checked for a new version")
 	fs.StringVar(&c.Cell, "cell", "cell-0", "this cell's name in the routing table")
 	fs.StringVar(&c.ServerName, "server-name", host, "this server's name (worker lease holder, error-count publisher)")
 	fs.IntVar(&c.Region, "region", 0, "home region encoded in packet IDs (0..3)")
@@ -309,7 +309,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	}
 
 	var draining atomic.Bool
-	apiCfg := httpapi.Config{Service: svc, Queue: q, Registerer: reg, Gatherer: reg, Log: log,
+	apiCfg := httpapi.Config{Service: svc, Queue: q, Registerer: reg, Gatherer: reg, Log: log, Routing: routes,
 		Ready: func(ctx context.Context) error {
 			if draining.Load() {
 				return errors.New("draining")
@@ -353,6 +353,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if watcher != nil {
 		spawn(watcher.Run)
 		spawn(func(ctx context.Context) { reportEpochs(ctx, db, cfg.ControlSchema, cfg.ServerName, watcher, log) })
+		spawn(func(ctx context.Context) { followPublished(ctx, db, cfg.ControlSchema, watcher, cfg.RoutingPoll, log) })
 	}
 	spawn(brk.Run)
 	spawn(func(ctx context.Context) { svc.RunSweeper(ctx, cfg.SweepEvery) })

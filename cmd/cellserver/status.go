@@ -81,4 +81,31 @@ func reportEpochs(ctx context.Context, db *sql.DB, schema, server string, w *rou
 	}
 }
 
+// followPublished loads, every poll, a newer table the operator published in the cell's
+// control schema, so a new epoch reaches this server within a poll of being recorded rather
+// than when the kubelet refreshes the mounted ConfigMap (60-90 s on a default kubelet, longer
+// than the hand-over margin: servers stopped issuing until it arrived).
+func followPublished(ctx context.Context, db *sql.DB, schema string, w *routing.Watcher, poll time.Duration, log *slog.Logger) {
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	failing := false
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		body, epoch, err := control.ReadPublishedTable(rctx, db, schema, w.LoadedEpoch())
+		cancel()
+		if err == nil && body != nil {
+			_, err = w.Offer(body, "control schema")
+		}
+		if err != nil && ctx.Err() == nil && !failing {
+			log.Warn("read the published routing table; the routing file still applies", "err", err, "epoch", epoch)
+		}
+		failing = err != nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 func nan() float64 { return math.NaN() }
