@@ -62,8 +62,6 @@ rpbench-locks: go-check deps ## Lock strategies across concurrency levels: docs/
 VERSION := $(shell cat VERSION)
 IMAGES_DIR ?= bin/images
 REGISTRY ?= ghcr.io/redpacketset
-# The Debian stand-ins for mariadb and memcached: root filesystems cached by package version.
-IMAGES_CACHE ?= $(HOME)/.cache/redpacketset/images
 
 .PHONY: build
 build: ## Build every binary into bin/.
@@ -74,8 +72,10 @@ images: ## Image tarballs of operator, cellserver and gateway in bin/images (sta
 	$(GO) run ./hack/images project -version $(VERSION) -registry $(REGISTRY) -out $(IMAGES_DIR)
 
 .PHONY: images-debian
-images-debian: ## mariadb:10.11 and memcached:1.6 stand-ins from Debian packages for a registry-less test cluster (root, debootstrap).
-	hack/images/debian-images.sh $(IMAGES_DIR) $(IMAGES_CACHE)
+images-debian: ## mariadb:10.11 and memcached:1.6 stand-ins from Debian packages for a registry-less test cluster (root, mmdebstrap).
+	hack/node/install-packages.sh
+	hack/node/build.sh helpers >/dev/null
+	IMAGES_OUT=$(IMAGES_DIR) MARIADB_IMAGE=docker.io/library/mariadb:10.11 MEMCACHED_IMAGE=docker.io/library/memcached:1.6 hack/node/images.sh base
 
 .PHONY: vet
 vet: ## go vet over every package.

@@ -1,11 +1,14 @@
-// Command images writes the image tarballs `make images` and `make images-debian` produce.
+// Command images writes the image tarballs `make images`, `make images-debian` and the real-node harness (hack/node) produce.
 //
 //	images project -version v0.1.0 -out bin/images
 //	    builds cmd/operator, cmd/cellserver and cmd/gateway as static binaries and writes
 //	    <out>/<name>.tar tagged <registry>/<name>:<version>.
 //	images rootfs -rootfs rootfs.tar -out mariadb.tar -tag docker.io/library/mariadb:10.11 \
 //	    -user 999:999 -entrypoint '["docker-entrypoint.sh"]' -cmd '["mariadbd"]' -env K=V …
-//	    wraps a prepared root filesystem (hack/images/debian-rootfs.sh) as an image.
+//	    [-file src=/dst ...]
+//	    wraps a prepared root filesystem (hack/node/images.sh builds the Debian one) as an
+//	    image, with single files in a layer above it; -rootfs may be left out for an image of
+//	    files alone (the test cluster's pause image).
 package main
 
 import (
@@ -110,16 +113,25 @@ func rootfs(args []string, log *slog.Logger) error {
 	entrypoint := fs.String("entrypoint", "", "JSON array")
 	command := fs.String("cmd", "", "JSON array")
 	workdir := fs.String("workdir", "/", "working directory")
-	var tags, env, ports, volumes list
+	var tags, env, ports, volumes, files list
 	fs.Var(&tags, "tag", "image reference, repeatable")
 	fs.Var(&env, "env", "K=V, repeatable")
 	fs.Var(&ports, "expose", "port/proto, repeatable")
 	fs.Var(&volumes, "volume", "path, repeatable")
+	fs.Var(&files, "file", "src=/dst: a file in a layer above the rootfs, repeatable")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *src == "" || *out == "" || len(tags) == 0 {
-		return errors.New("-rootfs, -out and -tag are required")
+	if (*src == "" && len(files) == 0) || *out == "" || len(tags) == 0 {
+		return errors.New("-out, -tag and -rootfs or -file are required")
+	}
+	var extra []images.File
+	for _, f := range files {
+		from, to, ok := strings.Cut(f, "=")
+		if !ok || from == "" || !strings.HasPrefix(to, "/") {
+			return fmt.Errorf("-file %q: want src=/absolute/path", f)
+		}
+		extra = append(extra, images.File{Src: from, Dst: to})
 	}
 	cfg := v1.Config{User: *user, WorkingDir: *workdir, Env: env}
 	for _, a := range []struct {
@@ -146,7 +158,7 @@ func rootfs(args []string, log *slog.Logger) error {
 			cfg.Volumes[v] = struct{}{}
 		}
 	}
-	img, err := images.Rootfs(*src, cfg)
+	img, err := images.Rootfs(*src, cfg, extra...)
 	if err != nil {
 		return err
 	}

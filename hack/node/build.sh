@@ -2,7 +2,7 @@
 # Builds everything the single-node test cluster runs, from Go modules and Debian packages
 # (these machines reach no image or binary registry): kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubelet, kube-proxy, kubectl, etcd, CoreDNS without `forward`, the project's
-# node helpers (pause, cri-sweep, oci-pack) and the pause image. Containerd, runc, the CNI
+# node helpers (pause, cri-sweep, pki), the image tool and the pause image. Containerd, runc, the CNI
 # plugins, iptables and conntrack come from Debian (hack/node/install-packages.sh).
 #
 # Everything is cached outside the repository, keyed by version, under
@@ -114,18 +114,22 @@ build_coredns() {
 }
 
 # The helpers are the project's own code: rebuilt whenever a source is newer than the binaries.
+# Images are packed by the repository's one image tool (hack/images), the one `make images` runs.
 build_helpers() {
-  if have pause cri-sweep oci-pack pki && [[ -f "${NODE_IMAGES}/pause.tar" ]] &&
-    [[ -z "$(find "${here}/helpers" -newer "${NODE_BIN}/oci-pack" -type f)" ]]; then return; fi
+  local root
+  root=$(cd "${here}/../.." && pwd)
+  if have pause cri-sweep pki images && [[ -f "${NODE_IMAGES}/pause.tar" ]] &&
+    [[ -z "$(find "${here}/helpers" "${root}/hack/images" "${root}/internal/images" -newer "${NODE_BIN}/images" -type f)" ]]; then return; fi
   log "building node helpers"
-  cd "${here}/helpers"
-  for b in pause cri-sweep oci-pack pki; do
+  (cd "${here}/helpers" && for b in pause cri-sweep pki; do
     GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "${NODE_BIN}/.${b}.tmp" "./${b}" >&2
     mv "${NODE_BIN}/.${b}.tmp" "${NODE_BIN}/${b}"
-  done
+  done)
+  (cd "${root}" && go build -trimpath -o "${NODE_BIN}/.images.tmp" ./hack/images >&2)
+  mv "${NODE_BIN}/.images.tmp" "${NODE_BIN}/images"
   mkdir -p "${NODE_IMAGES}"
-  "${NODE_BIN}/oci-pack" -o "${NODE_IMAGES}/pause.tar" -tag "${PAUSE_IMAGE}" \
-    -file "${NODE_BIN}/pause=/pause" -entrypoint /pause -user 65535:65535 >&2
+  "${NODE_BIN}/images" rootfs -out "${NODE_IMAGES}/pause.tar" -tag "${PAUSE_IMAGE}" \
+    -file "${NODE_BIN}/pause=/pause" -entrypoint '["/pause"]' -user 65535:65535 >&2
 }
 
 case "${what}" in

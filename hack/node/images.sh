@@ -19,16 +19,17 @@ source "${here}/versions.sh"
 log() { echo "node-images: $*" >&2; }
 export PATH="/usr/local/go/bin:${PATH}" GOTOOLCHAIN=local
 
-IMAGE_VERSION=${IMAGE_VERSION:-$(sed -n 's/^appVersion: *//p' "${root}/charts/redpacket-operator/Chart.yaml")}
+IMAGE_VERSION=${IMAGE_VERSION:-$(cat "${root}/VERSION")}
 IMAGE_REPO=${IMAGE_REPO:-ghcr.io/redpacketset}
 MARIADB_IMAGE=${MARIADB_IMAGE:-localhost/redpacketset/mariadb:10.11-bookworm}
 MEMCACHED_IMAGE=${MEMCACHED_IMAGE:-localhost/redpacketset/memcached:1.6-bookworm}
 DEBIAN_SUITE=${DEBIAN_SUITE:-bookworm}
-out=${NODE_IMAGES}
+out=${IMAGES_OUT:-${NODE_IMAGES}}
 mkdir -p "${out}"
 what=${1:-all}
 
-pack() { "${NODE_BIN}/oci-pack" "$@"; }
+# The repository's one image tool, built by hack/node/build.sh (helpers).
+images() { "${NODE_BIN}/images" "$@"; }
 
 # build_rootfs BASE: the Debian rootfs both database images share, as one layer tarball.
 build_rootfs() {
@@ -57,29 +58,23 @@ build_base() {
   [[ -f "${base}/rootfs.tar" ]] || build_rootfs "${base}"
   if [[ ! -f "${out}/mariadb.tar" || "${out}/mariadb.tar" -ot "${base}/rootfs.tar" ]] ||
     [[ -n "$(find "${here}/rootfs" -newer "${out}/mariadb.tar" -type f)" ]]; then
-    pack -o "${out}/mariadb.tar" -tag "${MARIADB_IMAGE}" -layer "${base}/rootfs.tar" \
+    images rootfs -out "${out}/mariadb.tar" -tag "${MARIADB_IMAGE}" -rootfs "${base}/rootfs.tar" \
       -file "${here}/rootfs/mariadb-entrypoint.sh=/usr/local/bin/docker-entrypoint.sh" \
       -file "${here}/rootfs/healthcheck.sh=/usr/local/bin/healthcheck.sh" \
       -file "${here}/rootfs/mariadb.cnf=/etc/mysql/mariadb.conf.d/90-container.cnf" \
-      -entrypoint /usr/local/bin/docker-entrypoint.sh -cmd mariadbd -user 999:999 \
-      -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -port 3306/tcp >&2
+      -entrypoint '["/usr/local/bin/docker-entrypoint.sh"]' -cmd '["mariadbd"]' -user 999:999 \
+      -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -expose 3306/tcp >&2
   fi
   if [[ ! -f "${out}/memcached.tar" || "${out}/memcached.tar" -ot "${base}/rootfs.tar" ]]; then
-    pack -o "${out}/memcached.tar" -tag "${MEMCACHED_IMAGE}" -layer "${base}/rootfs.tar" \
-      -entrypoint /usr/bin/memcached -user memcache -port 11211/tcp \
+    images rootfs -out "${out}/memcached.tar" -tag "${MEMCACHED_IMAGE}" -rootfs "${base}/rootfs.tar" \
+      -entrypoint '["/usr/bin/memcached"]' -user memcache -expose 11211/tcp \
       -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin >&2
   fi
 }
 
 build_project() {
-  local bin="${NODE_CACHE_DIR}/project-bin"
-  mkdir -p "${bin}"
   log "building operator, cellserver and gateway ${IMAGE_VERSION}"
-  (cd "${root}" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${bin}/" ./cmd/operator ./cmd/cellserver ./cmd/gateway)
-  for b in operator cellserver gateway; do
-    pack -o "${out}/${b}.tar" -tag "${IMAGE_REPO}/${b}:${IMAGE_VERSION}" \
-      -file "${bin}/${b}=/${b}" -entrypoint "/${b}" -user 65532:65532 >&2
-  done
+  (cd "${root}" && go run ./hack/images project -version "${IMAGE_VERSION}" -registry "${IMAGE_REPO}" -out "${out}" >&2)
 }
 
 case "${what}" in

@@ -77,13 +77,70 @@ func Project(b Binary) (v1.Image, error) {
 	})
 }
 
-// Rootfs is an image whose single layer is the tar of a prepared root filesystem.
-func Rootfs(rootfsTar string, cfg v1.Config) (v1.Image, error) {
-	layer, err := tarball.LayerFromFile(rootfsTar)
-	if err != nil {
-		return nil, fmt.Errorf("images: layer from %s: %w", rootfsTar, err)
+// File is one file an image carries in a layer of its own, above its root filesystem: an
+// entrypoint or a setting changed without rebuilding (and re-shipping) the rootfs layer.
+type File struct {
+	Src  string // on this machine
+	Dst  string // absolute path in the image
+	Mode int64  // 0: 0755
+}
+
+// Rootfs is an image of the tar of a prepared root filesystem (none when rootfsTar is empty),
+// with extra files in one layer above it.
+func Rootfs(rootfsTar string, cfg v1.Config, extra ...File) (v1.Image, error) {
+	var layers []v1.Layer
+	if rootfsTar != "" {
+		layer, err := tarball.LayerFromFile(rootfsTar)
+		if err != nil {
+			return nil, fmt.Errorf("images: layer from %s: %w", rootfsTar, err)
+		}
+		layers = append(layers, layer)
 	}
-	return build([]v1.Layer{layer}, cfg)
+	if len(extra) > 0 {
+		var files []file
+		dirs := map[string]bool{}
+		for _, f := range extra {
+			if !strings.HasPrefix(f.Dst, "/") {
+				return nil, fmt.Errorf("images: %s: the path in the image must be absolute", f.Dst)
+			}
+			data, err := os.ReadFile(f.Src)
+			if err != nil {
+				return nil, fmt.Errorf("images: %w", err)
+			}
+			rel := strings.TrimPrefix(f.Dst, "/")
+			// Parents first, or a runtime unpacking an image with no rootfs below has nowhere
+			// to put the file.
+			for i := strings.Index(rel, "/"); i >= 0; i = next(rel, i) {
+				if d := rel[:i+1]; !dirs[d] {
+					dirs[d] = true
+					files = append(files, file{path: d, mode: 0o755, dir: true})
+				}
+			}
+			mode := f.Mode
+			if mode == 0 {
+				mode = 0o755
+			}
+			files = append(files, file{path: rel, mode: mode, data: data})
+		}
+		layer, err := layerOf(files)
+		if err != nil {
+			return nil, fmt.Errorf("images: extra files: %w", err)
+		}
+		layers = append(layers, layer)
+	}
+	if len(layers) == 0 {
+		return nil, fmt.Errorf("images: neither a root filesystem nor files")
+	}
+	return build(layers, cfg)
+}
+
+// next is the index of the '/' after position i in s, or -1.
+func next(s string, i int) int {
+	j := strings.Index(s[i+1:], "/")
+	if j < 0 {
+		return -1
+	}
+	return i + 1 + j
 }
 
 func build(layers []v1.Layer, cfg v1.Config) (v1.Image, error) {
