@@ -796,3 +796,45 @@ func TestDeadServerFailsOverWithoutWaitingForProbe(t *testing.T) {
 		t.Fatalf("all servers dead: %d", resp.StatusCode)
 	}
 }
+
+// TestHistorySkipsCellsOfALaterEpoch: a cell named only by an epoch that takes effect later
+// holds no record and is often not serving yet (it is created when its epoch is decided), so a
+// user's history does not wait for it. Within the hand-over margin of that epoch it may hold
+// records already (a server clock ahead of the gateway's), and then it must answer.
+func TestHistorySkipsCellsOfALaterEpoch(t *testing.T) {
+	later := time.Now().Add(10 * time.Minute).Truncate(time.Second)
+	table := &routing.Table{
+		Set: "rp", SlotCount: 10,
+		Epochs: []routing.Epoch{
+			{Number: 1, EffectiveTime: epoch1, Ranges: []routing.SlotRange{{Start: 0, End: 4, Cell: "a"}, {Start: 5, End: 9, Cell: "b"}}},
+			{Number: 2, EffectiveTime: later, Ranges: []routing.SlotRange{{Start: 0, End: 2, Cell: "a"}, {Start: 3, End: 4, Cell: "c"}, {Start: 5, End: 7, Cell: "b"}, {Start: 8, End: 9, Cell: "c"}}},
+		},
+	}
+	cells := cellsABC()
+	for _, c := range cells {
+		c.history = map[string][]histItem{"u1": {{PacketID: strconv.FormatInt(packetID(t, epoch1.Add(time.Hour), 1, 0), 10), At: epoch1.Add(time.Hour).UnixMilli(), Cell: c.name}}}
+	}
+	h := newHarness(t, table, 1, cells...)
+	h.servers["c"][0].srv.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.gw.ReadyServers("c")) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("cell c still ready after its server closed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a := h.do("GET", "/v1/users/u1/received", ""); a.status != http.StatusOK {
+		t.Fatalf("history with a not-yet-serving cell of a later epoch: %d %s", a.status, a.raw)
+	}
+	table.Epochs[1].EffectiveTime = time.Now().Add(routing.HandoverMargin / 2).Truncate(time.Second)
+	changed := h.watcher.Changed()
+	h.write(table)
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("table not reloaded")
+	}
+	if a := h.do("GET", "/v1/users/u1/received", ""); a.status != http.StatusServiceUnavailable || a.body["code"] != "cell_unavailable" {
+		t.Fatalf("history with cell c down within the hand-over margin of its epoch: %d %s", a.status, a.raw)
+	}
+}

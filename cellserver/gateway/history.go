@@ -63,7 +63,8 @@ type historyItem struct {
 }
 
 // serveHistory fans a user's history query out to every cell that may hold some of it (every
-// cell of every epoch: a draining cell still holds old packets) and merges the pages.
+// cell of every epoch in force or past: a draining cell still holds old packets) and merges the
+// pages.
 //
 // Each cell answers at most limit items strictly before the cursor, newest first. The merged
 // page is the limit newest of all of them, and its cursor is the last item it shows: anything a
@@ -97,7 +98,11 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 		writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", "no routing table loaded")
 		return
 	}
-	cells := t.AllCells()
+	// Every cell that may hold a record: those of every epoch in force by now, and by a
+	// hand-over margin from now, because a cell server whose clock runs ahead of this
+	// gateway's may already create under the next epoch (docs/designdoc/rebalancing.md). A cell
+	// only a later epoch names holds nothing yet and is often not serving yet.
+	cells := t.CellsBy(g.cfg.Now().Add(routing.HandoverMargin))
 	// A missing cell would silently drop part of the history, and the cursor would then skip
 	// it for good; refusing the whole query is the honest answer.
 	for _, cell := range cells {

@@ -335,6 +335,25 @@ func (t *Table) IsMasked(slot int) bool {
 	return false
 }
 
+// CellsBy lists, sorted, every cell named by an epoch taking effect at or before t: the cells
+// that may hold something created up to t. A cell named only by a later epoch holds nothing yet,
+// and may not be serving yet either (it is created when its epoch is decided).
+func (t *Table) CellsBy(ts time.Time) []string {
+	var out []string
+	for i := range t.Epochs {
+		if t.Epochs[i].EffectiveTime.After(ts) {
+			continue
+		}
+		for _, c := range t.Epochs[i].Cells() {
+			if !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // AllCells lists every cell named by any epoch, sorted. Cells that only old epochs name still
 // hold packets (they drain), so reads that fan out, like a user's history, must ask them too.
 func (t *Table) AllCells() []string {

@@ -219,6 +219,8 @@ func (cl *cluster) dump(t *testing.T, ns string) {
 		{"get", "rps,rpc,pods,pvc,svc", "-n", ns, "-o", "wide"},
 		{"get", "events", "-n", ns, "--sort-by=.lastTimestamp"},
 		{"logs", "-n", operatorNamespace, "-l", "app.kubernetes.io/name=redpacket-operator", "--tail=60"},
+		{"logs", "-n", ns, "-l", "app.kubernetes.io/component=gateway", "--tail=80", "--prefix"},
+		{"logs", "-n", ns, "-l", "app.kubernetes.io/component=cellserver", "-c", "cellserver", "--tail=40", "--prefix", "--max-log-requests=10"},
 	} {
 		out, _ := cl.tryRun(args...)
 		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
