@@ -137,18 +137,7 @@ func TestAnswersOnlyForOwnedPackets(t *testing.T) {
 	cfg.RoutingFile = path
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, slog.Default(), ready) }()
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base, done := startServer(t, ctx, cfg)
 	table, err := routing.Parse([]byte(routingJSON))
 	if err != nil {
 		t.Fatal(err)
@@ -209,4 +198,22 @@ func TestAnswersOnlyForOwnedPackets(t *testing.T) {
 	for _, s := range []string{cfg.CellSchema, cfg.ControlSchema, cfg.WalletSchema, cfg.ShardDBPrefix + "00", cfg.ShardDBPrefix + "01"} {
 		_, _ = db.Exec("DROP DATABASE IF EXISTS " + s)
 	}
+}
+
+// startServer runs the cell server in the background until ctx ends and returns its base URL
+// once it listens, and the channel Run's result arrives on.
+func startServer(t *testing.T, ctx context.Context, cfg Config) (string, <-chan error) {
+	t.Helper()
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.Default(), ready) }()
+	select {
+	case addr := <-ready:
+		return "http://" + addr, done
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("server did not start")
+	}
+	return "", nil
 }

@@ -41,18 +41,7 @@ func TestPublishedTableReachesServerAndGatewayAheadOfTheirFiles(t *testing.T) {
 	cfg.RoutingFile, cfg.RoutingPoll = serverFile, 50*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, slog.Default(), ready) }()
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base, done := startServer(t, ctx, cfg)
 	db, err := sql.Open("mysql", m.DSN(""))
 	if err != nil {
 		t.Fatal(err)

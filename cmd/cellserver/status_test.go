@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"regexp"
@@ -57,18 +56,7 @@ func TestServerReportsHeldEpochAndLagGauges(t *testing.T) {
 	cfg.RoutingFile, cfg.RoutingPoll = path, 50*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, slog.Default(), ready) }()
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base, done := startServer(t, ctx, cfg)
 	db, err := sql.Open("mysql", m.DSN(""))
 	if err != nil {
 		t.Fatal(err)
