@@ -282,6 +282,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		return err
 	}
 	defer closeGuard()
+	cacheReady := sustained(pingCache, memcachedGrace, time.Now)
 	limits := packet.DefaultLimits
 	limits.MaxTotalCents, limits.MaxCount = cfg.MaxTotalCents, cfg.MaxCount
 	pcfg := packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region}
@@ -318,7 +319,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 				return fmt.Errorf("database: %w", err)
 			}
 			if cfg.ReadyMemcached {
-				if err := pingCache(); err != nil {
+				if err := cacheReady(); err != nil {
 					return fmt.Errorf("memcached %s: %w", cfg.Memcached, err)
 				}
 			}
@@ -466,5 +467,32 @@ func waitDB(ctx context.Context, db interface{ PingContext(context.Context) erro
 			return fmt.Errorf("database not reachable: %w", err)
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// memcachedGrace is how long the memcached beside the server may go unanswered before the
+// server reports not ready. One slow answer on a loaded node must not take the server (for a
+// gateway, often its whole cell) out of rotation: the grab guard falls back to local counts
+// meanwhile, and the database stays the authority on every share.
+const memcachedGrace = 5 * time.Second
+
+// sustained wraps a check so that it fails only once the check has not passed for grace, and
+// until it first passes: a sidecar that never came up keeps the pod unready, one that stutters
+// does not.
+func sustained(check func() error, grace time.Duration, now func() time.Time) func() error {
+	var mu sync.Mutex
+	var lastOK time.Time
+	return func() error {
+		err := check()
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			lastOK = now()
+			return nil
+		}
+		if !lastOK.IsZero() && now().Sub(lastOK) < grace {
+			return nil
+		}
+		return err
 	}
 }

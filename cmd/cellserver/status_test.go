@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -91,5 +92,36 @@ func TestServerReportsHeldEpochAndLagGauges(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSustainedFailsOnlyAfterTheGrace: a check that never passed fails at once (a sidecar that
+// never came up), one that passed fails only once it has not passed for the grace.
+func TestSustainedFailsOnlyAfterTheGrace(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var fail bool
+	check := sustained(func() error {
+		if fail {
+			return errors.New("no answer")
+		}
+		return nil
+	}, 5*time.Second, func() time.Time { return now })
+	fail = true
+	if check() == nil {
+		t.Fatal("passed before the check ever passed")
+	}
+	fail = false
+	if err := check(); err != nil {
+		t.Fatal(err)
+	}
+	fail = true
+	for _, c := range []struct {
+		after time.Duration
+		ok    bool
+	}{{time.Second, true}, {4 * time.Second, true}, {5 * time.Second, false}, {time.Minute, false}} {
+		now = time.Unix(1000, 0).Add(c.after)
+		if err := check(); (err == nil) != c.ok {
+			t.Errorf("%v after the last pass: %v, want ok=%v", c.after, err, c.ok)
+		}
 	}
 }
