@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Labels put on every object the operator creates.
@@ -83,7 +82,7 @@ func (c *RedPacketCell) SigningSecretName() string { return c.Spec.SetName + "-s
 
 // durationOr is d's value, or def when the field is unset (only possible for objects that
 // did not pass through the API server's defaulting, such as in-memory test objects).
-func durationOr(d *metav1.Duration, def time.Duration) time.Duration {
+func durationOr(d *Duration, def time.Duration) time.Duration {
 	if d == nil {
 		return def
 	}
