@@ -3,7 +3,6 @@ package v1alpha1
 import (
 	"fmt"
 	"time"
-
 )
 
 // Labels put on every object the operator creates.
@@ -28,6 +27,13 @@ const (
 	// AnnotationDiscardUnsettled, set to "true" on a set or cell being deleted, lets the
 	// deletion go on although money is unsettled: the deliberate force path.
 	AnnotationDiscardUnsettled = "redpacket.dev/discard-unsettled"
+	// AnnotationNeverRouted is the operator's own proof that a cell has never owned a slot in
+	// an epoch that took effect, so no packet was ever created in it: it is put on a cell
+	// created for a pending epoch only, and taken off (before anything else) by the first
+	// reconcile that finds an epoch naming the cell in force or too close to change. A cell
+	// carrying it that no kept epoch names is deleted without asking its database, which for
+	// a cancelled scale-out may never have come up. Never set it by hand.
+	AnnotationNeverRouted = "redpacket.dev/never-routed"
 
 	// RoutingFile is the key of the routing table in the routing ConfigMap.
 	RoutingFile = "routing.json"
