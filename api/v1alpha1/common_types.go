@@ -167,8 +167,8 @@ type ShardSpec struct {
 }
 
 // MaskingPolicy decides when slots served by a failing logical table are masked.
-// +kubebuilder:validation:XValidation:rule="!has(self.window) || duration(self.window) > duration('0s')",message="spec.masking.window must be a positive duration"
-// +kubebuilder:validation:XValidation:rule="!has(self.coolDown) || duration(self.coolDown) >= duration('0s')",message="spec.masking.coolDown must not be negative"
+// +kubebuilder:validation:XValidation:rule="!has(self.window) || !self.window.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self.window) > duration('0s')",message="spec.masking.window must be a positive duration"
+// +kubebuilder:validation:XValidation:rule="!has(self.coolDown) || !self.coolDown.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self.coolDown) >= duration('0s')",message="spec.masking.coolDown must not be negative"
 type MaskingPolicy struct {
 	// ErrorThreshold is the number of errors of one logical table within Window, summed over
 	// the cell's servers, at which its slots are masked.
@@ -201,7 +201,7 @@ type MaskingPolicy struct {
 
 // PacketLimits bounds what a sender may wrap.
 // +kubebuilder:validation:XValidation:rule="!has(self.maxTotalCents) || !has(self.maxCount) || self.maxTotalCents >= self.maxCount",message="spec.limits.maxTotalCents must be at least spec.limits.maxCount: every share is at least one cent"
-// +kubebuilder:validation:XValidation:rule="!has(self.expiry) || duration(self.expiry) > duration('0s')",message="spec.limits.expiry must be a positive duration"
+// +kubebuilder:validation:XValidation:rule="!has(self.expiry) || !self.expiry.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self.expiry) > duration('0s')",message="spec.limits.expiry must be a positive duration"
 type PacketLimits struct {
 	// MaxTotalCents is the largest packet, in cents.
 	// +kubebuilder:default=20000

@@ -8,16 +8,20 @@ import (
 
 // DurationPattern is the text of a Go duration (time.ParseDuration): a sign, then one or more
 // decimal numbers each with a unit. The CRD refuses anything else at admission.
-const DurationPattern = `^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$`
+const DurationPattern = `^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$`
 
 // Duration is a span written as a Go duration ("90s", "2m", "24h"), like metav1.Duration, but
 // its decoding never fails. A value stored before the CRD refused it (or written with
 // validation bypassed) decodes with Invalid holding the stored text, so the manager's caches
 // can still list every object: one bad set gets a condition naming the field instead of
 // stopping every set of the cluster from being reconciled. Encoding writes the stored text
-// back unchanged, so an update of an object never loses what the user wrote.
+// back unchanged, so an update of an object never loses what the user wrote. The CEL rules on
+// durations only evaluate values that match the pattern: a rule that errors on a stored value
+// would refuse every later write of the object, its status included (the pattern's own
+// refusal is ratcheted for a value the write leaves unchanged).
 // +kubebuilder:validation:Type=string
-// +kubebuilder:validation:Pattern=`^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$`
+// +kubebuilder:validation:Pattern=`^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$`
+// +kubebuilder:validation:MaxLength=64
 type Duration struct {
 	time.Duration `json:"-"`
 	// Invalid is the stored JSON when it is not a duration ("" for a valid one).

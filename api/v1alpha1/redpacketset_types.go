@@ -80,7 +80,7 @@ type RedPacketSetSpec struct {
 	// gateway and server has loaded it before packets are created under it. At least 1m
 	// (two hand-over margins of 30s: a late epoch can still be pushed back).
 	// +kubebuilder:default="2m"
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('60s')",message="spec.rebalanceDelay must be at least 1m: readers need time to load a new routing epoch before it takes effect"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self) >= duration('60s')",message="spec.rebalanceDelay must be at least 1m: readers need time to load a new routing epoch before it takes effect"
 	// +optional
 	RebalanceDelay *Duration `json:"rebalanceDelay,omitempty"`
 }
