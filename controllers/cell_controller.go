@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 )
@@ -74,26 +76,52 @@ func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// Reconcile applies the cell's children in dependency order, then reports conditions.
+// Reconcile applies the cell's children in dependency order, then reports conditions. The
+// status is written on every exit, error exits included, so a child the API server refuses
+// shows on the cell (and rolls up to the set) instead of only in the operator's log.
 func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	cell := &rpv1.RedPacketCell{}
 	if err := r.Client.Get(ctx, req.NamespacedName, cell); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	orig := cell.DeepCopy()
+	res, gone, err := r.reconcile(ctx, cell)
+	if err != nil {
+		err = fmt.Errorf("reconcile cell %s: %w", req.NamespacedName, err)
+	}
+	if !gone && !equalStatus(orig.Status, cell.Status) {
+		if werr := r.Client.Status().Update(ctx, cell); werr != nil {
+			err = errors.Join(err, fmt.Errorf("update status of cell %s: %w", req.NamespacedName, werr))
+		}
+	}
+	return quietConflict(ctx, res, err)
+}
+
+// reconcile does the work of Reconcile on cell, leaving in its status what it found; gone says
+// the finalizer was released, so there is no status left to write.
+func (r *CellReconciler) reconcile(ctx context.Context, cell *rpv1.RedPacketCell) (_ ctrl.Result, gone bool, _ error) {
 	var deletionHeld bool
 	if !cell.DeletionTimestamp.IsZero() {
 		held, err := r.finalizeCell(ctx, cell)
 		if err != nil {
-			return ctrl.Result{}, fmt.Errorf("finalize cell %s: %w", req.NamespacedName, err)
+			setProvisionFailed(cell, rpv1.ReasonApplyFailed, fmt.Sprintf("finalize: %v", err))
+			return ctrl.Result{}, false, fmt.Errorf("finalize: %w", err)
 		}
 		if !held {
-			return ctrl.Result{}, nil
+			return ctrl.Result{}, true, nil
 		}
 		// Held: provision and observe as usual below, so the cell keeps serving and settles.
 		deletionHeld = true
 	} else if err := ensureFinalizer(ctx, r.Client, cell); err != nil {
-		return ctrl.Result{}, err
+		setProvisionFailed(cell, rpv1.ReasonApplyFailed, err.Error())
+		return ctrl.Result{}, false, err
+	}
+	if errs := cell.Spec.StoredValueErrors(); len(errs) > 0 {
+		// Stored before the CRD refused such values: nothing is applied from them, and the
+		// cell says why. Its running children are left as they are.
+		err := errors.Join(errs...)
+		setProvisionFailed(cell, rpv1.ReasonInvalidSpec, err.Error())
+		return ctrl.Result{}, false, reconcile.TerminalError(err)
 	}
 	phases := []struct {
 		name string
@@ -105,25 +133,35 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 			if err != nil {
 				return err
 			}
-			return r.Client.Apply(ctx, cm, FieldOwner, client.ForceOwnership)
+			return r.apply(ctx, cm)
 		}},
-		{"mysql service", func() error { return r.Client.Apply(ctx, mysqlService(cell), FieldOwner, client.ForceOwnership) }},
-		{"mysql statefulset", func() error { return r.Client.Apply(ctx, mysqlStatefulSet(cell), FieldOwner, client.ForceOwnership) }},
-		{"server deployment", func() error { return r.Client.Apply(ctx, serverDeployment(cell), FieldOwner, client.ForceOwnership) }},
-		{"server service", func() error { return r.Client.Apply(ctx, serverService(cell), FieldOwner, client.ForceOwnership) }},
-		{"server pdb", func() error { return r.Client.Apply(ctx, serverPDB(cell), FieldOwner, client.ForceOwnership) }},
-		{"mysql pdb", func() error { return r.Client.Apply(ctx, mysqlPDB(cell), FieldOwner, client.ForceOwnership) }},
+		{"mysql service", func() error { return r.apply(ctx, mysqlService(cell)) }},
+		{"mysql statefulset", func() error { return r.apply(ctx, mysqlStatefulSet(cell)) }},
+		{"server deployment", func() error { return r.apply(ctx, serverDeployment(cell)) }},
+		{"server service", func() error { return r.apply(ctx, serverService(cell)) }},
+		{"server pdb", func() error { return r.apply(ctx, serverPDB(cell)) }},
+		{"mysql pdb", func() error { return r.apply(ctx, mysqlPDB(cell)) }},
 	}
+	var obs cellObservation
+	var applyErr error
 	for _, ph := range phases {
 		if err := ph.run(); err != nil {
-			return ctrl.Result{}, fmt.Errorf("reconcile cell %s: %s: %w", req.NamespacedName, ph.name, err)
+			// Children are applied in dependency order, so the rest waits; what exists is
+			// still observed below, so the other conditions stay true.
+			applyErr = fmt.Errorf("%s: %w", ph.name, err)
+			obs.applyFailed = applyErr.Error()
+			break
 		}
 	}
-	obs, err := r.observe(ctx, cell)
-	if err != nil {
-		return ctrl.Result{}, fmt.Errorf("observe cell %s: %w", req.NamespacedName, err)
+	var err error
+	if obs.mysql, obs.servers, err = r.observe(ctx, cell); err != nil {
+		setProvisionFailed(cell, rpv1.ReasonApplyFailed, fmt.Sprintf("observe children: %v", err))
+		return ctrl.Result{}, false, errors.Join(applyErr, fmt.Errorf("observe: %w", err))
 	}
 	decideCellStatus(cell, obs)
+	if applyErr != nil {
+		return ctrl.Result{}, false, applyErr
+	}
 	var result ctrl.Result
 	if meta.IsStatusConditionTrue(cell.Status.Conditions, rpv1.CellDatabaseReady) {
 		// Masking needs the database; its failure must not stop provisioning, so it is
@@ -137,13 +175,30 @@ func (r *CellReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if deletionHeld && (result.RequeueAfter == 0 || result.RequeueAfter > heldRecheck) {
 		result.RequeueAfter = heldRecheck
 	}
-	if equalStatus(orig.Status, cell.Status) {
-		return result, nil
+	return result, false, nil
+}
+
+// apply writes one child by server-side apply; the error names the object, so the cell's
+// Provisioned condition says which child the API server refused and why.
+func (r *CellReconciler) apply(ctx context.Context, obj runtime.ApplyConfiguration) error {
+	if err := r.Client.Apply(ctx, obj, FieldOwner, client.ForceOwnership); err != nil {
+		return fmt.Errorf("apply %s: %w", describeApply(obj), err)
 	}
-	if err := r.Client.Status().Update(ctx, cell); err != nil {
-		return ctrl.Result{}, fmt.Errorf("update status of cell %s: %w", req.NamespacedName, err)
+	return nil
+}
+
+// setProvisionFailed records a failure that stopped the reconcile before the children could
+// be observed: Provisioned and Available say why, the other conditions keep their last value.
+func setProvisionFailed(cell *rpv1.RedPacketCell, reason, msg string) {
+	gen := cell.Generation
+	for _, typ := range []string{rpv1.CellProvisioned, rpv1.CellAvailable} {
+		meta.SetStatusCondition(&cell.Status.Conditions, metav1.Condition{Type: typ, Status: metav1.ConditionFalse, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	return result, nil
+	for _, typ := range []string{rpv1.CellDatabaseReady, rpv1.CellCacheReady, rpv1.CellServersReady} {
+		if meta.FindStatusCondition(cell.Status.Conditions, typ) == nil {
+			meta.SetStatusCondition(&cell.Status.Conditions, metav1.Condition{Type: typ, Status: metav1.ConditionUnknown, Reason: reason, Message: msg, ObservedGeneration: gen})
+		}
+	}
 }
 
 // ensureCredentials creates the cell's database credentials once. They are never logged and
@@ -217,30 +272,35 @@ func randomPassword() (string, error) {
 type cellObservation struct {
 	mysql   *appsv1.StatefulSet // nil: not found
 	servers *appsv1.Deployment  // nil: not found
+	// applyFailed is the phase and API error of a child that could not be written ("" when
+	// every child was).
+	applyFailed string
 }
 
-func (r *CellReconciler) observe(ctx context.Context, cell *rpv1.RedPacketCell) (cellObservation, error) {
-	var obs cellObservation
+func (r *CellReconciler) observe(ctx context.Context, cell *rpv1.RedPacketCell) (*appsv1.StatefulSet, *appsv1.Deployment, error) {
+	var mysql *appsv1.StatefulSet
 	sts := &appsv1.StatefulSet{}
 	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLName()}, sts); {
 	case err == nil:
-		obs.mysql = sts
+		mysql = sts
 	case !apierrors.IsNotFound(err):
-		return obs, err
+		return nil, nil, fmt.Errorf("get StatefulSet %s/%s: %w", cell.Namespace, cell.MySQLName(), err)
 	}
 	dep := &appsv1.Deployment{}
 	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.ServerName()}, dep); {
 	case err == nil:
-		obs.servers = dep
+		return mysql, dep, nil
 	case !apierrors.IsNotFound(err):
-		return obs, err
+		return nil, nil, fmt.Errorf("get Deployment %s/%s: %w", cell.Namespace, cell.ServerName(), err)
 	}
-	return obs, nil
+	return mysql, nil, nil
 }
 
 // decideCellStatus derives the cell's conditions from its children. It is pure. A pod is
 // Ready only when both the server and its memcached sidecar are, so a ready server implies a
-// ready cache beside it.
+// ready cache beside it. A failure to provision (a child refused, pods the workload controller
+// cannot create, a rollout past its deadline) wins over "not ready yet": it will not go away
+// by waiting, and the set rolls it up as ProvisioningFailed.
 func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 	st := &cell.Status
 	gen := cell.Generation
@@ -253,32 +313,46 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 	}
 
 	var dbReady bool
+	dbReason, dbMsg := "", ""
 	switch {
 	case obs.mysql == nil:
-		set(rpv1.CellDatabaseReady, false, rpv1.ReasonDatabaseMissing, "database StatefulSet not created yet")
+		dbReason, dbMsg = rpv1.ReasonDatabaseMissing, "database StatefulSet not created yet"
+	case podsNotCreated(obs.mysql.Status.Conditions) != "":
+		st.ReadyDatabases = obs.mysql.Status.ReadyReplicas
+		dbReason, dbMsg = rpv1.ReasonPodsNotCreated, fmt.Sprintf("StatefulSet %s/%s cannot create its pods: %s", obs.mysql.Namespace, obs.mysql.Name, podsNotCreated(obs.mysql.Status.Conditions))
 	case obs.mysql.Status.ReadyReplicas < 1:
 		st.ReadyDatabases = 0
-		set(rpv1.CellDatabaseReady, false, rpv1.ReasonDatabaseNotReady, fmt.Sprintf("primary %s is not ready", cell.MySQLPodName(0)))
+		dbReason, dbMsg = rpv1.ReasonDatabaseNotReady, fmt.Sprintf("primary %s is not ready", cell.MySQLPodName(0))
 	default:
 		dbReady = true
 		st.ReadyDatabases = obs.mysql.Status.ReadyReplicas
 		set(rpv1.CellDatabaseReady, true, rpv1.ReasonReady, fmt.Sprintf("%d/%d database pods ready", obs.mysql.Status.ReadyReplicas, ptrOr(obs.mysql.Spec.Replicas, 1)))
 	}
+	if !dbReady {
+		set(rpv1.CellDatabaseReady, false, dbReason, dbMsg)
+	}
 
 	want := cell.Spec.Servers
 	var serversReady bool
+	srvReason, srvMsg := "", ""
 	switch {
 	case obs.servers == nil:
 		st.Servers, st.ReadyServers = 0, 0
-		set(rpv1.CellServersReady, false, rpv1.ReasonServersMissing, "server Deployment not created yet")
+		srvReason, srvMsg = rpv1.ReasonServersMissing, "server Deployment not created yet"
 		set(rpv1.CellCacheReady, false, rpv1.ReasonServersMissing, "memcached runs beside the servers, which do not exist yet")
 	default:
 		st.Servers, st.ReadyServers = obs.servers.Status.Replicas, obs.servers.Status.ReadyReplicas
 		serversReady = st.ReadyServers >= want && want > 0 && obs.servers.Status.ObservedGeneration >= obs.servers.Generation
-		if serversReady {
+		name := obs.servers.Namespace + "/" + obs.servers.Name
+		switch {
+		case serversReady:
 			set(rpv1.CellServersReady, true, rpv1.ReasonReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want))
-		} else {
-			set(rpv1.CellServersReady, false, rpv1.ReasonServersNotReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want))
+		case podsNotCreated(obs.servers.Status.Conditions) != "":
+			srvReason, srvMsg = rpv1.ReasonPodsNotCreated, fmt.Sprintf("Deployment %s cannot create its pods (%d/%d servers ready): %s", name, st.ReadyServers, want, podsNotCreated(obs.servers.Status.Conditions))
+		case rolloutStuck(obs.servers.Status.Conditions) != "":
+			srvReason, srvMsg = rpv1.ReasonRolloutStuck, fmt.Sprintf("Deployment %s is past its progress deadline (%d/%d servers ready): %s", name, st.ReadyServers, want, rolloutStuck(obs.servers.Status.Conditions))
+		default:
+			srvReason, srvMsg = rpv1.ReasonServersNotReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want)
 		}
 		if st.ReadyServers > 0 {
 			set(rpv1.CellCacheReady, true, rpv1.ReasonReady, fmt.Sprintf("memcached ready beside %d servers", st.ReadyServers))
@@ -286,8 +360,23 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 			set(rpv1.CellCacheReady, false, rpv1.ReasonCacheNotReady, "no server pod is ready, so no memcached sidecar is")
 		}
 	}
+	if !serversReady {
+		set(rpv1.CellServersReady, false, srvReason, srvMsg)
+	}
+
+	if obs.applyFailed != "" {
+		set(rpv1.CellProvisioned, false, rpv1.ReasonApplyFailed, obs.applyFailed)
+	} else {
+		set(rpv1.CellProvisioned, true, rpv1.ReasonApplied, "every child is written")
+	}
 
 	switch {
+	case obs.applyFailed != "":
+		set(rpv1.CellAvailable, false, rpv1.ReasonApplyFailed, obs.applyFailed)
+	case dbReason == rpv1.ReasonPodsNotCreated:
+		set(rpv1.CellAvailable, false, dbReason, dbMsg)
+	case srvReason == rpv1.ReasonPodsNotCreated, srvReason == rpv1.ReasonRolloutStuck:
+		set(rpv1.CellAvailable, false, srvReason, srvMsg)
 	case dbReady && serversReady:
 		set(rpv1.CellAvailable, true, rpv1.ReasonReady, "database and servers ready")
 	case !dbReady && obs.mysql == nil, !serversReady && obs.servers == nil:
@@ -297,7 +386,57 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 	default:
 		set(rpv1.CellAvailable, false, rpv1.ReasonServersNotReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want))
 	}
-	st.ObservedGeneration = gen
+	// Stamped only when every child was written: a cell whose last reconcile failed has not
+	// observed its generation.
+	if obs.applyFailed == "" {
+		st.ObservedGeneration = gen
+	}
+}
+
+// podsNotCreated is the workload controller's account of pods it cannot create (a
+// ReplicaFailure condition, e.g. FailedCreate when Pod Security or a quota refuses them), ""
+// when there is none.
+func podsNotCreated(conds any) string {
+	for _, c := range workloadConditions(conds) {
+		if c.typ == "ReplicaFailure" && c.status == corev1.ConditionTrue {
+			return c.reason + ": " + c.message
+		}
+	}
+	return ""
+}
+
+// rolloutStuck is a Deployment's Progressing=False (ProgressDeadlineExceeded) account, "" when
+// it is progressing or done.
+func rolloutStuck(conds any) string {
+	for _, c := range workloadConditions(conds) {
+		if c.typ == string(appsv1.DeploymentProgressing) && c.status == corev1.ConditionFalse {
+			return c.reason + ": " + c.message
+		}
+	}
+	return ""
+}
+
+type workloadCondition struct {
+	typ     string
+	status  corev1.ConditionStatus
+	reason  string
+	message string
+}
+
+// workloadConditions reads Deployment and StatefulSet conditions alike.
+func workloadConditions(conds any) []workloadCondition {
+	var out []workloadCondition
+	switch cs := conds.(type) {
+	case []appsv1.DeploymentCondition:
+		for _, c := range cs {
+			out = append(out, workloadCondition{string(c.Type), c.Status, c.Reason, c.Message})
+		}
+	case []appsv1.StatefulSetCondition:
+		for _, c := range cs {
+			out = append(out, workloadCondition{string(c.Type), c.Status, c.Reason, c.Message})
+		}
+	}
+	return out
 }
 
 func ptrOr(p *int32, def int32) int32 {

@@ -90,8 +90,8 @@ func TestHungCellDatabaseDoesNotStallOtherCells(t *testing.T) {
 			Cells:    2,
 			Capacity: rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
 			Masking: rpv1.MaskingPolicy{
-				ErrorThreshold: 5, Window: &metav1.Duration{Duration: 30 * time.Second},
-				CoolDown: &metav1.Duration{Duration: time.Minute}, MaxMaskedPercent: 10,
+				ErrorThreshold: 5, Window: &rpv1.Duration{Duration: 30 * time.Second},
+				CoolDown: &rpv1.Duration{Duration: time.Minute}, MaxMaskedPercent: 10,
 			},
 		},
 	}

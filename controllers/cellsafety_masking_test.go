@@ -32,10 +32,10 @@ func TestMaskingUsesEpochInForceAndDatabaseClock(t *testing.T) {
 			Cells:    2,
 			Capacity: rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
 			// The scale-in below stays pending for the whole test.
-			RebalanceDelay: &metav1.Duration{Duration: time.Hour},
+			RebalanceDelay: &rpv1.Duration{Duration: time.Hour},
 			Masking: rpv1.MaskingPolicy{
-				ErrorThreshold: 5, Window: &metav1.Duration{Duration: 8 * time.Second},
-				CoolDown: &metav1.Duration{Duration: time.Second}, MaxMaskedPercent: 10,
+				ErrorThreshold: 5, Window: &rpv1.Duration{Duration: 8 * time.Second},
+				CoolDown: &rpv1.Duration{Duration: time.Second}, MaxMaskedPercent: 10,
 			},
 		},
 	}

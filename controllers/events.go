@@ -48,3 +48,15 @@ func (e event) emit(rec events.EventRecorder, obj runtime.Object, args ...any) {
 	}
 	rec.Eventf(obj, nil, e.Type, e.Reason, e.Action, e.Message, args...)
 }
+
+// emitAbout records the event on obj with related as the object it is about (a set's event
+// about one of its cells). The events recorder folds events of one object, type, reason and
+// action into a series and keeps only the first message, so without the related object four
+// CellCreated events of one set would be stored as one, and a cell's CellDraining could be
+// lost in another's series.
+func (e event) emitAbout(rec events.EventRecorder, obj, related runtime.Object, args ...any) {
+	if rec == nil {
+		return
+	}
+	rec.Eventf(obj, related, e.Type, e.Reason, e.Action, e.Message, args...)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -12,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/controllers/plan"
 )
 
 // Deleting a set or a cell must never strand money: a cell's database holds the packets that
@@ -77,10 +80,10 @@ func (r *SetReconciler) finalizeSet(ctx context.Context, set *rpv1.RedPacketSet)
 	}
 	msg := strings.Join(holding, "; ")
 	EventDeletionHeld.emit(r.Recorder, set, msg, rpv1.AnnotationDiscardUnsettled)
-	orig := set.DeepCopy()
+	// Reconcile writes the status.
 	meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetDeletionHeld, Status: metav1.ConditionTrue,
 		Reason: rpv1.ReasonUnsettled, Message: "deletion waits for settlement: " + msg, ObservedGeneration: set.Generation})
-	return true, r.writeStatus(ctx, orig, set)
+	return true, nil
 }
 
 func markDiscard(ctx context.Context, c client.Client, cell *rpv1.RedPacketCell) error {
@@ -114,8 +117,13 @@ func (r *CellReconciler) finalizeCell(ctx context.Context, cell *rpv1.RedPacketC
 		r.dbs.forget(cell.UID)
 		return false, releaseFinalizer(ctx, r.Client, cell)
 	}
-	why := cellHold(ctx, r.Client, r.dbs, cell)
-	if why == "" {
+	var why string
+	if neverRouted(cell) {
+		// Never owned a slot in an epoch that took effect: nothing to ask its database (which
+		// may never have come up). A stale view of the cell cannot release it: the release
+		// patch carries its resourceVersion.
+		why = namedByEpochs(ctx, r.Client, cell)
+	} else if why = cellHold(ctx, r.Client, r.dbs, cell); why == "" {
 		why = namedByEpochs(ctx, r.Client, cell)
 	}
 	if why == "" {
@@ -155,4 +163,63 @@ func namedByEpochs(ctx context.Context, c client.Reader, cell *rpv1.RedPacketCel
 		return ""
 	}
 	return fmt.Sprintf("routing epochs %v still name it; set %s prunes them once every packet created under them is settled", epochs, name)
+}
+
+// A cell of a cancelled scale-out may never get a database that comes up: asking it whether
+// it holds money would hold it for ever. It does not have to be asked when the operator can
+// prove it never owned a slot in an epoch that took effect, because packets are only created
+// in slots their cell owns at that second. The proof is AnnotationNeverRouted: put on a cell
+// created while no epoch that took effect, or that can no longer change, names it; taken off
+// by clearNeverRouted before any reconcile can prune such an epoch. Pending epochs are only
+// ever replaced while more than a hand-over margin ahead (plan.CanReplan), before any reader
+// may act on them, so a cell named only by replaced epochs never held a packet.
+
+// committedAt reports whether epoch e is in force at now or too close to change: from then on
+// a reader may create packets under it.
+func committedAt(effective, now time.Time) bool {
+	return !plan.CanReplan(&routing.Epoch{EffectiveTime: effective}, now)
+}
+
+// namedByCommittedEpoch reports whether any epoch of the tables (nil ones skipped) or the
+// set's status that gives cell a slot is committed at now.
+func namedByCommittedEpoch(cell string, now time.Time, status []rpv1.RoutingEpoch, tables ...*routing.Table) bool {
+	for _, t := range tables {
+		if t == nil {
+			continue
+		}
+		for i := range t.Epochs {
+			if len(t.Epochs[i].Slots(cell)) > 0 && committedAt(t.Epochs[i].EffectiveTime, now) {
+				return true
+			}
+		}
+	}
+	for _, e := range status {
+		for _, r := range e.Ranges {
+			if r.Cell == cell && committedAt(e.EffectiveTime.Time, now) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func neverRouted(cell *rpv1.RedPacketCell) bool {
+	return cell.Annotations[rpv1.AnnotationNeverRouted] == "true"
+}
+
+// clearNeverRouted takes the never-routed proof off every cell a committed epoch names. It
+// runs before the reconcile decides anything, so an epoch that took effect is always seen
+// here, naming its cells, before it can be pruned; a failure stops the reconcile.
+func (r *SetReconciler) clearNeverRouted(ctx context.Context, obs *setObservation, now time.Time) error {
+	for _, c := range obs.cells {
+		if !neverRouted(c) || !namedByCommittedEpoch(c.Name, now, nil, obs.published) {
+			continue
+		}
+		patch := client.MergeFrom(c.DeepCopy())
+		delete(c.Annotations, rpv1.AnnotationNeverRouted)
+		if err := r.Client.Patch(ctx, c, patch); err != nil {
+			return fmt.Errorf("take %s off cell %s, which an epoch in force names: %w", rpv1.AnnotationNeverRouted, c.Name, err)
+		}
+	}
+	return nil
 }

@@ -40,8 +40,8 @@ func TestMasking(t *testing.T) {
 			Masking: rpv1.MaskingPolicy{
 				ErrorThreshold: 5,
 				// Long enough that a loaded machine still reads the counts inside the window.
-				Window:   &metav1.Duration{Duration: 8 * time.Second},
-				CoolDown: &metav1.Duration{Duration: time.Second},
+				Window:   &rpv1.Duration{Duration: 8 * time.Second},
+				CoolDown: &rpv1.Duration{Duration: time.Second},
 				// 1% of a cell's 500 slots: at most 5 masked slots per cell.
 				MaxMaskedPercent: 1,
 			},

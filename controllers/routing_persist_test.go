@@ -28,7 +28,7 @@ func smallSet(name string, cells int32) *rpv1.RedPacketSet {
 			Zones:          []string{"zone-a"},
 			Cells:          cells,
 			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
-			RebalanceDelay: &metav1.Duration{Duration: 10 * time.Minute},
+			RebalanceDelay: &rpv1.Duration{Duration: 10 * time.Minute},
 		},
 	}
 }

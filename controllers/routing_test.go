@@ -20,8 +20,8 @@ func testSet() *rpv1.RedPacketSet {
 		ObjectMeta: metav1.ObjectMeta{Name: "s"},
 		Spec: rpv1.RedPacketSetSpec{
 			SlotCount:      1000,
-			RebalanceDelay: &metav1.Duration{Duration: 2 * time.Minute},
-			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: 24 * time.Hour}},
+			RebalanceDelay: &rpv1.Duration{Duration: 2 * time.Minute},
+			Limits:         rpv1.PacketLimits{Expiry: &rpv1.Duration{Duration: 24 * time.Hour}},
 		},
 	}
 }

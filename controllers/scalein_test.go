@@ -44,8 +44,8 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 			Zones:          []string{"zone-a", "zone-b"},
 			Cells:          2,
 			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
-			RebalanceDelay: &metav1.Duration{Duration: time.Minute},
-			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: time.Hour}},
+			RebalanceDelay: &rpv1.Duration{Duration: time.Minute},
+			Limits:         rpv1.PacketLimits{Expiry: &rpv1.Duration{Duration: time.Hour}},
 		},
 	}
 	createReady(t, ctx, c, set)

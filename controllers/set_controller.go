@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -108,41 +109,87 @@ type setObservation struct {
 	held    map[string]string // cells no epoch names that must stay, and why
 }
 
-// Reconcile runs the set's phases in order; each wraps its error with what failed.
+// Reconcile runs the set's phases in order; each wraps its error with what failed. The status
+// is written on every exit: an error exit leaves Progressing=True ReconcileFailed naming the
+// phase and the error (and, for an unreadable routing ConfigMap, RoutingPublished=False), never
+// the conditions of the last pass that succeeded.
 func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	logger := log.FromContext(ctx)
 	set := &rpv1.RedPacketSet{}
 	if err := r.Client.Get(ctx, req.NamespacedName, set); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	pass := &setPass{orig: set.DeepCopy()}
+	res, err := r.reconcile(ctx, set, pass)
+	if err != nil {
+		err = fmt.Errorf("reconcile set %s: %w", req.NamespacedName, err)
+		if !isOnlyConflict(err) && !pass.gone {
+			markFailed(set, err)
+		}
+	}
+	if !pass.gone && (err == nil || !isOnlyConflict(err)) {
+		if werr := r.writeStatus(ctx, pass.orig, set); werr != nil {
+			err = errors.Join(err, werr)
+		}
+	}
+	return quietConflict(ctx, res, err)
+}
+
+// setPass is what one reconcile of a set carries between its status writes.
+type setPass struct {
+	orig *rpv1.RedPacketSet // the status as last written
+	gone bool               // the finalizer was released: no status to write
+}
+
+// markFailed records an error exit on the set. Progressing says the operator could not finish
+// (and what stopped it); the other conditions keep what the last full pass found.
+func markFailed(set *rpv1.RedPacketSet, err error) {
+	meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetProgressing, Status: metav1.ConditionTrue,
+		Reason: rpv1.ReasonReconcileFailed, Message: err.Error(), ObservedGeneration: set.Generation})
+}
+
+func (r *SetReconciler) reconcile(ctx context.Context, set *rpv1.RedPacketSet, pass *setPass) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
 	if !set.DeletionTimestamp.IsZero() {
 		// Owner references collect the children once the finalizer goes; until then the
 		// set keeps serving so its cells can settle.
 		held, err := r.finalizeSet(ctx, set)
 		if err != nil {
-			return ctrl.Result{}, fmt.Errorf("finalize set %s: %w", req.NamespacedName, err)
+			return ctrl.Result{}, fmt.Errorf("finalize: %w", err)
 		}
 		if held {
 			return ctrl.Result{RequeueAfter: heldRecheck}, nil
 		}
+		pass.gone = true
 		return ctrl.Result{}, nil
 	}
 	if err := ensureFinalizer(ctx, r.Client, set); err != nil {
 		return ctrl.Result{}, err
 	}
 	now := r.Now()
-	orig := set.DeepCopy()
 
+	if errs := set.Spec.StoredValueErrors(); len(errs) > 0 {
+		// Stored before the CRD refused such values (or with validation bypassed): plan
+		// nothing from them. The cells keep running as they are.
+		err := errors.Join(errs...)
+		EventInvalidSpec.emit(r.Recorder, set, err.Error())
+		r.markInvalid(set, err)
+		return ctrl.Result{}, nil
+	}
 	p, err := plan.Compute(planInput(set))
 	if err != nil {
 		EventInvalidSpec.emit(r.Recorder, set, err.Error())
 		r.markInvalid(set, err)
-		return ctrl.Result{}, r.writeStatus(ctx, orig, set)
+		return ctrl.Result{}, nil
 	}
 
 	obs, err := r.gather(ctx, set)
 	if err != nil {
-		return ctrl.Result{}, fmt.Errorf("gather set %s: %w", req.NamespacedName, err)
+		return ctrl.Result{}, fmt.Errorf("gather: %w", err)
+	}
+	// Before anything can prune an epoch: a cell an epoch in force names loses its proof of
+	// never having held a packet.
+	if err := r.clearNeverRouted(ctx, obs, now); err != nil {
+		return ctrl.Result{}, err
 	}
 
 	names := make([]string, len(p.Cells))
@@ -159,9 +206,6 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetRoutingPublished, Status: metav1.ConditionFalse,
 			Reason: rpv1.ReasonRoutingStateLost, Message: msg, ObservedGeneration: set.Generation})
 		EventRoutingLost.emit(r.Recorder, set, msg)
-		if err := r.writeStatus(ctx, orig, set); err != nil {
-			return ctrl.Result{}, err
-		}
 		return ctrl.Result{RequeueAfter: heldRecheck}, nil
 	}
 	in := routingInput{published: obs.published, cells: names, masked: masks, now: now, settled: r.epochSettled(ctx, set),
@@ -187,10 +231,10 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if d.Change.Kind != plan.Unchanged {
 		// Status first, so a lost ConfigMap is rebuilt with this epoch, never an older one.
 		set.Status.Routing = epochsToStatus(d.Table)
-		if err := r.writeStatus(ctx, orig, set); err != nil {
+		if err := r.writeStatus(ctx, pass.orig, set); err != nil {
 			return ctrl.Result{}, fmt.Errorf("record routing epoch %d in status: %w", d.Table.Latest().Number, err)
 		}
-		orig = set.DeepCopy()
+		pass.orig = set.DeepCopy()
 	}
 
 	phases := []struct {
@@ -199,15 +243,12 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	}{
 		{"signing secret", func() error { return r.ensureSigningSecret(ctx, set) }},
 		{"routing configmap", func() error { return r.applyRouting(ctx, set, d) }},
-		{"cells", func() error { return r.applyCells(ctx, set, p, d.Table, obs) }},
+		{"cells", func() error { return r.applyCells(ctx, set, p, d.Table, obs, now) }},
 		{"gateway", func() error { return r.applyGateway(ctx, set) }},
 	}
 	for _, ph := range phases {
 		if err := ph.run(); err != nil {
-			meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetProgressing, Status: metav1.ConditionTrue,
-				Reason: rpv1.ReasonReconcileFailed, Message: fmt.Sprintf("%s: %v", ph.name, err), ObservedGeneration: set.Generation})
-			_ = r.writeStatus(ctx, orig, set)
-			return ctrl.Result{}, fmt.Errorf("reconcile set %s: %s: %w", req.NamespacedName, ph.name, err)
+			return ctrl.Result{}, fmt.Errorf("%s: %w", ph.name, err)
 		}
 	}
 
@@ -220,12 +261,9 @@ func (r *SetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	// Re-read cells: applyCells may have created some.
 	cells, err := r.listCells(ctx, set)
 	if err != nil {
-		return ctrl.Result{}, fmt.Errorf("list cells of %s: %w", req.NamespacedName, err)
+		return ctrl.Result{}, fmt.Errorf("list cells: %w", err)
 	}
 	r.summarise(set, p, d, cells, obs.held, obs.rebuilt, now)
-	if err := r.writeStatus(ctx, orig, set); err != nil {
-		return ctrl.Result{}, err
-	}
 	logger.V(1).Info("reconciled set", "cells", len(p.Cells), "epoch", set.Status.Routing.CurrentEpoch)
 	if len(obs.held) > 0 {
 		d.RequeueAt = earliest(d.RequeueAt, now.Add(heldRecheck))
@@ -257,7 +295,10 @@ func (r *SetReconciler) gather(ctx context.Context, set *rpv1.RedPacketSet) (*se
 	case apierrors.IsNotFound(err):
 		obs.rebuilt = "the routing ConfigMap is missing"
 	case err != nil:
-		return nil, fmt.Errorf("get routing configmap: %w", err)
+		err = fmt.Errorf("cannot read routing ConfigMap %s/%s: %w", set.Namespace, set.RoutingConfigMapName(), err)
+		meta.SetStatusCondition(&set.Status.Conditions, metav1.Condition{Type: rpv1.SetRoutingPublished, Status: metav1.ConditionUnknown,
+			Reason: rpv1.ReasonRoutingUnreadable, Message: err.Error() + "; nothing is published until it can be read", ObservedGeneration: set.Generation})
+		return nil, err
 	default:
 		data, ok := cm.Data[rpv1.RoutingFile]
 		if !ok {
@@ -367,7 +408,7 @@ func (r *SetReconciler) applyRouting(ctx context.Context, set *rpv1.RedPacketSet
 
 // applyCells makes one RedPacketCell per cell any kept epoch names (so draining cells stay
 // until their packets settle) and deletes the cells no epoch names any more.
-func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, p plan.Plan, t *routing.Table, obs *setObservation) error {
+func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, p plan.Plan, t *routing.Table, obs *setObservation, now time.Time) error {
 	latest := t.Latest()
 	sizing := map[string]plan.Cell{}
 	for _, c := range p.Cells {
@@ -387,6 +428,11 @@ func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, 
 		slots := cellSlots(latest, name)
 		cell := desiredCell(set, name, index, slots, size)
 		existing, exists := obs.cells[name]
+		// A new cell named by no committed epoch starts with the proof that it never held a
+		// packet; an existing one keeps it only while that stays true.
+		if (!exists || neverRouted(existing)) && !namedByCommittedEpoch(name, now, set.Status.Routing.Epochs, t, obs.published) {
+			cell.Annotations = map[string]string{rpv1.AnnotationNeverRouted: "true"}
+		}
 		// Every cell status change wakes this reconcile; re-applying every cell of the set
 		// each time would cost one write per cell per status change.
 		if exists && cellUpToDate(existing, cell, set) {
@@ -397,30 +443,36 @@ func (r *SetReconciler) applyCells(ctx context.Context, set *rpv1.RedPacketSet, 
 		}
 		switch {
 		case !exists:
-			EventCellCreated.emit(r.Recorder, set, name, formatSlots(slots))
+			EventCellCreated.emitAbout(r.Recorder, set, cell, name, formatSlots(slots))
 		case existing.Spec.Servers != cell.Spec.Servers:
-			EventCellScaled.emit(r.Recorder, set, name, existing.Spec.Servers, cell.Spec.Servers)
+			EventCellScaled.emitAbout(r.Recorder, set, existing, name, existing.Spec.Servers, cell.Spec.Servers)
 		}
 		if exists && len(slots) == 0 && !existing.Spec.Draining {
-			EventCellDraining.emit(r.Recorder, set, name, latest.Number)
+			EventCellDraining.emitAbout(r.Recorder, set, existing, name, latest.Number)
 		}
 	}
 	for name, c := range obs.cells {
 		if wanted[name] {
 			continue
 		}
-		// The epochs naming it were pruned only once settled, but its outbox may still owe
-		// wallet effects: the cell's own database has the last word.
-		if why := cellHold(ctx, r.Client, r.dbs, c); why != "" {
+		precondition := client.Preconditions{UID: &c.UID}
+		if neverRouted(c) {
+			// No epoch that took effect ever named it (see clearNeverRouted): it holds no
+			// packet of its own, so its database need not answer. The resourceVersion makes
+			// a stale cached cell, whose proof was already taken off, fail to delete.
+			precondition.ResourceVersion = &c.ResourceVersion
+		} else if why := cellHold(ctx, r.Client, r.dbs, c); why != "" {
+			// The epochs naming it were pruned only once settled, but its outbox may still
+			// owe wallet effects: the cell's own database has the last word.
 			obs.held[name] = why
-			EventCellHeld.emit(r.Recorder, set, name, why)
+			EventCellHeld.emitAbout(r.Recorder, set, c, name, why)
 			continue
 		}
-		if err := r.Client.Delete(ctx, c, client.Preconditions{UID: &c.UID}); err != nil && !apierrors.IsNotFound(err) {
+		if err := r.Client.Delete(ctx, c, precondition); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete cell %s: %w", name, err)
 		}
 		r.dbs.forget(c.UID)
-		EventCellDeleted.emit(r.Recorder, set, name)
+		EventCellDeleted.emitAbout(r.Recorder, set, c, name)
 	}
 	return nil
 }
@@ -474,6 +526,9 @@ func cellUpToDate(stored, desired *rpv1.RedPacketCell, set *rpv1.RedPacketSet) b
 			return false
 		}
 	}
+	if neverRouted(stored) != neverRouted(desired) {
+		return false
+	}
 	return equality.Semantic.DeepEqual(stored.Spec, desired.Spec)
 }
 
@@ -524,17 +579,11 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 	st.Routing = epochsToStatus(t)
 	st.Selector = metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: map[string]string{rpv1.LabelSet: set.Name}})
 	st.CellSummaries = nil
-	st.ReadyCells, st.Cells = 0, 0
-	var unavailable, progressing, draining []string
-	inLatest := map[string]bool{}
-	for _, c := range latest.Cells() {
-		inLatest[c] = true
-	}
+	var draining []string
 	for i := range cells {
 		c := &cells[i]
-		avail := meta.FindStatusCondition(c.Status.Conditions, rpv1.CellAvailable)
 		status := metav1.ConditionUnknown
-		if avail != nil {
+		if avail := meta.FindStatusCondition(c.Status.Conditions, rpv1.CellAvailable); avail != nil {
 			status = avail.Status
 		}
 		slots := cellSlots(latest, c.Name)
@@ -549,21 +598,9 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 				draining = append(draining, c.Name)
 			}
 		}
-		if !inLatest[c.Name] {
-			continue
-		}
-		st.Cells++
-		switch {
-		case status == metav1.ConditionTrue:
-			st.ReadyCells++
-		case avail == nil || c.Status.ObservedGeneration != c.Generation:
-			progressing = append(progressing, c.Name)
-		default:
-			unavailable = append(unavailable, fmt.Sprintf("%s (%s: %s)", c.Name, avail.Reason, avail.Message))
-		}
 	}
-	want := len(latest.Cells())
-	missing := want - int(st.Cells)
+	roll := rollUpCells(cells, latest.Cells())
+	st.ReadyCells, st.Cells = roll.ready, roll.present
 	notServing := cellsNotServing(cells)
 
 	cond := func(typ string, ok bool, reason, msg string) {
@@ -573,26 +610,13 @@ func (r *SetReconciler) summarise(set *rpv1.RedPacketSet, p plan.Plan, d routing
 		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: typ, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-
-	if int(st.ReadyCells) == want {
-		cond(rpv1.SetAvailable, true, rpv1.ReasonAllCellsAvailable, fmt.Sprintf("%d/%d cells available", st.ReadyCells, want))
-	} else {
-		cond(rpv1.SetAvailable, false, rpv1.ReasonCellsUnavailable, fmt.Sprintf("%d/%d cells available", st.ReadyCells, want))
-	}
-	if len(unavailable) > 0 {
-		cond(rpv1.SetDegraded, true, rpv1.ReasonCellsUnavailable, "unavailable: "+strings.Join(unavailable, "; "))
-	} else {
-		cond(rpv1.SetDegraded, false, rpv1.ReasonAllCellsAvailable, "no cell reports a failure")
+	for _, c := range roll.conditions() {
+		cond(c.Type, c.Status == metav1.ConditionTrue, c.Reason, c.Message)
 	}
 	if len(notServing) > 0 {
 		cond(rpv1.SetCellsServing, false, rpv1.ReasonCellsNotServing, "cannot serve (their packets get 503, other cells serve): "+strings.Join(notServing, "; "))
 	} else {
 		cond(rpv1.SetCellsServing, true, rpv1.ReasonAllCellsServing, fmt.Sprintf("all %d cells can serve", len(cells)))
-	}
-	if len(progressing) > 0 || missing > 0 {
-		cond(rpv1.SetProgressing, true, rpv1.ReasonCellsProgressing, fmt.Sprintf("waiting for cells: %s", strings.Join(progressing, ", ")))
-	} else {
-		cond(rpv1.SetProgressing, false, rpv1.ReasonUpToDate, "every cell is provisioned")
 	}
 	reason := rpv1.ReasonHeadroomSufficient
 	switch p.ToleranceReason {
@@ -686,14 +710,14 @@ func cellsNotServing(cells []rpv1.RedPacketCell) []string {
 	return out
 }
 
-// writeStatus writes the status only when it changed.
+// writeStatus writes the status only when it changed. A conflict is returned as is: Reconcile
+// turns it into a quiet requeue (quietConflict).
 func (r *SetReconciler) writeStatus(ctx context.Context, orig, set *rpv1.RedPacketSet) error {
 	if equalStatus(orig.Status, set.Status) {
 		return nil
 	}
 	// A full update rather than a merge patch: zero values (0 masked slots) must be written
 	// for the printer columns to show them.
-	// A conflict means a newer set is on its way: the controller requeues and decides again.
 	if err := r.Client.Status().Update(ctx, set); err != nil {
 		return fmt.Errorf("update status of set %s: %w", set.Name, err)
 	}

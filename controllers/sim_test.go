@@ -74,8 +74,8 @@ func simulate(seed int64) error {
 		ObjectMeta: metav1.ObjectMeta{Name: "sim"},
 		Spec: rpv1.RedPacketSetSpec{
 			SlotCount:      slots,
-			RebalanceDelay: &metav1.Duration{Duration: []time.Duration{-time.Minute, 0, time.Minute, 2 * time.Minute, 5 * time.Minute}[rng.IntN(5)]},
-			Limits:         rpv1.PacketLimits{Expiry: &metav1.Duration{Duration: time.Duration(5+rng.IntN(20)) * time.Minute}},
+			RebalanceDelay: &rpv1.Duration{Duration: []time.Duration{-time.Minute, 0, time.Minute, 2 * time.Minute, 5 * time.Minute}[rng.IntN(5)]},
+			Limits:         rpv1.PacketLimits{Expiry: &rpv1.Duration{Duration: time.Duration(5+rng.IntN(20)) * time.Minute}},
 		},
 	}
 	expiry := set.Spec.Limits.Expiry.Duration

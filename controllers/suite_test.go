@@ -179,7 +179,7 @@ func TestOperator(t *testing.T) {
 	stopFirst := startManager(t, env, clock)
 
 	set := loadSample(t)
-	set.Spec.RebalanceDelay = &metav1.Duration{Duration: time.Minute}
+	set.Spec.RebalanceDelay = &rpv1.Duration{Duration: time.Minute}
 	if err := c.Create(ctx, set); err != nil {
 		t.Fatal(err)
 	}

@@ -48,13 +48,15 @@ type CellTemplate struct {
 
 // ServerSpec describes the cell server container.
 type ServerSpec struct {
-	// Image of the cell server.
+	// Image of the cell server. No whitespace anywhere: the kubelet would fail to pull it.
 	// +kubebuilder:default="ghcr.io/redpacketset/cellserver:v0.1.0"
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:Pattern=`^\S+$`
 	// +optional
 	Image string `json:"image,omitempty"`
 
 	// Resources of the cell server container.
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, !(k in self.requests) || !(k in self.limits) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",message="spec.template.server.resources: a cpu, memory or ephemeral-storage request must not exceed its limit (the pod would never be created)"
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 }
@@ -64,6 +66,7 @@ type MySQLSpec struct {
 	// Image of the MySQL-compatible server (MySQL 8 or MariaDB 10.11+).
 	// +kubebuilder:default="mariadb:10.11"
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:Pattern=`^\S+$`
 	// +optional
 	Image string `json:"image,omitempty"`
 
@@ -77,11 +80,13 @@ type MySQLSpec struct {
 	Replicas int32 `json:"replicas,omitempty"`
 
 	// Resources of the database container.
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, !(k in self.requests) || !(k in self.limits) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",message="spec.template.mysql.resources: a cpu, memory or ephemeral-storage request must not exceed its limit (the pod would never be created)"
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 
-	// Storage is the size of each database volume.
+	// Storage is the size of each database volume; more than zero.
 	// +kubebuilder:default="10Gi"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('0'))",message="spec.template.mysql.storage must be a positive quantity, e.g. 10Gi"
 	// +optional
 	Storage *resource.Quantity `json:"storage,omitempty"`
 
@@ -95,6 +100,7 @@ type MemcachedSpec struct {
 	// Image of memcached.
 	// +kubebuilder:default="memcached:1.6"
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:Pattern=`^\S+$`
 	// +optional
 	Image string `json:"image,omitempty"`
 
@@ -105,6 +111,7 @@ type MemcachedSpec struct {
 	MemoryMB int32 `json:"memoryMB,omitempty"`
 
 	// Resources of the memcached container.
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, !(k in self.requests) || !(k in self.limits) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",message="spec.template.memcached.resources: a cpu, memory or ephemeral-storage request must not exceed its limit (the pod would never be created)"
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 }
@@ -160,8 +167,8 @@ type ShardSpec struct {
 }
 
 // MaskingPolicy decides when slots served by a failing logical table are masked.
-// +kubebuilder:validation:XValidation:rule="!has(self.window) || duration(self.window) > duration('0s')",message="spec.masking.window must be a positive duration"
-// +kubebuilder:validation:XValidation:rule="!has(self.coolDown) || duration(self.coolDown) >= duration('0s')",message="spec.masking.coolDown must not be negative"
+// +kubebuilder:validation:XValidation:rule="!has(self.window) || !self.window.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self.window) > duration('0s')",message="spec.masking.window must be a positive duration"
+// +kubebuilder:validation:XValidation:rule="!has(self.coolDown) || !self.coolDown.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self.coolDown) >= duration('0s')",message="spec.masking.coolDown must not be negative"
 type MaskingPolicy struct {
 	// ErrorThreshold is the number of errors of one logical table within Window, summed over
 	// the cell's servers, at which its slots are masked.
@@ -173,12 +180,12 @@ type MaskingPolicy struct {
 	// Window is the span over which errors are counted.
 	// +kubebuilder:default="1m"
 	// +optional
-	Window *metav1.Duration `json:"window,omitempty"`
+	Window *Duration `json:"window,omitempty"`
 
 	// CoolDown is how long a masked table must stay quiet before its mask is lifted.
 	// +kubebuilder:default="5m"
 	// +optional
-	CoolDown *metav1.Duration `json:"coolDown,omitempty"`
+	CoolDown *Duration `json:"coolDown,omitempty"`
 
 	// MaxMaskedPercent is the mask budget, per cell: the most of a cell's slots (those it
 	// owns in the routing epoch in force), in percent and rounded up, that the operator may
@@ -194,7 +201,7 @@ type MaskingPolicy struct {
 
 // PacketLimits bounds what a sender may wrap.
 // +kubebuilder:validation:XValidation:rule="!has(self.maxTotalCents) || !has(self.maxCount) || self.maxTotalCents >= self.maxCount",message="spec.limits.maxTotalCents must be at least spec.limits.maxCount: every share is at least one cent"
-// +kubebuilder:validation:XValidation:rule="!has(self.expiry) || duration(self.expiry) > duration('0s')",message="spec.limits.expiry must be a positive duration"
+// +kubebuilder:validation:XValidation:rule="!has(self.expiry) || !self.expiry.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self.expiry) > duration('0s')",message="spec.limits.expiry must be a positive duration"
 type PacketLimits struct {
 	// MaxTotalCents is the largest packet, in cents.
 	// +kubebuilder:default=20000
@@ -213,7 +220,7 @@ type PacketLimits struct {
 	// refunded to the sender.
 	// +kubebuilder:default="24h"
 	// +optional
-	Expiry *metav1.Duration `json:"expiry,omitempty"`
+	Expiry *Duration `json:"expiry,omitempty"`
 }
 
 // SlotRange is an inclusive range of slots.

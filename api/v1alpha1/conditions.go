@@ -32,6 +32,9 @@ const (
 	CellDatabaseReady = "DatabaseReady"
 	CellCacheReady    = "CacheReady"
 	CellServersReady  = "ServersReady"
+	// CellProvisioned is True when every child of the cell was written; False names the child
+	// the API server refused and its error.
+	CellProvisioned = "Provisioned"
 )
 
 // Condition reasons. Each is documented in docs/operator.md with what an SRE does about it.
@@ -73,4 +76,15 @@ const (
 	ReasonServersMissing       = "ServersMissing"
 	ReasonCacheNotReady        = "CacheNotReady"
 	ReasonDependenciesNotReady = "DependenciesNotReady"
+
+	// Provisioning failures (issue 14): a child the API server refused, pods a workload's
+	// controller cannot create, a rollout past its deadline. Rolled up to the set as
+	// ProvisioningFailed.
+	ReasonApplied            = "Applied"
+	ReasonApplyFailed        = "ApplyFailed"
+	ReasonPodsNotCreated     = "PodsNotCreated"
+	ReasonRolloutStuck       = "RolloutStuck"
+	ReasonProvisioningFailed = "ProvisioningFailed"
+	// RoutingPublished: the routing ConfigMap could not be read at all (not merely unparsable).
+	ReasonRoutingUnreadable = "RoutingUnreadable"
 )

@@ -2,6 +2,7 @@ package v1alpha1_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,11 +10,13 @@ import (
 	"time"
 
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -155,9 +158,9 @@ func TestCRDs(t *testing.T) {
 			{"negative max count", func(s *rpv1.RedPacketSet) { s.Spec.Limits.MaxCount = -1 }, "spec.limits.maxCount"},
 			{"max count too large", func(s *rpv1.RedPacketSet) { s.Spec.Limits.MaxCount = 10001 }, "spec.limits.maxCount"},
 			{"total below count", func(s *rpv1.RedPacketSet) { s.Spec.Limits.MaxTotalCents = 50; s.Spec.Limits.MaxCount = 100 }, "spec.limits.maxTotalCents must be at least spec.limits.maxCount"},
-			{"zero expiry", func(s *rpv1.RedPacketSet) { s.Spec.Limits.Expiry = &metav1.Duration{Duration: -time.Hour} }, "spec.limits.expiry must be a positive duration"},
-			{"zero masking window", func(s *rpv1.RedPacketSet) { s.Spec.Masking.Window = &metav1.Duration{Duration: -time.Second} }, "spec.masking.window must be a positive duration"},
-			{"negative cool-down", func(s *rpv1.RedPacketSet) { s.Spec.Masking.CoolDown = &metav1.Duration{Duration: -time.Second} }, "spec.masking.coolDown must not be negative"},
+			{"zero expiry", func(s *rpv1.RedPacketSet) { s.Spec.Limits.Expiry = &rpv1.Duration{Duration: -time.Hour} }, "spec.limits.expiry must be a positive duration"},
+			{"zero masking window", func(s *rpv1.RedPacketSet) { s.Spec.Masking.Window = &rpv1.Duration{Duration: -time.Second} }, "spec.masking.window must be a positive duration"},
+			{"negative cool-down", func(s *rpv1.RedPacketSet) { s.Spec.Masking.CoolDown = &rpv1.Duration{Duration: -time.Second} }, "spec.masking.coolDown must not be negative"},
 			{"mask budget above 100", func(s *rpv1.RedPacketSet) { s.Spec.Masking.MaxMaskedPercent = 101 }, "spec.masking.maxMaskedPercent"},
 			{"negative error threshold", func(s *rpv1.RedPacketSet) { s.Spec.Masking.ErrorThreshold = -1 }, "spec.masking.errorThreshold"},
 			{"zero queue workers", func(s *rpv1.RedPacketSet) { s.Spec.Template.Queue.Workers = -1 }, "spec.template.queue.workers"},
@@ -169,9 +172,23 @@ func TestCRDs(t *testing.T) {
 			{"memcached too small", func(s *rpv1.RedPacketSet) { s.Spec.Template.Memcached.MemoryMB = 4 }, "spec.template.memcached.memoryMB"},
 			{"zero gateway replicas", func(s *rpv1.RedPacketSet) { s.Spec.Gateway.Replicas = -1 }, "spec.gateway.replicas"},
 			// Finding 11 §1: −10m put the epoch in the past, 0s one second ahead.
-			{"negative rebalance delay", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &metav1.Duration{Duration: -10 * time.Minute} }, "spec.rebalanceDelay must be at least 1m"},
-			{"zero rebalance delay", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &metav1.Duration{} }, "spec.rebalanceDelay must be at least 1m"},
-			{"rebalance delay below the floor", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &metav1.Duration{Duration: 59 * time.Second} }, "spec.rebalanceDelay must be at least 1m"},
+			{"negative rebalance delay", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &rpv1.Duration{Duration: -10 * time.Minute} }, "spec.rebalanceDelay must be at least 1m"},
+			{"zero rebalance delay", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &rpv1.Duration{} }, "spec.rebalanceDelay must be at least 1m"},
+			{"rebalance delay below the floor", func(s *rpv1.RedPacketSet) { s.Spec.RebalanceDelay = &rpv1.Duration{Duration: 59 * time.Second} }, "spec.rebalanceDelay must be at least 1m"},
+			// Issue 14 §1: each of these was stored and failed later.
+			{"zero storage", func(s *rpv1.RedPacketSet) { s.Spec.Template.MySQL.Storage = ptr.To(resource.MustParse("0")) }, "spec.template.mysql.storage must be a positive quantity"},
+			{"negative storage", func(s *rpv1.RedPacketSet) { s.Spec.Template.MySQL.Storage = ptr.To(resource.MustParse("-10Gi")) }, "spec.template.mysql.storage must be a positive quantity"},
+			{"server requests above limits", func(s *rpv1.RedPacketSet) { s.Spec.Template.Server.Resources = overLimit() }, "spec.template.server.resources: a cpu, memory or ephemeral-storage request must not exceed its limit"},
+			{"mysql requests above limits", func(s *rpv1.RedPacketSet) { s.Spec.Template.MySQL.Resources = overLimit() }, "spec.template.mysql.resources: a cpu, memory or ephemeral-storage request must not exceed its limit"},
+			{"memcached requests above limits", func(s *rpv1.RedPacketSet) { s.Spec.Template.Memcached.Resources = overLimit() }, "spec.template.memcached.resources: a cpu, memory or ephemeral-storage request must not exceed its limit"},
+			{"gateway requests above limits", func(s *rpv1.RedPacketSet) { s.Spec.Gateway.Resources = overLimit() }, "spec.gateway.resources: a cpu, memory or ephemeral-storage request must not exceed its limit"},
+			{"server image with surrounding spaces", func(s *rpv1.RedPacketSet) { s.Spec.Template.Server.Image = " ghcr.io/redpacketset/cellserver:v0.1.0 " }, "spec.template.server.image"},
+			{"mysql image with a space inside", func(s *rpv1.RedPacketSet) { s.Spec.Template.MySQL.Image = "mariadb: 10.11" }, "spec.template.mysql.image"},
+			{"memcached image with a tab", func(s *rpv1.RedPacketSet) { s.Spec.Template.Memcached.Image = "memcached:1.6\t" }, "spec.template.memcached.image"},
+			{"gateway image with a newline", func(s *rpv1.RedPacketSet) { s.Spec.Gateway.Image = "ghcr.io/redpacketset/gateway:v0.1.0\n" }, "spec.gateway.image"},
+			{"peak that wraps the server count", func(s *rpv1.RedPacketSet) {
+				s.Spec.Capacity.PeakOpensPerSecond, s.Spec.Capacity.PerServerOpensPerSecond = 9e18, 1
+			}, "spec.capacity.peakOpensPerSecond is more than 10000 servers per cell"},
 		}
 		for i, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
@@ -189,6 +206,61 @@ func TestCRDs(t *testing.T) {
 					t.Fatalf("error does not name %q: %v", tc.want, err)
 				}
 			})
+		}
+	})
+
+	t.Run("durations that are not durations are refused naming the field", func(t *testing.T) {
+		for i, tc := range []struct {
+			path  []string
+			value any
+			want  string
+		}{
+			{[]string{"spec", "rebalanceDelay"}, "abc", "spec.rebalanceDelay"},
+			{[]string{"spec", "rebalanceDelay"}, "5 minutes", "spec.rebalanceDelay"},
+			{[]string{"spec", "rebalanceDelay"}, "", "spec.rebalanceDelay"},
+			{[]string{"spec", "masking", "window"}, "1d", "spec.masking.window"},
+			{[]string{"spec", "masking", "coolDown"}, "soon", "spec.masking.coolDown"},
+			{[]string{"spec", "limits", "expiry"}, "24", "spec.limits.expiry"},
+		} {
+			u := unstructuredSet(t, minimalSet(fmt.Sprintf("bad-duration-%d", i)))
+			if err := unstructured.SetNestedField(u.Object, tc.value, tc.path...); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Create(ctx, u)
+			if err == nil {
+				t.Errorf("%s=%q accepted", strings.Join(tc.path, "."), tc.value)
+				continue
+			}
+			if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s=%q: %v, want Invalid naming %s", strings.Join(tc.path, "."), tc.value, err, tc.want)
+			}
+		}
+		// Go's own forms are still accepted.
+		for i, v := range []string{"90s", "1h30m", "2m0.5s", "1.5h"} {
+			u := unstructuredSet(t, minimalSet(fmt.Sprintf("good-duration-%d", i)))
+			if err := unstructured.SetNestedField(u.Object, v, "spec", "rebalanceDelay"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Create(ctx, u); err != nil {
+				t.Errorf("rebalanceDelay %q refused: %v", v, err)
+			}
+		}
+		// A storage written as a bare integer is a quantity too.
+		u := unstructuredSet(t, minimalSet("int-storage"))
+		if err := unstructured.SetNestedField(u.Object, int64(0), "spec", "template", "mysql", "storage"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Create(ctx, u); err == nil || !strings.Contains(err.Error(), "spec.template.mysql.storage must be a positive quantity") {
+			t.Errorf("storage: 0 (an integer) gave %v", err)
+		}
+		// Requests at their limits, and requests of resources without limits, are fine.
+		ok := minimalSet("requests-at-limits")
+		ok.Spec.Template.Server.Resources = corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("1Gi")},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1000m")},
+		}
+		if err := c.Create(ctx, ok); err != nil {
+			t.Errorf("requests at their limits refused: %v", err)
 		}
 	})
 
@@ -348,11 +420,33 @@ func TestCRDs(t *testing.T) {
 }
 
 // durOf tells an unset duration (-1) apart from any value the API server could default to.
-func durOf(d *metav1.Duration) time.Duration {
+func durOf(d *rpv1.Duration) time.Duration {
 	if d == nil {
 		return -1
 	}
 	return d.Duration
+}
+
+// overLimit asks for more memory than it allows.
+func overLimit() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+	}
+}
+
+// unstructuredSet is set as the API sees it, so a test can write values the Go type cannot.
+func unstructuredSet(t *testing.T, set *rpv1.RedPacketSet) *unstructured.Unstructured {
+	t.Helper()
+	set.APIVersion, set.Kind = rpv1.GroupVersion.String(), "RedPacketSet"
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{Object: m}
+	unstructured.RemoveNestedField(u.Object, "status")
+	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
+	return u
 }
 
 func qtyOf(q *resource.Quantity) string {

@@ -3,8 +3,6 @@ package v1alpha1
 import (
 	"fmt"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Labels put on every object the operator creates.
@@ -29,6 +27,13 @@ const (
 	// AnnotationDiscardUnsettled, set to "true" on a set or cell being deleted, lets the
 	// deletion go on although money is unsettled: the deliberate force path.
 	AnnotationDiscardUnsettled = "redpacket.dev/discard-unsettled"
+	// AnnotationNeverRouted is the operator's own proof that a cell has never owned a slot in
+	// an epoch that took effect, so no packet was ever created in it: it is put on a cell
+	// created for a pending epoch only, and taken off (before anything else) by the first
+	// reconcile that finds an epoch naming the cell in force or too close to change. A cell
+	// carrying it that no kept epoch names is deleted without asking its database, which for
+	// a cancelled scale-out may never have come up. Never set it by hand.
+	AnnotationNeverRouted = "redpacket.dev/never-routed"
 
 	// RoutingFile is the key of the routing table in the routing ConfigMap.
 	RoutingFile = "routing.json"
@@ -83,7 +88,7 @@ func (c *RedPacketCell) SigningSecretName() string { return c.Spec.SetName + "-s
 
 // durationOr is d's value, or def when the field is unset (only possible for objects that
 // did not pass through the API server's defaulting, such as in-memory test objects).
-func durationOr(d *metav1.Duration, def time.Duration) time.Duration {
+func durationOr(d *Duration, def time.Duration) time.Duration {
 	if d == nil {
 		return def
 	}

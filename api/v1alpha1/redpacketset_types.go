@@ -8,6 +8,7 @@ import (
 // RedPacketSetSpec declares a red packet service as SET cells over zones.
 // +kubebuilder:validation:XValidation:rule="self.cells <= self.slotCount",message="spec.cells must not exceed spec.slotCount: every cell needs at least one slot"
 // +kubebuilder:validation:XValidation:rule="!has(self.headroom) || self.headroom < 1.0",message="spec.headroom must be below 1: it is the fraction of capacity held in reserve"
+// +kubebuilder:validation:XValidation:rule="self.capacity.perServerOpensPerSecond < 1 || self.capacity.peakOpensPerSecond / self.capacity.perServerOpensPerSecond / (has(self.cells) && self.cells > 0 ? self.cells : 1) <= 10000",message="spec.capacity.peakOpensPerSecond is more than 10000 servers per cell at spec.capacity.perServerOpensPerSecond: add cells or raise the per-server rate"
 type RedPacketSetSpec struct {
 	// Zones are the topology.kubernetes.io/zone values the cells' servers spread over. With
 	// Z zones and the default headroom of 1/Z, losing any one zone leaves the full peak.
@@ -79,9 +80,9 @@ type RedPacketSetSpec struct {
 	// gateway and server has loaded it before packets are created under it. At least 1m
 	// (two hand-over margins of 30s: a late epoch can still be pushed back).
 	// +kubebuilder:default="2m"
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('60s')",message="spec.rebalanceDelay must be at least 1m: readers need time to load a new routing epoch before it takes effect"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[-+]?(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^[-+]?0$') || duration(self) >= duration('60s')",message="spec.rebalanceDelay must be at least 1m: readers need time to load a new routing epoch before it takes effect"
 	// +optional
-	RebalanceDelay *metav1.Duration `json:"rebalanceDelay,omitempty"`
+	RebalanceDelay *Duration `json:"rebalanceDelay,omitempty"`
 }
 
 // CapacitySpec is the load the set is sized for.
@@ -106,6 +107,7 @@ type GatewaySpec struct {
 	// Image of the gateway.
 	// +kubebuilder:default="ghcr.io/redpacketset/gateway:v0.1.0"
 	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:Pattern=`^\S+$`
 	// +optional
 	Image string `json:"image,omitempty"`
 
@@ -116,6 +118,7 @@ type GatewaySpec struct {
 	Replicas int32 `json:"replicas,omitempty"`
 
 	// Resources of the gateway container.
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, !(k in self.requests) || !(k in self.limits) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",message="spec.gateway.resources: a cpu, memory or ephemeral-storage request must not exceed its limit (the pod would never be created)"
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 }

@@ -58,6 +58,10 @@ func main() {
 	}
 	mgrOpts.Cache.SyncPeriod = syncPeriod
 	mgrOpts.Cache.ByObject = controllers.CacheByObject()
+	// /readyz fails while the informers cannot list or watch, instead of answering 200 for a
+	// manager that reconciles nothing.
+	caches := controllers.NewCacheHealth()
+	mgrOpts.Cache.DefaultWatchErrorHandler = caches.WatchErrorHandler
 	if *watchNamespace != "" {
 		mgrOpts.Cache.DefaultNamespaces = map[string]cache.Config{*watchNamespace: {}}
 	}
@@ -81,6 +85,10 @@ func main() {
 	}
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		log.Error(err, "add ready check")
+		os.Exit(1)
+	}
+	if err := mgr.AddReadyzCheck("caches", caches.Checker(mgr.GetCache())); err != nil {
+		log.Error(err, "add cache ready check")
 		os.Exit(1)
 	}
 	log.Info("starting operator", "leaderElection", *leaderElect)

@@ -29,6 +29,12 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
+// MaxServersPerCell bounds the servers one cell may be planned with. The CRD refuses a spec
+// whose peak needs more than 10,000 per cell before headroom; headroom (at most ×1/(1-h)) and
+// the per-zone floor can raise that, and past this bound Compute refuses rather than plan a
+// count a Deployment's int32 replicas (or the arithmetic here) could not hold.
+const MaxServersPerCell = 100000
+
 // Input is what a RedPacketSet's spec says about sizing.
 type Input struct {
 	Set                     string
@@ -102,15 +108,22 @@ func Compute(in Input) (Plan, error) {
 	// n = ⌈P/(1-h)/Z/per⌉. Floating point may land a hair above an integer and cost one
 	// spare server, never one short: the exact integer check below tops n up whenever the
 	// headroom promises zone-loss tolerance.
-	n := int64(math.Ceil(float64(cellPeak) / (1 - h) / float64(z) / float64(per) * (1 - 1e-12)))
+	// The float is checked before it becomes an integer: a peak of 9e18 at 1 per server would
+	// otherwise wrap the server count negative.
+	nf := math.Ceil(float64(cellPeak) / (1 - h) / float64(z) / float64(per) * (1 - 1e-12))
+	if nf*float64(z) > MaxServersPerCell || minPerZone*z > MaxServersPerCell {
+		return Plan{}, fmt.Errorf("capacity: peakOpensPerSecond %d over %d cells at perServerOpensPerSecond %d (headroom %.3f, at least %d per zone) needs more than %d servers per cell; add cells or raise perServerOpensPerSecond",
+			in.PeakOpensPerSecond, in.Cells, per, h, minPerZone, MaxServersPerCell)
+	}
+	n := int64(nf)
 	if z >= 2 && h >= 1/float64(z)-1e-12 {
-		n = max(n, ceilDiv(cellPeak, int64(z-1)*per))
+		n = max(n, ceilDiv(cellPeak, mulSat(int64(z-1), per)))
 	}
 	n = max(n, int64(minPerZone))
 
 	p := Plan{Headroom: h, CellPeakOpensPerSec: cellPeak}
 	if z >= 2 {
-		p.WorstZoneLossCapacity = int64(z-1) * n * per
+		p.WorstZoneLossCapacity = mulSat(mulSat(int64(z-1), n), per)
 	}
 	switch {
 	case z < 2:
@@ -140,7 +153,7 @@ func Compute(in Input) (Plan, error) {
 			End:                    ranges[i][1],
 			ServersPerZone:         perZone,
 			Servers:                int(n) * z,
-			CapacityOpensPerSecond: int64(z) * n * per,
+			CapacityOpensPerSecond: mulSat(mulSat(int64(z), n), per),
 		})
 	}
 	return p, nil
@@ -210,7 +223,23 @@ func ceilDiv(a, b int64) int64 {
 	if a <= 0 {
 		return 0
 	}
-	return (a + b - 1) / b
+	q := a / b // not (a+b-1)/b, which wraps for a near MaxInt64
+	if a%b != 0 {
+		q++
+	}
+	return q
+}
+
+// mulSat is a·b for non-negative a and b, saturated at MaxInt64 rather than wrapped: a
+// capacity that large only ever compares as "enough".
+func mulSat(a, b int64) int64 {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	if a > math.MaxInt64/b {
+		return math.MaxInt64
+	}
+	return a * b
 }
 
 // NextEpoch assigns [0, slotCount) to cells, moving as few slots as possible away from prev

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -117,6 +118,17 @@ func TestComputeRefusesBadInput(t *testing.T) {
 		"headroom one":      {func(in *Input) { in.Headroom = ptr(1) }, "headroom:"},
 		"negative headroom": {func(in *Input) { in.Headroom = ptr(-0.1) }, "headroom:"},
 		"negative min":      {func(in *Input) { in.MinServersPerZone = -1 }, "minServersPerZone:"},
+		// Issue 14: 9e18 at 1 per server wrapped the server count negative.
+		"peak that wraps": {func(in *Input) { in.PeakOpensPerSecond, in.PerServerOpensPerSecond, in.Cells = 9e18, 1, 1 }, "capacity: peakOpensPerSecond 9000000000000000000"},
+		"peak just past the bound": {func(in *Input) {
+			in.PeakOpensPerSecond, in.PerServerOpensPerSecond, in.Cells = 100001, 1, 1
+			in.Headroom = ptr(0)
+		}, "needs more than 100000 servers per cell"},
+		"headroom that multiplies": {func(in *Input) {
+			in.PeakOpensPerSecond, in.PerServerOpensPerSecond, in.Cells = 10000, 1, 1
+			in.Headroom = ptr(0.99)
+		}, "needs more than 100000 servers per cell"},
+		"floor past the bound": {func(in *Input) { in.MinServersPerZone = 40000 }, "at least 40000 per zone"},
 	}
 	for name, c := range cases {
 		in := good
@@ -124,6 +136,30 @@ func TestComputeRefusesBadInput(t *testing.T) {
 		c.edit(&in)
 		if _, err := Compute(in); err == nil || !strings.HasPrefix(err.Error(), c.want) && !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want %q", name, err, c.want)
+		}
+	}
+}
+
+// Extreme but valid rates never wrap: counts stay positive, capacities saturate.
+func TestComputeExtremeRates(t *testing.T) {
+	for _, in := range []Input{
+		{Set: "rp", Zones: []string{"a", "b", "c"}, Cells: 1, SlotCount: 1000, PeakOpensPerSecond: 9e18, PerServerOpensPerSecond: 9e18},
+		{Set: "rp", Zones: []string{"a", "b", "c"}, Cells: 1, SlotCount: 1000, PeakOpensPerSecond: math.MaxInt64, PerServerOpensPerSecond: math.MaxInt64 / 2},
+		{Set: "rp", Zones: []string{"a", "b", "c"}, Cells: 1000, SlotCount: 1000, PeakOpensPerSecond: 9e18, PerServerOpensPerSecond: 1e14},
+		{Set: "rp", Zones: []string{"a"}, Cells: 1, SlotCount: 1000, PeakOpensPerSecond: 100000, PerServerOpensPerSecond: 1},
+	} {
+		p, err := Compute(in)
+		if err != nil {
+			t.Errorf("%+v: %v", in, err)
+			continue
+		}
+		for _, c := range p.Cells {
+			if c.Servers <= 0 || c.Servers > MaxServersPerCell || c.CapacityOpensPerSecond <= 0 {
+				t.Fatalf("%+v: cell %s plans %d servers, capacity %d", in, c.Name, c.Servers, c.CapacityOpensPerSecond)
+			}
+		}
+		if p.WorstZoneLossCapacity < 0 || (len(in.Zones) >= 2 && !p.ZoneFailureTolerant) {
+			t.Errorf("%+v: worst zone loss %d, tolerant %v", in, p.WorstZoneLossCapacity, p.ZoneFailureTolerant)
 		}
 	}
 }

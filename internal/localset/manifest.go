@@ -20,7 +20,6 @@ import (
 	"os"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
@@ -78,7 +77,7 @@ func ApplyDefaults(set *rpv1.RedPacketSet) {
 		s.Capacity.MinServersPerZone = 1
 	}
 	if s.RebalanceDelay == nil {
-		s.RebalanceDelay = &metav1.Duration{Duration: 2 * time.Minute}
+		s.RebalanceDelay = &rpv1.Duration{Duration: 2 * time.Minute}
 	}
 	t := &s.Template
 	if t.Server.Image == "" {
@@ -119,10 +118,10 @@ func ApplyDefaults(set *rpv1.RedPacketSet) {
 		m.ErrorThreshold = 50
 	}
 	if m.Window == nil {
-		m.Window = &metav1.Duration{Duration: time.Minute}
+		m.Window = &rpv1.Duration{Duration: time.Minute}
 	}
 	if m.CoolDown == nil {
-		m.CoolDown = &metav1.Duration{Duration: 5 * time.Minute}
+		m.CoolDown = &rpv1.Duration{Duration: 5 * time.Minute}
 	}
 	if m.MaxMaskedPercent == 0 {
 		m.MaxMaskedPercent = 10
@@ -135,7 +134,7 @@ func ApplyDefaults(set *rpv1.RedPacketSet) {
 		l.MaxCount = 100
 	}
 	if l.Expiry == nil {
-		l.Expiry = &metav1.Duration{Duration: 24 * time.Hour}
+		l.Expiry = &rpv1.Duration{Duration: 24 * time.Hour}
 	}
 	if s.Gateway.Replicas == 0 {
 		s.Gateway.Replicas = 2

@@ -207,9 +207,27 @@ func TestChartRejectsValuesOutsideTheSchema(t *testing.T) {
 		"zero replicas":         {"replicas": 0},
 		"unknown top-level key": {"crd": map[string]any{"enabled": false}},
 		"pull policy":           {"image": map[string]any{"pullPolicy": "Sometimes"}},
+		// Issue 14: the operator would exit at start on `-sync-period=abc`.
+		"sync period not a duration":       {"syncPeriod": "abc"},
+		"sync period without a unit":       {"syncPeriod": "10"},
+		"sync period negative":             {"syncPeriod": "-10m"},
+		"sync period with spaces":          {"syncPeriod": "10 m"},
+		"empty sync period":                {"syncPeriod": ""},
+		"scrape interval not a duration":   {"serviceMonitor": map[string]any{"interval": "often"}},
+		"pod monitor interval in Go units": {"podMonitor": map[string]any{"interval": "1.5m"}},
 	} {
 		if _, _, err := renderChart("rp", "rp-system", vals); err == nil {
 			t.Errorf("%s: values %v rendered, want a schema error", name, vals)
+		}
+	}
+	for _, v := range []string{"10m", "1h30m", "90s", "0.5h"} {
+		objs, _, err := renderChart("rp", "rp-system", map[string]any{"syncPeriod": v})
+		if err != nil {
+			t.Errorf("syncPeriod %q refused: %v", v, err)
+			continue
+		}
+		if args := fmt.Sprint(nested(t, one(t, objs, "Deployment"), "spec", "template", "spec", "containers")); !strings.Contains(args, "-sync-period="+v) {
+			t.Errorf("syncPeriod %q not passed on: %s", v, args)
 		}
 	}
 }
