@@ -31,7 +31,7 @@ func TestRoutingTablePublishedInEveryCell(t *testing.T) {
 			Zones:          []string{"zone-a", "zone-b"},
 			Cells:          2,
 			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
-			RebalanceDelay: &metav1.Duration{Duration: time.Minute},
+			RebalanceDelay: &rpv1.Duration{Duration: time.Minute},
 		},
 	}
 	createReady(t, ctx, c, set)

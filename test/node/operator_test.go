@@ -192,7 +192,7 @@ func nodeSet() *rpv1.RedPacketSet {
 			Gateway: rpv1.GatewaySpec{Replicas: 1},
 			// The masking stage fails one of a cell's 4 logical tables, a quarter of its slots:
 			// past the default budget of 10%. A short cool-down keeps the lift within minutes.
-			Masking: rpv1.MaskingPolicy{ErrorThreshold: 5, CoolDown: &metav1.Duration{Duration: 30 * time.Second}, MaxMaskedPercent: 30},
+			Masking: rpv1.MaskingPolicy{ErrorThreshold: 5, CoolDown: &rpv1.Duration{Duration: 30 * time.Second}, MaxMaskedPercent: 30},
 			// RebalanceDelay stays at its default (2m): a new epoch must take effect only after
 			// the kubelet has projected the routing ConfigMap into every pod. At 20s it does not
 			// on a real node, and servers with the old table go on creating packets in slots the
