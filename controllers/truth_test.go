@@ -375,12 +375,18 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 		}
 		return nil
 	})
+	before := getSet(t, c, key).Status.Routing.CurrentEpoch
 	scale(t, ctx, c, set, 2)
-	// Well past the new epoch and every prune window: the cell's database never answers,
-	// so it cannot be shown empty and stays.
-	skew.Store(int64(11*time.Minute + 4*time.Hour))
-	touch(t, ctx, c, newCell)
-	eventually(t, "the routed cell is kept and its hold reported", func() error {
+	eventually(t, "the scale-back epoch is planned", func() error {
+		if n := getSet(t, c, key).Status.Routing.CurrentEpoch; n <= before {
+			return fmt.Errorf("current epoch %d", n)
+		}
+		return nil
+	})
+	// Past the scale-back epoch: the cell owns no slot, but an epoch that was in force names
+	// it and its database never answers, so nothing can show it empty: it stays, draining.
+	skew.Store(int64(11*time.Minute + 30*time.Minute))
+	eventually(t, "the routed cell is kept, draining", func() error {
 		touch(t, ctx, c, newCell)
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: newCell}, cell); err != nil {

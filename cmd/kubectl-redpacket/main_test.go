@@ -126,7 +126,7 @@ func TestPluginOnARunningSet(t *testing.T) {
 			Zones: []string{"zone-a"}, Cells: 2,
 			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
 			Template:       rpv1.CellTemplate{Shards: rpv1.ShardSpec{Databases: 2, TablesPerDatabase: 2}},
-			RebalanceDelay: &metav1.Duration{Duration: time.Hour},
+			RebalanceDelay: &rpv1.Duration{Duration: time.Hour},
 		},
 	}
 	if err := c.Create(ctx, set); err != nil {

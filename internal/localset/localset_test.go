@@ -48,6 +48,8 @@ func TestParseManifest(t *testing.T) {
 		"total below count":     minimal + "  limits: {maxCount: 50, maxTotalCents: 10}\n",
 		"shards beyond 100x10":  minimal + "  template: {shards: {databases: 101}}\n",
 		"not yaml":              "{{{",
+		"delay not a duration":  minimal + "  rebalanceDelay: abc\n",
+		"expiry not a duration": minimal + "  limits: {expiry: 1d}\n",
 	} {
 		if _, err := ParseManifest([]byte(bad)); err == nil {
 			t.Errorf("%s: accepted", name)

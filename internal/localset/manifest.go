@@ -144,6 +144,9 @@ func ApplyDefaults(set *rpv1.RedPacketSet) {
 // validate checks what the CRD's schema would refuse and the planner does not check itself.
 func validate(set *rpv1.RedPacketSet) error {
 	s := &set.Spec
+	if errs := s.StoredValueErrors(); len(errs) > 0 {
+		return errors.Join(errs...) // durations decode leniently (rpv1.Duration); refuse them here
+	}
 	switch {
 	case s.Capacity.PeakOpensPerSecond < 1:
 		return errors.New("spec.capacity.peakOpensPerSecond: must be at least 1")
