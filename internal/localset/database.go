@@ -313,8 +313,9 @@ func (d *cellDB) superviseDB(i int) {
 				continue
 			}
 		}
-		ran := time.Since(started)
-		if ran > 30*time.Second {
+		// A crash loop backs off; an instance that ran a while restarts after a second, or a
+		// replicated cell with two instances would wait out a long backoff for its only replica.
+		if time.Since(started) > dbCrashLoop {
 			restarts = 0
 		}
 		backoff := min(time.Second<<min(restarts, 5), 30*time.Second)
@@ -346,6 +347,9 @@ func (d *cellDB) superviseDB(i int) {
 		}
 	}
 }
+
+// dbCrashLoop: an instance that exits sooner than this after its start is crash-looping.
+var dbCrashLoop = 10 * time.Second
 
 // holdPrimary bounds how long a dead primary waits for the failover before it is restarted.
 var holdPrimary = 20 * time.Second
