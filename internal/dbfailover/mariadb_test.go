@@ -36,7 +36,7 @@ func (m *memHistory) SaveHistory(_ context.Context, h History) error {
 }
 
 type testCell struct {
-	t     *testing.T
+	t     testing.TB
 	procs []*testenv.MariaDBProcess
 	dirs  []string
 	ports []int
@@ -44,7 +44,7 @@ type testCell struct {
 	hist  *memHistory
 }
 
-func startCell(t *testing.T, n int) *testCell {
+func startCell(t testing.TB, n int) *testCell {
 	t.Helper()
 	c := &testCell{t: t, hist: &memHistory{}}
 	base := t.TempDir()
@@ -107,7 +107,7 @@ func (c *testCell) db(i int, user string) *sql.DB {
 	return db
 }
 
-func exec(t *testing.T, db *sql.DB, q string, args ...any) {
+func exec(t testing.TB, db *sql.DB, q string, args ...any) {
 	t.Helper()
 	if _, err := db.Exec(q, args...); err != nil {
 		t.Fatalf("%s: %v", q, err)
@@ -250,4 +250,29 @@ func waitWaiting(t *testing.T, db *sql.DB) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// BenchmarkCommit measures what the semi-sync wait costs a commit: one-row autocommit inserts
+// on a primary with one replica, waiting for its acknowledgement (AFTER_SYNC) and not. Both
+// pay the same fsyncs (redo log and binlog); the difference is the replica's round trip.
+//
+//	go test ./internal/dbfailover -run '^$' -bench Commit -benchtime 2000x
+func BenchmarkCommit(b *testing.B) {
+	c := startCell(b, 2)
+	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
+	root := c.db(0, "root")
+	exec(b, root, "CREATE DATABASE IF NOT EXISTS f")
+	exec(b, root, "CREATE TABLE IF NOT EXISTS f.bench (id BIGINT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
+	for _, mode := range []struct {
+		name string
+		on   string
+	}{{"semi-sync-after-sync", "ON"}, {"async", "OFF"}} {
+		b.Run(mode.name, func(b *testing.B) {
+			exec(b, root, "SET GLOBAL rpl_semi_sync_master_enabled = "+mode.on)
+			for b.Loop() {
+				exec(b, root, "INSERT INTO f.bench (v) VALUES (1)")
+			}
+		})
+	}
+	exec(b, root, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
 }
