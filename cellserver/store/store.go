@@ -28,6 +28,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"regexp"
@@ -117,6 +118,20 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 // records, and no gap locks on the receipt inserts) and client-side interpolation (one round
 // trip per statement instead of prepare+execute+close).
 func OpenDB(dsn string, maxConns int) (*sql.DB, error) {
+	cfg, err := SessionConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	connector, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("mysql connector: %w", err)
+	}
+	return OpenConnector(connector, maxConns), nil
+}
+
+// SessionConfig is dsn with the session settings OpenDB describes, for a connector of one's
+// own (cellserver/primarydb, which dials the cell's writable instance).
+func SessionConfig(dsn string) (*mysql.Config, error) {
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parse mysql dsn: %w", err)
@@ -128,17 +143,18 @@ func OpenDB(dsn string, maxConns int) (*sql.DB, error) {
 	cfg.Params["tx_isolation"] = "'READ-COMMITTED'"
 	cfg.InterpolateParams = true
 	cfg.MultiStatements = false
-	connector, err := mysql.NewConnector(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("mysql connector: %w", err)
-	}
+	return cfg, nil
+}
+
+// OpenConnector opens a pool over connector (made from SessionConfig) with OpenDB's sizing.
+func OpenConnector(connector driver.Connector, maxConns int) *sql.DB {
 	db := sql.OpenDB(connector)
 	if maxConns > 0 {
 		db.SetMaxOpenConns(maxConns)
 		db.SetMaxIdleConns(maxConns)
 	}
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	return db, nil
+	return db
 }
 
 // DB is the underlying pool (the wallet and benchmarks share it).

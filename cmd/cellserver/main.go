@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,6 +35,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/idalloc"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/packet"
+	"github.com/redpacketset/redpacket/cellserver/primarydb"
 	"github.com/redpacketset/redpacket/cellserver/queue"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/shard"
@@ -49,6 +51,7 @@ const passwordEnv = "RP_MYSQL_PASSWORD"
 type Config struct {
 	Listen         string
 	MySQLDSN       string
+	MySQLInstances []string
 	ReadyMemcached bool
 	MySQLMaxConns  int
 	Memcached      string
@@ -87,6 +90,18 @@ func parseFlags(args []string) (Config, error) {
 	fs := flag.NewFlagSet("cellserver", flag.ContinueOnError)
 	fs.StringVar(&c.Listen, "listen", ":8080", "HTTP listen address")
 	fs.StringVar(&c.MySQLDSN, "mysql-dsn", "root@tcp(127.0.0.1:3306)/", "the cell's MariaDB (go-sql-driver DSN, no default database needed)")
+	fs.Func("mysql-instances", "host:port of every database instance of the cell, comma-separated: the server writes only to the one that is writable (read_only=0) and follows it through a failover (cellserver/primarydb); empty = -mysql-dsn's address only", func(v string) error {
+		for a := range strings.SplitSeq(v, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				return errors.New("empty address")
+			}
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return fmt.Errorf("%q: %w", a, err)
+			}
+			c.MySQLInstances = append(c.MySQLInstances, a)
+		}
+		return nil
+	})
 	var passwordFile string
 	fs.StringVar(&passwordFile, "mysql-password-file", "", "file holding the password of -mysql-dsn's user (a mounted Secret); without it $"+passwordEnv+" is used when set. Keeps the password out of argv")
 	fs.BoolVar(&c.ReadyMemcached, "ready-memcached", false, "report not ready while -memcached does not answer (in a pod, the readiness of the memcached beside the server)")
@@ -195,6 +210,23 @@ func main() {
 	}
 }
 
+// openCellDB opens the pool on the cell's database: on -mysql-dsn's address, or with
+// -mysql-instances on whichever instance is the writable primary.
+func openCellDB(cfg Config, log *slog.Logger) (*sql.DB, error) {
+	if len(cfg.MySQLInstances) == 0 {
+		return store.OpenDB(cfg.MySQLDSN, cfg.MySQLMaxConns)
+	}
+	mc, err := store.SessionConfig(cfg.MySQLDSN)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := primarydb.New(mc, cfg.MySQLInstances, log)
+	if err != nil {
+		return nil, err
+	}
+	return store.OpenConnector(conn, cfg.MySQLMaxConns), nil
+}
+
 // Run serves until ctx ends, then drains. ready, when not nil, receives the bound address once
 // the server accepts requests (tests listen on :0).
 func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string) error {
@@ -205,7 +237,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	db, err := store.OpenDB(cfg.MySQLDSN, cfg.MySQLMaxConns)
+	db, err := openCellDB(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -173,7 +173,11 @@ func status(args []string) error {
 	fmt.Fprintf(tw, "set %s, %d slots, created %s\n", st.Set, st.SlotCount, st.CreatedAt.Format(time.RFC3339))
 	fmt.Fprintln(tw, "CELL\tMARIADB\tMEMCACHED\tSERVERS")
 	for _, c := range st.Cells {
-		fmt.Fprintf(tw, "%s\t127.0.0.1:%d\t127.0.0.1:%d\t%s\n", c.Name, c.MySQLPort, c.MemcachedPort, strings.Join(c.ServerURLs(), " "))
+		dbs := c.InstanceAddrs()
+		if len(dbs) > 1 {
+			dbs[c.PrimaryIndex()] += "(primary)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t127.0.0.1:%d\t%s\n", c.Name, strings.Join(dbs, " "), c.MemcachedPort, strings.Join(c.ServerURLs(), " "))
 	}
 	fmt.Fprintf(tw, "gateway\t%s\n", st.GatewayURL())
 	return tw.Flush()

@@ -24,6 +24,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers/plan"
+	"github.com/redpacketset/redpacket/internal/dbfailover"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
@@ -76,12 +77,12 @@ type SET struct {
 	bin       string
 	lock      *os.File
 	log       *slog.Logger
-	dbs       map[string]*testenv.MariaDBProcess
-	caches    map[string]*testenv.MemcachedProcess
+	dbs       map[string]*cellDB
 	servers   map[string][]*proc
 	zones     map[*proc]string
 	gateway   *proc
-	mu        sync.Mutex // guards dbs and caches while cells start in parallel
+	mu        sync.Mutex // guards dbs while cells start in parallel
+	stateMu   sync.Mutex // guards state (failover histories are saved while the SET runs)
 	stopOnce  sync.Once
 	stopErr   error
 	dataDir   string
@@ -125,7 +126,7 @@ func Up(ctx context.Context, opts Options) (_ *SET, err error) {
 	}
 	s := &SET{opts: opts, set: opts.Set, log: opts.Log, dataDir: dir,
 		keyPath: filepath.Join(dir, KeyFile), routePath: filepath.Join(dir, RoutingFile),
-		dbs: map[string]*testenv.MariaDBProcess{}, caches: map[string]*testenv.MemcachedProcess{},
+		dbs: map[string]*cellDB{},
 		servers: map[string][]*proc{}, zones: map[*proc]string{}, planned: map[string]int{}, started: map[string]int{}}
 	if s.lock, err = lockDir(dir); err != nil {
 		return nil, err
@@ -196,6 +197,13 @@ func (s *SET) prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if n := s.dbInstances(); n > 1 {
+		for _, c := range s.running {
+			if err := AssignReplicaPorts(st, c, n, testenv.FreePort); err != nil {
+				return err
+			}
+		}
+	}
 	st.Set, st.SlotCount, st.Layout = s.set.Name, int(s.set.Spec.SlotCount), layout
 	st.CellSchema, st.ControlSchema, st.WalletSchema = "rp_cell", control.DefaultSchema, "rp_wallet"
 	st.MaxCount, st.MaxTotalCents = int(s.set.Spec.Limits.MaxCount), s.set.Spec.Limits.MaxTotalCents
@@ -241,7 +249,6 @@ func (s *SET) prepare(ctx context.Context) error {
 func (s *SET) startAll(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadyTimeout)
 	defer cancel()
-	tmpl := s.set.Spec.Template
 	// A cell whose datadir does not exist yet is new: its servers create every shard table
 	// on their first start, which takes a while; a restart only checks them.
 	var fresh []string
@@ -250,18 +257,15 @@ func (s *SET) startAll(ctx context.Context) error {
 			fresh = append(fresh, c)
 		}
 	}
+	n := s.dbInstances()
 	err := parallel(s.running, func(c string) error {
 		cs, _ := s.state.Cell(c)
-		db := &testenv.MariaDBProcess{BufferPoolSize: s.opts.BufferPool, Logger: s.log}
-		mc := &testenv.MemcachedProcess{MemoryMB: int(tmpl.Memcached.MemoryMB), Logger: s.log}
-		s.setDB(c, db, mc)
-		if err := db.Start(ctx, filepath.Join(s.dataDir, "cells", c, "mysql"), cs.MySQLPort); err != nil {
-			return fmt.Errorf("cell %s: mariadb: %w", c, err)
+		d := s.newCellDB(cs, n)
+		if err := d.checkUpgrade(cs); err != nil {
+			return err
 		}
-		if err := mc.Start(ctx, cs.MemcachedPort); err != nil {
-			return fmt.Errorf("cell %s: memcached (port %d): %w", c, cs.MemcachedPort, err)
-		}
-		return nil
+		s.setDB(c, d)
+		return d.start(ctx)
 	})
 	if err != nil {
 		return err
@@ -332,19 +336,22 @@ func (s *SET) startAll(ctx context.Context) error {
 	return waitReady(ctx, s.gateway, s.state.GatewayURL()+"/readyz")
 }
 
-func (s *SET) setDB(cell string, db *testenv.MariaDBProcess, mc *testenv.MemcachedProcess) {
+func (s *SET) setDB(cell string, d *cellDB) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.dbs[cell], s.caches[cell] = db, mc
+	s.dbs[cell] = d
 }
+
+// dbInstances is spec.template.mysql.replicas: database instances per cell.
+func (s *SET) dbInstances() int { return max(int(s.set.Spec.Template.MySQL.Replicas), 1) }
 
 // serverArgs are the flags the operator's server Deployment passes, pointed at local files.
 func (s *SET) serverArgs(cs *CellState, i int) []string {
 	t := s.set.Spec.Template
 	lim := s.set.Spec.Limits
-	return []string{
+	args := []string{
 		"-listen=127.0.0.1:" + strconv.Itoa(cs.ServerPorts[i]),
-		"-mysql-dsn=" + cs.DSN(),
+		"-mysql-dsn=" + s.serverDSN(cs),
 		"-memcached=127.0.0.1:" + strconv.Itoa(cs.MemcachedPort),
 		"-routing-file=" + s.routePath,
 		"-cell=" + cs.Name,
@@ -366,6 +373,19 @@ func (s *SET) serverArgs(cs *CellState, i int) []string {
 		"-max-count=" + strconv.Itoa(int(lim.MaxCount)),
 		"-signing-key-file=" + s.keyPath,
 	}
+	if s.dbInstances() > 1 {
+		args = append(args, "-mysql-instances="+strings.Join(cs.InstanceAddrs(), ","))
+	}
+	return args
+}
+
+// serverDSN is root on the single instance, or on a replicated cell the servers' own user
+// (which read_only refuses) with every instance's address after it in the flags.
+func (s *SET) serverDSN(cs *CellState) string {
+	if s.dbInstances() == 1 {
+		return cs.DSN()
+	}
+	return cs.dsnFor(AppUser, cs.MySQLPort)
 }
 
 func serverURL(args []string) string {
@@ -399,7 +419,7 @@ func (s *SET) Stop() error {
 			}
 		})
 		errs = append(errs, parallel(cells, func(c string) error {
-			return errors.Join(s.caches[c].Stop(), s.dbs[c].Stop())
+			return s.dbs[c].stop()
 		}))
 		if s.lock != nil {
 			_ = syscall.Flock(int(s.lock.Fd()), syscall.LOCK_UN)
@@ -441,15 +461,56 @@ func (s *SET) KillServer(cell string, i int) error {
 	return ps[i].signal(syscall.SIGKILL)
 }
 
+// KillDatabase sends SIGKILL to database instance i of a cell, as a crash would; the
+// supervisor fails over (replicated cells) and restarts it.
+func (s *SET) KillDatabase(cell string, i int) error {
+	d := s.dbs[cell]
+	if d == nil || i < 0 || i >= len(d.procs) {
+		return fmt.Errorf("no database instance %d in cell %s", i, cell)
+	}
+	return d.procs[i].Kill()
+}
+
+// KillMemcached sends SIGKILL to a cell's memcached; the supervisor restarts it.
+func (s *SET) KillMemcached(cell string) error {
+	d := s.dbs[cell]
+	if d == nil {
+		return fmt.Errorf("no cell %s", cell)
+	}
+	return d.cache.Kill()
+}
+
+// DatabasePrimary is the cell's primary database instance as recorded.
+func (s *SET) DatabasePrimary(cell string) int { return s.cellState(cell).PrimaryIndex() }
+
+// DatabaseState is the last failover decision of a replicated cell (zero for one instance).
+func (s *SET) DatabaseState(cell string) dbfailover.Decision {
+	if d := s.dbs[cell]; d != nil && d.mgr != nil {
+		return d.mgr.Last()
+	}
+	return dbfailover.Decision{}
+}
+
 // Components lists every piece with where it listens and logs.
 func (s *SET) Components() []Component {
 	var out []Component
 	for _, c := range s.running {
 		cs, _ := s.state.Cell(c)
-		dbDir := filepath.Join(s.dataDir, "cells", c, "mysql")
-		out = append(out,
-			Component{Kind: "mariadb", Name: c + "-mysql", Cell: c, Addr: fmt.Sprintf("127.0.0.1:%d", cs.MySQLPort), Log: filepath.Join(dbDir, "mariadbd.log")},
-			Component{Kind: "memcached", Name: c + "-memcached", Cell: c, Addr: fmt.Sprintf("127.0.0.1:%d", cs.MemcachedPort)})
+		if d := s.dbs[c]; d != nil && len(d.procs) > 1 {
+			primary := s.cellState(c).PrimaryIndex()
+			for i := range d.procs {
+				role := "replica"
+				if i == primary {
+					role = "primary"
+				}
+				out = append(out, Component{Kind: "mariadb", Name: fmt.Sprintf("%s-mysql-%d (%s)", c, i, role), Cell: c,
+					Addr: fmt.Sprintf("127.0.0.1:%d", d.ports[i]), Log: filepath.Join(d.dirs[i], "mariadbd.log")})
+			}
+		} else {
+			dbDir := filepath.Join(s.dataDir, "cells", c, "mysql")
+			out = append(out, Component{Kind: "mariadb", Name: c + "-mysql", Cell: c, Addr: fmt.Sprintf("127.0.0.1:%d", cs.MySQLPort), Log: filepath.Join(dbDir, "mariadbd.log")})
+		}
+		out = append(out, Component{Kind: "memcached", Name: c + "-memcached", Cell: c, Addr: fmt.Sprintf("127.0.0.1:%d", cs.MemcachedPort)})
 		for _, p := range s.servers[c] {
 			out = append(out, Component{Kind: "cellserver", Name: p.name, Cell: c, Zone: s.zones[p], Addr: serverURL(p.args), Log: p.logPath})
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/redpacketset/redpacket/cellserver/shard"
+	"github.com/redpacketset/redpacket/internal/dbfailover"
 )
 
 // Files under the data directory.
@@ -57,12 +58,40 @@ func (l LayoutState) Shard() shard.Layout {
 	return shard.Layout{Databases: l.Databases, TablesPerDB: l.TablesPerDB, DatabasePrefix: l.Prefix}
 }
 
-// CellState is one cell's ports.
+// CellState is one cell's ports and, when its database is replicated, the failover history.
 type CellState struct {
-	Name          string `json:"name"`
-	MySQLPort     int    `json:"mysqlPort"`
-	MemcachedPort int    `json:"memcachedPort"`
-	ServerPorts   []int  `json:"serverPorts"`
+	Name      string `json:"name"`
+	MySQLPort int    `json:"mysqlPort"` // database instance 0
+	// ReplicaPorts are database instances 1..N-1 (spec.template.mysql.replicas > 1).
+	ReplicaPorts  []int `json:"replicaPorts,omitempty"`
+	MemcachedPort int   `json:"memcachedPort"`
+	ServerPorts   []int `json:"serverPorts"`
+	// Database is the replicated database's primary terms and refused instances
+	// (internal/dbfailover); nil for a single instance.
+	Database *dbfailover.History `json:"database,omitempty"`
+}
+
+// MySQLPorts are every database instance's port, instance 0 first.
+func (c CellState) MySQLPorts() []int { return append([]int{c.MySQLPort}, c.ReplicaPorts...) }
+
+// PrimaryIndex is the database instance that is primary by the recorded history (0 for a
+// single instance or before the first term).
+func (c CellState) PrimaryIndex() int {
+	if c.Database != nil {
+		if t, ok := c.Database.Current(); ok && t.Primary >= 0 && t.Primary < len(c.MySQLPorts()) {
+			return t.Primary
+		}
+	}
+	return 0
+}
+
+// InstanceAddrs are host:port of every database instance.
+func (c CellState) InstanceAddrs() []string {
+	var out []string
+	for _, p := range c.MySQLPorts() {
+		out = append(out, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	return out
 }
 
 // ErrNoState means the directory holds no local SET yet.
@@ -134,13 +163,20 @@ func (s *State) Cell(name string) (*CellState, bool) {
 	return nil, false
 }
 
-// DSN is a go-sql-driver DSN for root on the cell's MariaDB, no default database, with the
-// settings the cell server uses (parseTime, client-side interpolation).
-func (c CellState) DSN() string {
+// DSN is a go-sql-driver DSN for root on the cell's MariaDB (its primary, as last recorded),
+// no default database, with the settings the cell server uses (parseTime, client-side
+// interpolation).
+func (c CellState) DSN() string { return c.dsnFor("root", c.MySQLPorts()[c.PrimaryIndex()]) }
+
+// AppUser is the cell servers' database user on a replicated cell: without READ ONLY ADMIN,
+// so a fenced instance refuses its writes (dbfailover.AppGrants).
+const AppUser = "rp_app"
+
+func (c CellState) dsnFor(user string, port int) string {
 	cfg := mysql.NewConfig()
-	cfg.User = "root"
+	cfg.User = user
 	cfg.Net = "tcp"
-	cfg.Addr = fmt.Sprintf("127.0.0.1:%d", c.MySQLPort)
+	cfg.Addr = fmt.Sprintf("127.0.0.1:%d", port)
 	cfg.ParseTime = true
 	cfg.InterpolateParams = true
 	cfg.Loc = time.UTC
@@ -176,7 +212,7 @@ func AssignPorts(prev *State, need []CellNeed, free func() (int, error)) (*State
 		next.Cells = nil
 		for _, c := range prev.Cells {
 			used[c.MySQLPort], used[c.MemcachedPort] = true, true
-			for _, p := range c.ServerPorts {
+			for _, p := range append(slices.Clone(c.ReplicaPorts), c.ServerPorts...) {
 				used[p] = true
 			}
 		}
@@ -242,4 +278,33 @@ func AssignPorts(prev *State, need []CellNeed, free func() (int, error)) (*State
 		}
 	}
 	return next, nil
+}
+
+// AssignReplicaPorts gives cell's database instances 1..instances-1 ports that collide with
+// nothing recorded in st; instances that had one keep it.
+func AssignReplicaPorts(st *State, cell string, instances int, free func() (int, error)) error {
+	c, ok := st.Cell(cell)
+	if !ok {
+		return fmt.Errorf("assign replica ports: no cell %s", cell)
+	}
+	used := map[int]bool{st.GatewayPort: true}
+	for _, o := range st.Cells {
+		for _, p := range append(append(o.MySQLPorts(), o.MemcachedPort), o.ServerPorts...) {
+			used[p] = true
+		}
+	}
+	for tries := 0; len(c.ReplicaPorts) < instances-1; tries++ {
+		if tries > 1000 {
+			return errors.New("assign replica ports: no free port that is not already recorded")
+		}
+		p, err := free()
+		if err != nil {
+			return err
+		}
+		if p > 0 && !used[p] {
+			used[p] = true
+			c.ReplicaPorts = append(c.ReplicaPorts, p)
+		}
+	}
+	return nil
 }

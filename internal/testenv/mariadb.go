@@ -29,6 +29,9 @@ import (
 type MariaDBProcess struct {
 	// BinLog turns on the binary log with sync_binlog=1, as a primary with replicas runs.
 	BinLog bool
+	// ServerID is server_id with BinLog; default 1. Instances replicating with each other
+	// need distinct ones.
+	ServerID int
 	// BufferPoolSize is innodb_buffer_pool_size; default "64M" keeps many servers cheap.
 	BufferPoolSize string
 	// MaxConnections is max_connections; default 1000 for concurrency tests.
@@ -58,6 +61,14 @@ const (
 func (p *MariaDBProcess) Start(ctx context.Context, dir string, port int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// A process that crashed on its own is not running: a supervisor starts it again.
+	if p.cmd != nil && p.exited != nil {
+		select {
+		case <-p.exited:
+			p.cmd = nil
+		default:
+		}
+	}
 	if p.cmd != nil {
 		return fmt.Errorf("start mariadbd in %s: already running on port %d", p.dir, p.port)
 	}
@@ -123,7 +134,7 @@ func (p *MariaDBProcess) launch(ctx context.Context, dir string, port int) error
 	if p.BinLog {
 		args = append(args,
 			"--log-bin="+filepath.Join(dir, "binlog"),
-			"--server-id=1",
+			"--server-id="+strconv.Itoa(orDefaultInt(p.ServerID, 1)),
 			"--sync-binlog=1",
 			"--binlog-format=ROW",
 		)
@@ -241,6 +252,13 @@ func (p *MariaDBProcess) Restart(ctx context.Context) error {
 		return err
 	}
 	return p.Start(ctx, dir, port)
+}
+
+// Exited is closed when the current process ends, by a stop or a crash (nil before Start).
+func (p *MariaDBProcess) Exited() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exited
 }
 
 // Running reports whether the process is up (as far as this handle knows).

@@ -36,6 +36,14 @@ type MemcachedProcess struct {
 func (p *MemcachedProcess) Start(ctx context.Context, port int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// A process that crashed on its own is not running: a supervisor starts it again.
+	if p.cmd != nil && p.exited != nil {
+		select {
+		case <-p.exited:
+			p.cmd = nil
+		default:
+		}
+	}
 	if p.cmd != nil {
 		return fmt.Errorf("start memcached: already running on port %d", p.port)
 	}
@@ -165,6 +173,13 @@ func (p *MemcachedProcess) signal(sig syscall.Signal) error {
 	p.mu.Unlock()
 	p.logger().Info("memcached stopped", "addr", p.Addr(), "signal", sig.String())
 	return nil
+}
+
+// Exited is closed when the current process ends, by a stop or a crash (nil before Start).
+func (p *MemcachedProcess) Exited() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exited
 }
 
 // Restart stops memcached (if running) and starts it on the same port, empty.

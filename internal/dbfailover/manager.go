@@ -1,0 +1,298 @@
+package dbfailover
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql" // the driver the admin DSNs name
+)
+
+// Endpoint is one instance of the cell as the deployment names it.
+type Endpoint struct {
+	Addr     string // host:port, as the other instances and the cell servers reach it
+	ServerID uint32 // its configured server_id
+}
+
+// Cell is what the Manager needs to reach a cell's instances.
+type Cell struct {
+	Name      string
+	Instances []Endpoint
+	// AdminDSN is a go-sql-driver DSN for addr with a user that may set read_only, manage
+	// replication and kill sessions.
+	AdminDSN func(addr string) string
+	// ReplUser and ReplPassword are what replicas log in to their source as.
+	ReplUser, ReplPassword string
+	// AppUser is the cell servers' user: its sessions are killed on a fenced instance.
+	AppUser string
+}
+
+// HistoryStore keeps a cell's History durably (state.json locally; the RedPacketCell status
+// on Kubernetes). Save must be durable before it returns: a new primary opens only after its
+// term is recorded.
+type HistoryStore interface {
+	LoadHistory(ctx context.Context) (History, error)
+	SaveHistory(ctx context.Context, h History) error
+}
+
+// Event is something a person should see (a Kubernetes event, a log line locally).
+type Event struct {
+	Reason  string // Failover, Refused, Fenced, SemiSyncOff, SemiSyncOn
+	Message string
+	Warning bool
+}
+
+// Manager runs the cell's failover logic. Reconcile is safe to call from one goroutine at a
+// time (it holds a lock); call it periodically and whenever an instance is known to have died.
+type Manager struct {
+	Cell   Cell
+	Store  HistoryStore
+	Policy Policy
+	Log    *slog.Logger
+	// OnEvent receives events; nil drops them (they are logged either way).
+	OnEvent func(Event)
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+
+	mu        sync.Mutex
+	dbs       map[string]*sql.DB
+	downSince map[int]time.Time
+	last      Decision
+}
+
+// Reconcile gathers every instance, decides, and applies the steps, then gathers and decides
+// again (up to a few rounds) so the returned Decision describes the cell after the steps.
+func (m *Manager) Reconcile(ctx context.Context) (Decision, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var d Decision
+	for round := 0; round < 4; round++ {
+		h, err := m.Store.LoadHistory(ctx)
+		if err != nil {
+			return d, fmt.Errorf("cell %s: load database history: %w", m.Cell.Name, err)
+		}
+		insts := m.observeAll(ctx)
+		d = Decide(Observation{Instances: insts, History: h, Now: m.now()}, m.Policy)
+		if d.Reason != m.last.Reason || d.Primary != m.last.Primary {
+			m.log().Info("cell database", "cell", m.Cell.Name, "reason", d.Reason, "primary", d.Primary, "message", d.Message)
+		}
+		m.last = d
+		if len(d.Steps) == 0 {
+			return d, nil
+		}
+		if err := m.apply(ctx, d, insts); err != nil {
+			return d, fmt.Errorf("cell %s: %w", m.Cell.Name, err)
+		}
+	}
+	return d, nil
+}
+
+// Last is the most recent decision.
+func (m *Manager) Last() Decision {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.last
+}
+
+// Close closes the admin connections.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, db := range m.dbs {
+		db.Close()
+	}
+	m.dbs = nil
+}
+
+// Observe gathers every instance without deciding anything (status tools, tests).
+func (m *Manager) Observe(ctx context.Context) []Instance {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.observeAll(ctx)
+}
+
+func (m *Manager) observeAll(ctx context.Context) []Instance {
+	out := make([]Instance, len(m.Cell.Instances))
+	var wg sync.WaitGroup
+	for i, ep := range m.Cell.Instances {
+		db := m.db(ep.Addr)
+		wg.Go(func() {
+			octx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			in, err := observe(octx, db, ep, i)
+			if err != nil {
+				in = Instance{Index: i, Addr: ep.Addr, ServerID: ep.ServerID, Err: err.Error()}
+			}
+			out[i] = in
+		})
+	}
+	wg.Wait()
+	if m.downSince == nil {
+		m.downSince = map[int]time.Time{}
+	}
+	now := m.now()
+	for i := range out {
+		if out[i].Reachable {
+			delete(m.downSince, i)
+			continue
+		}
+		if _, ok := m.downSince[i]; !ok {
+			m.downSince[i] = now
+		}
+		out[i].UnreachableSince = m.downSince[i]
+	}
+	return out
+}
+
+func (m *Manager) apply(ctx context.Context, d Decision, insts []Instance) error {
+	for _, s := range d.Steps {
+		ep := m.Cell.Instances[s.Instance]
+		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		// Each step starts from the stored history: an earlier step of this decision may have
+		// changed it.
+		h, err := m.Store.LoadHistory(sctx)
+		if err == nil {
+			err = m.step(sctx, s, ep, d, insts, h)
+		}
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s on instance %d (%s): %w", s, s.Instance, ep.Addr, err)
+		}
+		m.log().Info("database step", "cell", m.Cell.Name, "step", s.String(), "instance", s.Instance, "addr", ep.Addr)
+	}
+	return nil
+}
+
+func (m *Manager) step(ctx context.Context, s Step, ep Endpoint, d Decision, insts []Instance, h History) error {
+	db := m.db(ep.Addr)
+	switch s.Op {
+	case OpStartTerm:
+		next := Promote(h, Candidate{Index: s.Instance, Pos: insts[s.Instance].CurrentPos}, ep.ServerID, m.now())
+		return m.Store.SaveHistory(ctx, next)
+	case OpRefuse:
+		next := h.Clone()
+		if next.Refused == nil {
+			next.Refused = map[int]string{}
+		}
+		next.Refused[s.Instance] = s.Reason
+		if err := m.Store.SaveHistory(ctx, next); err != nil {
+			return err
+		}
+		m.event(Event{Reason: "Refused", Warning: true, Message: fmt.Sprintf("instance %d (%s) refused until rebuilt: %s", s.Instance, ep.Addr, s.Reason)})
+		return fence(ctx, db, m.Cell.AppUser)
+	case OpFence:
+		m.event(Event{Reason: "Fenced", Warning: true, Message: fmt.Sprintf("instance %d (%s) fenced: %s", s.Instance, ep.Addr, s.Reason)})
+		return fence(ctx, db, m.Cell.AppUser)
+	case OpSemiSync:
+		if err := setSemiSync(ctx, db, s.On); err != nil {
+			return err
+		}
+		next := h.Clone()
+		if s.On {
+			next.SemiSyncOff = time.Time{}
+			m.event(Event{Reason: "SemiSyncOn", Message: fmt.Sprintf("primary %d waits for a replica's acknowledgement again", s.Instance)})
+		} else if len(m.Cell.Instances) > 1 {
+			next.SemiSyncOff = m.now().UTC()
+			m.event(Event{Reason: "SemiSyncOff", Warning: true, Message: fmt.Sprintf("primary %d no longer waits for a replica: %s", s.Instance, d.Message)})
+		}
+		if next.SemiSyncOff.Equal(h.SemiSyncOff) {
+			return nil
+		}
+		return m.Store.SaveHistory(ctx, next)
+	case OpOpen:
+		return open(ctx, db)
+	case OpRepoint:
+		src := m.Cell.Instances[d.Primary].Addr
+		return repoint(ctx, db, src, m.Cell.ReplUser, m.Cell.ReplPassword)
+	case OpFailover:
+		return m.failover(ctx, insts, h)
+	}
+	return fmt.Errorf("unknown step %q", s.Op)
+}
+
+// failover takes over from the lost primary: every replica stops receiving and applies what it
+// received, the instances are gathered again, the most advanced clean replica is chosen, and
+// its term is recorded. The next round of Reconcile opens it and repoints the others.
+func (m *Manager) failover(ctx context.Context, insts []Instance, h History) error {
+	start := m.now()
+	old, _ := h.Current()
+	var errs []error
+	for _, in := range insts {
+		if in.Index == old.Primary || !in.Reachable {
+			continue
+		}
+		if _, refused := h.Refused[in.Index]; refused {
+			continue
+		}
+		if err := stopReceiving(ctx, m.db(in.Addr), 10*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("replica %d: %w", in.Index, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("drain replicas: %w", err)
+	}
+	again := m.observeAll(ctx)
+	again[old.Primary].Reachable = false // whatever it answers now, its term is being ended
+	cand, err := ChooseCandidate(again, h)
+	if err != nil {
+		return fmt.Errorf("choose the new primary: %w", err)
+	}
+	next := Promote(h, cand, m.Cell.Instances[cand.Index].ServerID, m.now())
+	if err := m.Store.SaveHistory(ctx, next); err != nil {
+		return fmt.Errorf("record term %d: %w", len(next.Terms), err)
+	}
+	for i, why := range cand.Refusals {
+		m.event(Event{Reason: "Refused", Warning: true, Message: fmt.Sprintf("instance %d refused as a candidate: %s", i, why)})
+	}
+	m.event(Event{Reason: "Failover", Warning: true, Message: fmt.Sprintf("primary %d (%s) lost: instance %d (%s) is primary from %s (term %d, decided in %s)",
+		old.Primary, m.Cell.Instances[old.Primary].Addr, cand.Index, m.Cell.Instances[cand.Index].Addr, cand.Pos, len(next.Terms), m.now().Sub(start).Round(time.Millisecond))})
+	return nil
+}
+
+func (m *Manager) db(addr string) *sql.DB {
+	if m.dbs == nil {
+		m.dbs = map[string]*sql.DB{}
+	}
+	if db, ok := m.dbs[addr]; ok {
+		return db
+	}
+	db, err := sql.Open("mysql", m.Cell.AdminDSN(addr))
+	if err != nil {
+		// sql.Open only fails on an unknown driver or a malformed DSN; every call on the
+		// nil-safe handle below will report it.
+		panic(fmt.Sprintf("dbfailover: admin DSN for %s: %v", addr, err))
+	}
+	db.SetMaxOpenConns(4)
+	db.SetConnMaxIdleTime(time.Minute)
+	m.dbs[addr] = db
+	return db
+}
+
+func (m *Manager) event(e Event) {
+	if e.Warning {
+		m.log().Warn(e.Message, "cell", m.Cell.Name, "event", e.Reason)
+	} else {
+		m.log().Info(e.Message, "cell", m.Cell.Name, "event", e.Reason)
+	}
+	if m.OnEvent != nil {
+		m.OnEvent(e)
+	}
+}
+
+func (m *Manager) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+func (m *Manager) log() *slog.Logger {
+	if m.Log != nil {
+		return m.Log
+	}
+	return slog.Default()
+}

@@ -1,0 +1,278 @@
+package dbfailover
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/redpacketset/redpacket/internal/testenv"
+)
+
+// memHistory is a HistoryStore in memory, as durable as the test needs.
+type memHistory struct {
+	mu sync.Mutex
+	h  History
+}
+
+func (m *memHistory) LoadHistory(context.Context) (History, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.h.Clone(), nil
+}
+
+func (m *memHistory) SaveHistory(_ context.Context, h History) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.h = h.Clone()
+	return nil
+}
+
+type testCell struct {
+	t     testing.TB
+	procs []*testenv.MariaDBProcess
+	dirs  []string
+	ports []int
+	m     *Manager
+	hist  *memHistory
+}
+
+func startCell(t testing.TB, n int) *testCell {
+	t.Helper()
+	c := &testCell{t: t, hist: &memHistory{}}
+	base := t.TempDir()
+	var eps []Endpoint
+	for i := range n {
+		port, err := testenv.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &testenv.MariaDBProcess{BinLog: true, ServerID: i + 1, BufferPoolSize: "32M", MaxConnections: 100, ExtraArgs: InstanceFlags()}
+		c.procs, c.dirs, c.ports = append(c.procs, p), append(c.dirs, filepath.Join(base, fmt.Sprint(i))), append(c.ports, port)
+		eps = append(eps, Endpoint{Addr: fmt.Sprintf("127.0.0.1:%d", port), ServerID: uint32(i + 1)})
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() { errs[i] = c.procs[i].Start(context.Background(), c.dirs[i], c.ports[i]) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, p := range c.procs {
+			_ = p.Kill()
+		}
+	})
+	c.m = &Manager{Cell: Cell{Name: "c", Instances: eps, AppUser: "rp_app", ReplUser: "root",
+		AdminDSN: func(addr string) string { return "root@tcp(" + addr + ")/?timeout=2s&readTimeout=10s" }},
+		Store: c.hist, Policy: Policy{FailoverAfter: 300 * time.Millisecond, DegradeAfter: time.Hour}}
+	t.Cleanup(c.m.Close)
+	return c
+}
+
+// settle reconciles until cond holds for the decision, or fails after 30 s.
+func (c *testCell) settle(what string, cond func(Decision) bool) Decision {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		d, err := c.m.Reconcile(context.Background())
+		if err == nil && cond(d) {
+			return d
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s: last decision %s %q, err %v", what, d.Reason, d.Message, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (c *testCell) db(i int, user string) *sql.DB {
+	c.t.Helper()
+	db, err := sql.Open("mysql", fmt.Sprintf("%s@tcp(127.0.0.1:%d)/?timeout=2s", user, c.ports[i]))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func exec(t testing.TB, db *sql.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func count(t *testing.T, db *sql.DB) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow("SELECT COUNT(*) FROM f.acked").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func isReadOnlyRefusal(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1290 || me.Number == 1836)
+}
+
+// TestFailoverOnRealMariaDB runs the Manager on three real instances: bootstrap, a replica with
+// a local write refused as a candidate, the primary killed and the clean replica promoted with
+// every acknowledged write, the old primary back read-only as a replica, then a second failover
+// whose deposed primary returns with an unacknowledged tail and is refused.
+func TestFailoverOnRealMariaDB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three mariadbd")
+	}
+	c := startCell(t, 3)
+	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
+	root0 := c.db(0, "root")
+	exec(t, root0, "CREATE USER IF NOT EXISTS 'rp_app'@'127.0.0.1'")
+	exec(t, root0, "GRANT "+AppGrants+" ON *.* TO 'rp_app'@'127.0.0.1'")
+	exec(t, root0, "CREATE DATABASE f")
+	exec(t, root0, "CREATE TABLE f.acked (id INT PRIMARY KEY) ENGINE=InnoDB")
+	app0 := c.db(0, "rp_app")
+	for i := range 50 {
+		exec(t, app0, "INSERT INTO f.acked VALUES (?)", i) // each acknowledged: a replica has it
+	}
+	// The cell servers' user cannot write on a replica.
+	if _, err := c.db(1, "rp_app").Exec("INSERT INTO f.acked VALUES (1000)"); !isReadOnlyRefusal(err) {
+		t.Fatalf("app write on a replica: %v, want a read-only refusal", err)
+	}
+
+	// A local write on replica 1 (root passes read_only): its GTID carries server 2, which
+	// never was primary, and its seq makes it look the most advanced.
+	exec(t, c.db(1, "root"), "INSERT INTO f.acked VALUES (1001)")
+	if err := c.procs[0].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d := c.settle("failover", func(d Decision) bool { return d.Primary != 0 && d.Ready })
+	if d.Primary != 2 {
+		t.Fatalf("new primary %d, want 2 (1 is errant): %s", d.Primary, d.Message)
+	}
+	h, _ := c.hist.LoadHistory(context.Background())
+	if why := h.Refused[1]; !strings.Contains(why, "errant") {
+		t.Fatalf("replica 1 not refused as errant: %+v", h)
+	}
+	if n := count(t, c.db(2, "root")); n != 50 {
+		t.Fatalf("new primary holds %d acknowledged rows, want 50", n)
+	}
+	// With instance 0 down and 1 refused, primary 2 has no replica: a write waits for the
+	// old primary to come back rather than commit on one instance (DegradeAfter is an hour here).
+	app2 := c.db(2, "rp_app")
+	waiting := make(chan error, 1)
+	go func() { _, err := app2.Exec("INSERT INTO f.acked VALUES (50)"); waiting <- err }()
+	waitWaiting(t, c.db(2, "root"))
+
+	// The old primary comes back read-only and, holding nothing past its term's end, is
+	// repointed as a replica.
+	if err := c.procs[0].Start(context.Background(), c.dirs[0], c.ports[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.db(0, "rp_app").Exec("INSERT INTO f.acked VALUES (2000)"); !isReadOnlyRefusal(err) {
+		t.Fatalf("app write on the returning old primary: %v, want a read-only refusal", err)
+	}
+	c.settle("old primary rejoins", func(d Decision) bool { return d.Reason == ReasonReplicaMissing && !strings.Contains(d.Message, "instance 0") })
+	if err := <-waiting; err != nil {
+		t.Fatalf("the write waiting for a replica: %v", err)
+	}
+	waitRows(t, c.db(0, "root"), 51)
+
+	// Second failover: replica 0 stops receiving, a write on primary 2 commits to its binlog
+	// and waits for an ack that never comes, and 2 dies. 0 takes over; 2 comes back with that
+	// unacknowledged tail and is refused, fenced.
+	exec(t, c.db(0, "root"), "STOP SLAVE IO_THREAD")
+	hung := make(chan error, 1)
+	go func() { _, err := app2.Exec("INSERT INTO f.acked VALUES (51)"); hung <- err }()
+	waitWaiting(t, c.db(2, "root"))
+	if err := c.procs[2].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-hung; err == nil {
+		t.Fatal("a commit waiting for its ack was acknowledged when its primary died")
+	}
+	d = c.settle("second failover", func(d Decision) bool { return d.Primary == 0 && d.Ready })
+	if n := count(t, c.db(0, "root")); n != 51 {
+		t.Fatalf("primary 0 holds %d rows, want the 51 acknowledged", n)
+	}
+	if err := c.procs[2].Start(context.Background(), c.dirs[2], c.ports[2]); err != nil {
+		t.Fatal(err)
+	}
+	c.settle("deposed primary with a tail refused", func(d Decision) bool {
+		h, _ := c.hist.LoadHistory(context.Background())
+		return strings.Contains(h.Refused[2], "after the end")
+	})
+	if _, err := c.db(2, "rp_app").Exec("INSERT INTO f.acked VALUES (3000)"); !isReadOnlyRefusal(err) {
+		t.Fatalf("app write on the refused old primary: %v, want a read-only refusal", err)
+	}
+	d = c.settle("only replica refused: said so", func(d Decision) bool { return d.Reason == ReasonNoSemiSync })
+	t.Logf("final: %s: %s", d.Reason, d.Message)
+	exec(t, c.db(0, "rp_app"), "INSERT INTO f.acked VALUES (52)") // not stuck: the wait is off, visibly
+}
+
+func waitRows(t *testing.T, db *sql.DB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for count(t, db) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica has %d rows, want %d", count(t, db), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitWaiting(t *testing.T, db *sql.DB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var name string
+		var n int
+		if err := db.QueryRow("SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'").Scan(&name, &n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no commit waiting for a semi-sync ack")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BenchmarkCommit measures what the semi-sync wait costs a commit: one-row autocommit inserts
+// on a primary with one replica, waiting for its acknowledgement (AFTER_SYNC) and not. Both
+// pay the same fsyncs (redo log and binlog); the difference is the replica's round trip.
+//
+//	go test ./internal/dbfailover -run '^$' -bench Commit -benchtime 2000x
+func BenchmarkCommit(b *testing.B) {
+	c := startCell(b, 2)
+	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
+	root := c.db(0, "root")
+	exec(b, root, "CREATE DATABASE IF NOT EXISTS f")
+	exec(b, root, "CREATE TABLE IF NOT EXISTS f.bench (id BIGINT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
+	for _, mode := range []struct {
+		name string
+		on   string
+	}{{"semi-sync-after-sync", "ON"}, {"async", "OFF"}} {
+		b.Run(mode.name, func(b *testing.B) {
+			exec(b, root, "SET GLOBAL rpl_semi_sync_master_enabled = "+mode.on)
+			for b.Loop() {
+				exec(b, root, "INSERT INTO f.bench (v) VALUES (1)")
+			}
+		})
+	}
+	exec(b, root, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
+}
