@@ -170,13 +170,13 @@ func (p Policy) withDefaults() Policy {
 
 // Reasons name the cell's database state (the DatabaseReady condition's reason).
 const (
-	ReasonBootstrapping  = "Bootstrapping"     // no primary term yet: the first primary is being opened
-	ReasonHealthy        = "Healthy"           // primary writable, every replica replicating with semi-sync
-	ReasonConfiguring    = "Configuring"       // primary reachable; steps are being applied
-	ReasonReplicaMissing = "ReplicaMissing"    // primary writable, a replica down or refused
-	ReasonNoSemiSync     = "SemiSyncOff"       // primary writable but no replica can replicate: commits are on one instance only
-	ReasonPrimaryLost    = "PrimaryLost"       // primary unreachable; failover pending or running
-	ReasonBlocked        = "FailoverBlocked"   // primary unreachable and no replica may take over
+	ReasonBootstrapping  = "Bootstrapping"      // no primary term yet: the first primary is being opened
+	ReasonHealthy        = "Healthy"            // primary writable, every replica replicating with semi-sync
+	ReasonConfiguring    = "Configuring"        // primary reachable; steps are being applied
+	ReasonReplicaMissing = "ReplicaMissing"     // primary writable, a replica down or refused
+	ReasonNoSemiSync     = "SemiSyncOff"        // primary writable but no replica can replicate: commits are on one instance only
+	ReasonPrimaryLost    = "PrimaryLost"        // primary unreachable; failover pending or running
+	ReasonBlocked        = "FailoverBlocked"    // primary unreachable and no replica may take over
 	ReasonSingleInstance = "SingleInstanceDown" // one instance only, down: wait for it
 )
 

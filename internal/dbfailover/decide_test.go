@@ -180,10 +180,10 @@ func TestChooseCandidate(t *testing.T) {
 		{name: "an unreachable replica may hold the only ack", hist: term1(), want: -1, errorHas: "unreachable",
 			insts: []Instance{down(0, t0), replica(1, 0, "0-1-9", "0-1-9", "0-1-9"), down(2, t0)}},
 		{name: "second failover: the first term's server is legitimate up to its end", want: 0,
-			hist: History{Terms: []Term{{Number: 1, Primary: 0, ServerID: 1, End: MustPosition("0-1-10")}, {Number: 2, Primary: 1, ServerID: 2, Start: MustPosition("0-1-10")}}},
+			hist:  History{Terms: []Term{{Number: 1, Primary: 0, ServerID: 1, End: MustPosition("0-1-10")}, {Number: 2, Primary: 1, ServerID: 2, Start: MustPosition("0-1-10")}}},
 			insts: []Instance{replica(0, 1, "0-2-30", "0-2-30", "0-1-10,0-2-30"), down(1, t0), replica(2, 1, "0-2-29", "0-2-29", "0-1-10,0-2-29")}},
 		{name: "second failover: the deposed primary's lost tail makes it errant", want: 2, refused: []int{0},
-			hist: History{Terms: []Term{{Number: 1, Primary: 0, ServerID: 1, End: MustPosition("0-1-10")}, {Number: 2, Primary: 1, ServerID: 2, Start: MustPosition("0-1-10")}}},
+			hist:  History{Terms: []Term{{Number: 1, Primary: 0, ServerID: 1, End: MustPosition("0-1-10")}, {Number: 2, Primary: 1, ServerID: 2, Start: MustPosition("0-1-10")}}},
 			insts: []Instance{replica(0, 1, "0-1-12", "0-1-12", "0-1-12"), down(1, t0), replica(2, 1, "0-2-29", "0-2-29", "0-1-10,0-2-29")}},
 	} {
 		c, err := ChooseCandidate(tc.insts, tc.hist)
