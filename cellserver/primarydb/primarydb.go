@@ -142,7 +142,9 @@ func (e *noPrimaryError) Is(target error) bool { return target == driver.ErrBadC
 // so database/sql may retry it on a new connection.
 type readOnlyError struct{ err error }
 
-func (e *readOnlyError) Error() string        { return "primarydb: instance turned read-only (fenced): " + e.err.Error() }
+func (e *readOnlyError) Error() string {
+	return "primarydb: instance turned read-only (fenced): " + e.err.Error()
+}
 func (e *readOnlyError) Unwrap() error        { return e.err }
 func (e *readOnlyError) Is(target error) bool { return target == driver.ErrBadConn }
 

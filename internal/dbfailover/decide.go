@@ -170,13 +170,13 @@ func (p Policy) withDefaults() Policy {
 
 // Reasons name the cell's database state (the DatabaseReady condition's reason).
 const (
-	ReasonBootstrapping  = "Bootstrapping"     // no primary term yet: the first primary is being opened
-	ReasonHealthy        = "Healthy"           // primary writable, every replica replicating with semi-sync
-	ReasonConfiguring    = "Configuring"       // primary reachable; steps are being applied
-	ReasonReplicaMissing = "ReplicaMissing"    // primary writable, a replica down or refused
-	ReasonNoSemiSync     = "SemiSyncOff"       // primary writable but no replica can replicate: commits are on one instance only
-	ReasonPrimaryLost    = "PrimaryLost"       // primary unreachable; failover pending or running
-	ReasonBlocked        = "FailoverBlocked"   // primary unreachable and no replica may take over
+	ReasonBootstrapping  = "Bootstrapping"      // no primary term yet: the first primary is being opened
+	ReasonHealthy        = "Healthy"            // primary writable, every replica replicating with semi-sync
+	ReasonConfiguring    = "Configuring"        // primary reachable; steps are being applied
+	ReasonReplicaMissing = "ReplicaMissing"     // primary writable, a replica down or refused
+	ReasonNoSemiSync     = "SemiSyncOff"        // primary writable but no replica can replicate: commits are on one instance only
+	ReasonPrimaryLost    = "PrimaryLost"        // primary unreachable; failover pending or running
+	ReasonBlocked        = "FailoverBlocked"    // primary unreachable and no replica may take over
 	ReasonSingleInstance = "SingleInstanceDown" // one instance only, down: wait for it
 )
 
@@ -352,14 +352,17 @@ type Candidate struct {
 //
 //   - a replica that is not refused is unreachable: MariaDB's semi-sync primary waits for one
 //     replica's acknowledgement, so an acknowledged commit may be held by that replica alone;
-//   - no replica is left, or no single replica holds everything every other one holds.
+//   - no replica is left, or no single replica holds everything every other one holds;
+//   - a replica that cannot take over (errant, or its SQL thread stopped by an error)
+//     received from the primary something the chosen one lacks: it may have been the replica
+//     that acknowledged it.
 func ChooseCandidate(insts []Instance, h History) (Candidate, error) {
 	t, ok := h.Current()
 	if !ok {
 		return Candidate{}, fmt.Errorf("no primary term")
 	}
 	c := Candidate{Index: -1, Refusals: map[int]string{}}
-	var eligible []Instance
+	var eligible, excluded []Instance
 	for _, in := range insts {
 		if in.Index == t.Primary {
 			continue
@@ -372,6 +375,12 @@ func ChooseCandidate(insts []Instance, h History) (Candidate, error) {
 		}
 		if why := Errant(in, h); why != "" {
 			c.Refusals[in.Index] = "errant transactions: " + why
+			excluded = append(excluded, in)
+			continue
+		}
+		if r := in.Replication; r != nil && !r.SQLRunning && r.LastError != "" {
+			// It cannot apply what it received: promoting it would discard its relay log.
+			excluded = append(excluded, in)
 			continue
 		}
 		eligible = append(eligible, in)
@@ -396,6 +405,15 @@ func ChooseCandidate(insts []Instance, h History) (Candidate, error) {
 	for _, in := range eligible {
 		if !best.Received().Covers(in.Received()) {
 			return Candidate{}, fmt.Errorf("replicas diverged: %d holds %s, %d holds %s; neither has everything", best.Index, best.Received(), in.Index, in.Received())
+		}
+	}
+	// A replica left out (errant, or its SQL thread broken) may still be the one that
+	// acknowledged the last commits: what it received from the primary must be on the
+	// candidate too.
+	for _, in := range excluded {
+		if r := in.Replication; r != nil && !best.Received().Covers(r.IOPos) {
+			return Candidate{}, fmt.Errorf("replica %d, which cannot take over, received %s from the primary and replica %d holds only %s: it may hold the only copy of an acknowledged commit",
+				in.Index, r.IOPos, best.Index, best.Received())
 		}
 	}
 	c.Index, c.Pos = best.Index, best.Received()

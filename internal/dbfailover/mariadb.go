@@ -200,6 +200,10 @@ func stopReceiving(ctx context.Context, db *sql.DB, wait time.Duration) error {
 	if err != nil || r == nil {
 		return err
 	}
+	if !r.SQLRunning {
+		// Stopped (by an error): nothing more will be applied; ChooseCandidate judges it.
+		return nil
+	}
 	var got int
 	if err := db.QueryRowContext(ctx, "SELECT MASTER_GTID_WAIT(?, ?)", r.IOPos.String(), wait.Seconds()).Scan(&got); err != nil {
 		return fmt.Errorf("wait for relay log %s: %w", r.IOPos, err)

@@ -184,7 +184,9 @@ func TestFailoverOnRealMariaDB(t *testing.T) {
 	if _, err := c.db(0, "rp_app").Exec("INSERT INTO f.acked VALUES (2000)"); !isReadOnlyRefusal(err) {
 		t.Fatalf("app write on the returning old primary: %v, want a read-only refusal", err)
 	}
-	c.settle("old primary rejoins", func(d Decision) bool { return d.Reason == ReasonReplicaMissing && !strings.Contains(d.Message, "instance 0") })
+	c.settle("old primary rejoins", func(d Decision) bool {
+		return d.Reason == ReasonReplicaMissing && !strings.Contains(d.Message, "instance 0")
+	})
 	if err := <-waiting; err != nil {
 		t.Fatalf("the write waiting for a replica: %v", err)
 	}

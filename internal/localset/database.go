@@ -38,8 +38,8 @@ type cellDB struct {
 	rebuilding sync.Map // instance index → struct{}: its supervisor leaves it to the rebuild
 	rebuilds   atomic.Int64
 	stopping   atomic.Bool
-	stopCh   chan struct{}
-	wg       sync.WaitGroup
+	stopCh     chan struct{}
+	wg         sync.WaitGroup
 }
 
 // reconcileEvery is how often a replicated cell's database is reconciled.

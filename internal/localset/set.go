@@ -126,7 +126,7 @@ func Up(ctx context.Context, opts Options) (_ *SET, err error) {
 	}
 	s := &SET{opts: opts, set: opts.Set, log: opts.Log, dataDir: dir,
 		keyPath: filepath.Join(dir, KeyFile), routePath: filepath.Join(dir, RoutingFile),
-		dbs: map[string]*cellDB{},
+		dbs:     map[string]*cellDB{},
 		servers: map[string][]*proc{}, zones: map[*proc]string{}, planned: map[string]int{}, started: map[string]int{}}
 	if s.lock, err = lockDir(dir); err != nil {
 		return nil, err
