@@ -209,7 +209,7 @@ func jsonCall(t *testing.T, method, url, body string) (int, string, map[string]a
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatalf("%s %s: %d, not JSON: %q", method, url, resp.StatusCode, raw)
 	}
-	return resp.StatusCode, resp.Header.Get(HeaderCell), m
+	return resp.StatusCode, resp.Header.Get(routing.HeaderCell), m
 }
 
 func startCellServer(t *testing.T, bin, logFile string, args ...string) {

@@ -39,10 +39,6 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/store"
 )
 
-// SlotHeader asks wrap for a packet ID in a given slot (the gateway uses it to place a
-// packet in a cell's slot range).
-const SlotHeader = routing.HeaderSlot
-
 // Config wires the API; Service and Queue are required.
 type Config struct {
 	Service *packet.Service
@@ -386,9 +382,8 @@ func noRoute(r *http.Request) error {
 }
 
 func pathID(r *http.Request) (int64, error) {
-	v := r.PathValue("id")
-	id, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || id <= 0 {
+	id, err := routing.ParsePacketID(r.PathValue("id"))
+	if err != nil {
 		return 0, &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: "id", msg: "packet id must be a positive decimal integer"}
 	}
 	return id, nil

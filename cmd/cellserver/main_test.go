@@ -166,7 +166,7 @@ func TestAnswersOnlyForOwnedPackets(t *testing.T) {
 		j, _ := json.Marshal(map[string]any{"sender": "a", "requestId": homedHere("r" + slot), "totalCents": 100, "count": 1, "kind": "fixed"})
 		req, _ := http.NewRequest("POST", base+"/v1/packets", bytes.NewReader(j))
 		if slot != "" {
-			req.Header.Set("X-Redpacket-Slot", slot)
+			req.Header.Set(routing.HeaderSlot, slot)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

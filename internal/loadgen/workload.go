@@ -379,7 +379,7 @@ func (r *runner) wrapAndPay(w int, rng *rand.Rand, hot bool, rec *recorder) (*li
 	if !ok {
 		return nil, errors.New("wrap refused")
 	}
-	id, err := strconv.ParseInt(p.PacketID, 10, 64)
+	id, err := routing.ParsePacketID(p.PacketID)
 	if err != nil {
 		r.sample(fmt.Sprintf("wrap: packetId %q: %v", p.PacketID, err))
 		return nil, err
@@ -520,13 +520,9 @@ func (r *runner) do(method, path string, body []byte, out any) (status int, code
 	if err != nil {
 		return 0, "", "", err
 	}
-	cell = resp.Header.Get("X-Redpacket-Cell")
+	cell = resp.Header.Get(routing.HeaderCell)
 	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Code string `json:"code"`
-		}
-		_ = json.Unmarshal(data, &e)
-		return resp.StatusCode, e.Code, cell, nil
+		return resp.StatusCode, routing.ErrorCode(data), cell, nil
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
