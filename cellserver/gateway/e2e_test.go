@@ -121,7 +121,7 @@ func TestAgainstRealCellServers(t *testing.T) {
 			t.Fatalf("create %d: %d %v", i, code, got)
 		}
 		id, _ := strconv.ParseInt(got["packetId"].(string), 10, 64)
-		if owner, _, _ := table.OwnerAt(ids.Slot(id), ids.CreatedAt(id)); owner != cell {
+		if owner, _, _ := table.PacketOwner(id); owner != cell {
 			t.Fatalf("packet %d (slot %d) answered by %s, owner %s", id, ids.Slot(id), cell, owner)
 		}
 		// A client retry of the same create finds the first packet (same slot, same cell).

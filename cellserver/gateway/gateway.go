@@ -317,7 +317,7 @@ func (g *Gateway) route(id int64) (cell, server string, status int, err error) {
 	if t == nil {
 		return "", "", http.StatusServiceUnavailable, errors.New("no routing table loaded")
 	}
-	cell, _, err = t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+	cell, _, err = t.PacketOwner(id)
 	if err != nil {
 		return "", "", http.StatusNotFound, fmt.Errorf("packet %d: %w", id, err)
 	}

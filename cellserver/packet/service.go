@@ -47,7 +47,7 @@ var (
 	ErrKeyElsewhere     = store.ErrKeyElsewhere
 	// ErrWrongCell: the packet belongs to another cell (its slot's owner at its creation
 	// time, docs/design.md §4.4); the gateway routed with a stale table.
-	ErrWrongCell = errors.New("packet belongs to another cell")
+	ErrWrongCell = routing.ErrWrongCell
 	// ErrSlotUnavailable: the cell cannot issue an ID in the requested slot (not owned now,
 	// masked, or its table's breaker is open).
 	ErrSlotUnavailable = errors.New("slot unavailable in this cell")

@@ -286,7 +286,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	limits.MaxTotalCents, limits.MaxCount = cfg.MaxTotalCents, cfg.MaxCount
 	pcfg := packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region}
 	if watcher != nil {
-		pcfg.Owns = func(id int64) error { return owns(watcher.Current(), cfg.Cell, id) }
+		pcfg.Owns = func(id int64) error { return watcher.Current().CheckOwner(cfg.Cell, id) }
 		pcfg.Home = func(key string, now time.Time) error { return watcher.Current().CheckHome(key, cfg.Cell, now) }
 	}
 	svc := packet.New(st, alloc, pcfg)
@@ -437,19 +437,6 @@ func reconcileLoop(ctx context.Context, st *store.Store, l *wallet.Ledger, every
 			log.Warn("reconcile requeued missing effects", "count", n)
 		}
 	}
-}
-
-// owns checks docs/design.md §4.4: this cell answers only for packets whose slot it owned at the
-// packet's creation second.
-func owns(t *routing.Table, cell string, id int64) error {
-	owner, _, err := t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
-	if err != nil {
-		return fmt.Errorf("packet %d: %w: %v", id, packet.ErrWrongCell, err)
-	}
-	if owner != cell {
-		return fmt.Errorf("packet %d belongs to cell %s: %w", id, owner, packet.ErrWrongCell)
-	}
-	return nil
 }
 
 // waitDB polls the database until it answers: in a pod the server may start before MySQL.

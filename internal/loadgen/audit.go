@@ -196,7 +196,7 @@ func auditCell(ctx context.Context, cfg AuditConfig, cell string, walletDB *sql.
 		home[p.ID] = cell
 		keys.add(rep, cell, p)
 		if cfg.Routing != nil {
-			owner, _, err := cfg.Routing.OwnerAt(ids.Slot(p.ID), ids.CreatedAt(p.ID))
+			owner, _, err := cfg.Routing.PacketOwner(p.ID)
 			if err != nil || owner != cell {
 				rep.bad("packet %d (slot %d, created %s): stored in %s, owner %q (%v)", p.ID, ids.Slot(p.ID),
 					ids.CreatedAt(p.ID).UTC().Format(time.RFC3339), cell, owner, err)

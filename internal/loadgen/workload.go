@@ -25,7 +25,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/internal/cpustat"
 )
@@ -538,7 +537,7 @@ func (r *runner) checkOwner(verb string, packet int64, cell string) {
 	if r.cfg.Routing == nil || cell == "" {
 		return
 	}
-	want, _, err := r.cfg.Routing.OwnerAt(ids.Slot(packet), ids.CreatedAt(packet))
+	want, _, err := r.cfg.Routing.PacketOwner(packet)
 	if err != nil || want != cell {
 		r.mu.Lock()
 		if len(r.misrouted) < 100 {
