@@ -45,11 +45,7 @@ func OpenOptimistic(ctx context.Context, st *store.Store, cellSchema string, id 
 		if count == 0 {
 			return 0, store.ErrExhausted
 		}
-		k := packet.KindRandom
-		if kind == 2 {
-			k = packet.KindFixed
-		}
-		amt, err := packet.Share(k, remaining, count, packet.DefaultRand)
+		amt, err := packet.Share(store.KindOfColumn(kind), remaining, count, packet.DefaultRand)
 		if err != nil {
 			return 0, err
 		}

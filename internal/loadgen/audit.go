@@ -76,10 +76,10 @@ func (a *AuditReport) bad(format string, args ...any) {
 // in the report.
 func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	if cfg.CellSchema == "" {
-		cfg.CellSchema = "rp_cell"
+		cfg.CellSchema = store.DefaultCellSchema
 	}
 	if cfg.WalletSchema == "" {
-		cfg.WalletSchema = "rp_wallet"
+		cfg.WalletSchema = wallet.DefaultSchema
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = time.Minute

@@ -23,6 +23,8 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/cellserver/wallet"
 	"github.com/redpacketset/redpacket/controllers/plan"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
@@ -197,7 +199,7 @@ func (s *SET) prepare(ctx context.Context) error {
 		return err
 	}
 	st.Set, st.SlotCount, st.Layout = s.set.Name, int(s.set.Spec.SlotCount), layout
-	st.CellSchema, st.ControlSchema, st.WalletSchema = "rp_cell", control.DefaultSchema, "rp_wallet"
+	st.CellSchema, st.ControlSchema, st.WalletSchema = store.DefaultCellSchema, control.DefaultSchema, wallet.DefaultSchema
 	st.MaxCount, st.MaxTotalCents = int(s.set.Spec.Limits.MaxCount), s.set.Spec.Limits.MaxTotalCents
 	if st.CreatedAt.IsZero() {
 		st.CreatedAt = time.Now().UTC().Truncate(time.Second)
