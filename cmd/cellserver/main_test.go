@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/redpacketset/redpacket/cellserver/routing"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/signing"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
