@@ -39,10 +39,17 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/store"
 )
 
+// Queue runs a packet's requests in its FIFO order; *queue.Queue is the server's.
+type Queue interface {
+	Open(ctx context.Context, id int64, user string) (store.OpenOutcome, error)
+	Do(ctx context.Context, id int64, fn func(ctx context.Context) error) error
+	RetryAfter() time.Duration
+}
+
 // Config wires the API; Service and Queue are required.
 type Config struct {
 	Service *packet.Service
-	Queue   *queue.Queue
+	Queue   Queue
 	// MaxBody bounds a request body; default 16 KiB, far above any valid request.
 	MaxBody int64
 	// Ready reports whether the server should take traffic (DB reachable, IDs issuable, not
