@@ -134,7 +134,7 @@ e2e: deps ## End to end only: a 2-cell local SET, 10,000 opens through the gatew
 
 .PHONY: bench
 bench: deps ## The hot-packet lock-strategy benchmark on real MariaDB (BENCHTIME=2s for a short run).
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./cellserver/bench/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./internal/lockbench/baseline/
 
 .PHONY: help
 help:

@@ -3,54 +3,20 @@ package controllers
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 
-	"github.com/go-sql-driver/mysql"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/store"
 )
 
-// cellSchema is the cell server's per-cell schema (its -cell-schema default): the expiry
-// index holds every packet not yet settled, the outbox every effect not yet delivered.
-const cellSchema = "rp_cell"
-
-// unsettledWork counts what a cell still owes: packets the expiry sweeper has not settled and
-// outbox rows (wallet credits, refunds) not yet delivered. A cell with either is never deleted.
-func unsettledWork(ctx context.Context, db *sql.DB) (packets, effects int64, err error) {
-	count := func(q string) (int64, error) {
-		var n int64
-		err := db.QueryRowContext(ctx, q).Scan(&n)
-		var me *mysql.MySQLError
-		if errors.As(err, &me) && (me.Number == 1049 || me.Number == 1146) {
-			return 0, nil // no schema or table: the cell never stored a packet
-		}
-		return n, err
-	}
-	if packets, err = count("SELECT COUNT(*) FROM " + cellSchema + ".expiry"); err != nil {
-		return 0, 0, fmt.Errorf("count unsettled packets: %w", err)
-	}
-	if effects, err = count("SELECT COUNT(*) FROM " + cellSchema + ".outbox WHERE delivered = 0"); err != nil {
-		return 0, 0, fmt.Errorf("count undelivered outbox rows: %w", err)
-	}
-	return packets, effects, nil
-}
-
-// unsettledBefore counts unsettled packets whose ID is below boundary, i.e. created earlier.
+// unsettledBefore counts a cell's unsettled packets created before boundary (an ID), in the
+// cell schema the operator configures its servers with.
 func unsettledBefore(ctx context.Context, db *sql.DB, boundary int64) (int64, error) {
-	var n int64
-	err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+cellSchema+".expiry WHERE packet_id < ?", boundary).Scan(&n)
-	var me *mysql.MySQLError
-	if errors.As(err, &me) && (me.Number == 1049 || me.Number == 1146) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("count unsettled packets before %d: %w", boundary, err)
-	}
-	return n, nil
+	return store.UnsettledBefore(ctx, db, store.DefaultCellSchema, boundary)
 }
 
 // forCell opens (or reuses) a cell's pool with the credentials in its Secret.
@@ -70,7 +36,7 @@ func cellHold(ctx context.Context, k8s client.Reader, dbs *cellDBs, cell *rpv1.R
 	if err != nil {
 		return fmt.Sprintf("cannot reach its database to check for unsettled packets: %v", err)
 	}
-	packets, effects, err := unsettledWork(ctx, db)
+	packets, effects, err := store.Owed(ctx, db, store.DefaultCellSchema)
 	switch {
 	case err != nil:
 		return fmt.Sprintf("cannot check for unsettled packets: %v", err)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/serverargs"
 )
 
 // Ports and paths shared by the children and the binaries they run.
@@ -326,30 +327,30 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 	server := corev1ac.Container().
 		WithName("cellserver").
 		WithImage(t.Server.Image).
-		WithArgs(
-			fmt.Sprintf("-listen=:%d", ServerPort),
-			"-mysql-dsn="+dsn,
-			"-mysql-password-file="+dbAuthMount+"/password",
-			fmt.Sprintf("-memcached=127.0.0.1:%d", MemcachedPort),
+		WithArgs(serverargs.Args{
+			Listen:            fmt.Sprintf(":%d", ServerPort),
+			MySQLDSN:          dsn,
+			MySQLPasswordFile: dbAuthMount + "/password",
+			Memcached:         fmt.Sprintf("127.0.0.1:%d", MemcachedPort),
 			// memcached listens on the pod's loopback, which no kubelet probe can reach (a
 			// probe's host is the node's): the server's readiness asks it instead.
-			"-ready-memcached",
-			"-routing-file="+routingMount+"/"+rpv1.RoutingFile,
-			"-cell="+cell.Name,
-			"-server-name=$(POD_NAME)",
-			fmt.Sprintf("-slots=%d", cell.Spec.SlotCount),
-			fmt.Sprintf("-region=%d", cell.Spec.Region),
-			fmt.Sprintf("-shard-databases=%d", t.Shards.Databases),
-			fmt.Sprintf("-shard-tables=%d", t.Shards.TablesPerDatabase),
-			fmt.Sprintf("-queue-workers=%d", t.Queue.Workers),
-			fmt.Sprintf("-queue-depth=%d", t.Queue.Depth),
-			fmt.Sprintf("-batch-max=%d", t.Queue.BatchMax),
-			fmt.Sprintf("-guard-limit=%d", t.Guard.Limit),
-			"-expiry="+cell.Spec.Limits.ExpiryOrDefault().String(),
-			fmt.Sprintf("-max-total-cents=%d", cell.Spec.Limits.MaxTotalCents),
-			fmt.Sprintf("-max-count=%d", cell.Spec.Limits.MaxCount),
-			"-signing-key-file="+signingMount+"/key",
-		).
+			ReadyMemcached: true,
+			RoutingFile:    routingMount + "/" + rpv1.RoutingFile,
+			Cell:           cell.Name,
+			ServerName:     "$(POD_NAME)",
+			Slots:          int(cell.Spec.SlotCount),
+			Region:         int(cell.Spec.Region),
+			ShardDatabases: int(t.Shards.Databases),
+			ShardTables:    int(t.Shards.TablesPerDatabase),
+			QueueWorkers:   int(t.Queue.Workers),
+			QueueDepth:     int(t.Queue.Depth),
+			BatchMax:       int(t.Queue.BatchMax),
+			GuardLimit:     int(t.Guard.Limit),
+			Expiry:         cell.Spec.Limits.ExpiryOrDefault(),
+			MaxTotalCents:  cell.Spec.Limits.MaxTotalCents,
+			MaxCount:       int(cell.Spec.Limits.MaxCount),
+			SigningKeyFile: signingMount + "/key",
+		}.Flags()...).
 		WithEnv(
 			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
 			secretEnv("RP_DB_USER", secret, "user"),

@@ -3,7 +3,6 @@ package controllers
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -36,104 +35,29 @@ type routingInput struct {
 	readers []plan.CellReaders
 }
 
-// routingDecision is what decideRouting chose: the table to publish and what changed.
+// routingDecision is plan.DecideRouting's decision, and what applying it found.
 type routingDecision struct {
-	Table     *routing.Table
-	Change    plan.Change
-	Scheduled *routing.Epoch // a new newest epoch (stacked, re-planned or pushed back)
-	Moved     int            // slots the new epoch moves
-	Pruned    []int64        // epochs dropped because everything under them is settled
-	Unsettled []int64        // epochs past the time rule kept because their cells still owe packets
-	RequeueAt time.Time      // when the decision changes next without any event (zero: never)
-	// Handover is the gate's view of the newest epoch if it is pending.
-	Handover plan.HandoverDecision
-	// DelayClamped: spec.rebalanceDelay was below plan.MinRebalanceDelay and the floor was used.
-	DelayClamped bool
-	// Refused says why a new epoch was not added ("" when none was refused).
-	Refused string
+	plan.RoutingDecision
 	// announceErrs lists the cells the new epoch could not be announced to, with why.
 	announceErrs []string
 }
 
-// decideRouting computes the routing table. It is pure so its rules are table-tested; the
-// epoch rules are plan.NextTable's (shared with the local SET) and the hand-over gate is
-// plan.DecideHandover's. On top of them:
-//   - a new epoch is refused (and reported) when the table or the status holding it would
-//     outgrow routing.MaxTableBytes, so publishing never starts failing;
-//   - an epoch is pruned once its successor has been in force for 2×expiry + settleWindow:
-//     a packet created just before the switch may wait up to one expiry for payment and then
-//     stay open one more, and the refund needs the settle window to be relayed. The cell's
-//     own database still has the last word before a cell is deleted (cellHold). An epoch is
-//     pruned only when the time rule and settled agree, so a late payment or a stuck sweeper
-//     never loses its packets' routing.
+// decideRouting is the set's routing decision: plan.DecideRouting (shared with the local SET)
+// with the operator's rules for this set. An epoch is pruned once its successor has been in
+// force for 2×expiry + settleWindow: a packet created just before the switch may wait up to
+// one expiry for payment and then stay open one more, and the refund needs the settle window
+// to be relayed. The cell's own database still has the last word before a cell is deleted
+// (cellHold). A table over routing.MaxTableBytes is refused (overBudget).
 func decideRouting(set *rpv1.RedPacketSet, in routingInput) routingDecision {
-	var d routingDecision
-	delay, clamped := plan.ClampDelay(set.RebalanceDelayOrDefault())
-	d.DelayClamped = clamped
-	push := false
-	if in.published != nil {
-		d.Handover = plan.DecideHandover(plan.HandoverInput{Latest: in.published.Latest(), Now: in.now, Delay: delay, Cells: in.readers})
-		push = d.Handover.PushBack
-	}
-	tin := plan.TableInput{Set: set.Name, SlotCount: int(set.Spec.SlotCount), Cells: in.cells, Now: in.now, Delay: delay, MinNumber: in.minNumber, PushBack: push}
-	t, change, err := plan.NextTable(in.published, tin)
-	if err != nil {
-		// Only a slot count that differs from the published table's gets here; the caller
-		// rebuilds such a table from status first, so keep what is published.
-		t, change = in.published, plan.Change{}
-		d.Refused = err.Error()
-	}
-	t = &routing.Table{Set: t.Set, SlotCount: t.SlotCount, Epochs: t.Epochs, Masked: in.masked}
-	d.Table = t
-	d.prune(set, in)
-	if change.Kind != plan.Unchanged {
-		if why := overBudget(d.Table); why != "" && in.published != nil {
-			d.Refused = fmt.Sprintf("routing epoch %d refused: %s", change.Epoch.Number, why)
-			d.Table = &routing.Table{Set: t.Set, SlotCount: t.SlotCount, Epochs: slices.Clone(in.published.Epochs), Masked: in.masked}
-			d.Pruned, d.Unsettled, d.RequeueAt = nil, nil, time.Time{}
-			d.prune(set, in)
-			change = plan.Change{}
-		}
-	}
-	d.Change = change
-	if change.Kind == plan.Stacked || change.Kind == plan.Replanned {
-		d.Scheduled = d.Table.Latest()
-		d.Moved = change.Moved
-		d.Handover = plan.DecideHandover(plan.HandoverInput{Latest: d.Scheduled, Now: in.now, Delay: delay, Cells: in.readers})
-	}
-	if last := d.Table.Latest(); last.EffectiveTime.After(in.now) {
-		d.RequeueAt = earliest(d.RequeueAt, last.EffectiveTime)
-		// Look again when the gate's window opens and before the epoch can no longer change.
-		for _, at := range []time.Time{last.EffectiveTime.Add(-2 * plan.HandoverMargin), last.EffectiveTime.Add(-plan.HandoverMargin - 5*time.Second)} {
-			if at.After(in.now) {
-				d.RequeueAt = earliest(d.RequeueAt, at)
-			}
-		}
-		if d.Handover.Reason == plan.HandoverWaiting || d.Handover.Reason == plan.HandoverPushedBack {
-			d.RequeueAt = earliest(d.RequeueAt, in.now.Add(5*time.Second))
-		}
-	}
-	return d
-}
-
-// prune drops the oldest epochs whose packets are all settled.
-func (d *routingDecision) prune(set *rpv1.RedPacketSet, in routingInput) {
-	t := d.Table
-	keep := 2*set.Spec.Limits.ExpiryOrDefault() + settleWindow
-	for len(t.Epochs) > 1 {
-		succ := t.Epochs[1]
-		if in.now.Before(succ.EffectiveTime.Add(keep)) {
-			d.RequeueAt = earliest(d.RequeueAt, succ.EffectiveTime.Add(keep))
-			break
-		}
-		if in.settled != nil && !in.settled(&t.Epochs[0], &succ) {
-			d.Unsettled = append(d.Unsettled, t.Epochs[0].Number)
-			d.RequeueAt = earliest(d.RequeueAt, in.now.Add(heldRecheck))
-			break
-		}
-		d.Pruned = append(d.Pruned, t.Epochs[0].Number)
-		t.Epochs = t.Epochs[1:]
-	}
+	return routingDecision{RoutingDecision: plan.DecideRouting(plan.RoutingInput{
+		Set: set.Name, SlotCount: int(set.Spec.SlotCount),
+		Published: in.published, Cells: in.cells, Masked: in.masked, Now: in.now,
+		Delay:   set.RebalanceDelayOrDefault(),
+		Keep:    2*set.Spec.Limits.ExpiryOrDefault() + settleWindow,
+		Settled: in.settled, Recheck: heldRecheck,
+		MinNumber: in.minNumber, Readers: in.readers,
+		Budget: overBudget,
+	})}
 }
 
 // overBudget says why t may not be published: its encoding or the status mirroring it
@@ -171,13 +95,6 @@ func tableFromStatus(set *rpv1.RedPacketSet, masked []routing.MaskedRange) *rout
 		t.Epochs = append(t.Epochs, e)
 	}
 	return t
-}
-
-func sameCells(a, b []string) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(a, b)
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -35,6 +35,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers/masking"
 	"github.com/redpacketset/redpacket/controllers/plan"
+	"github.com/redpacketset/redpacket/controllers/setplan"
 )
 
 // FieldOwner is the server-side apply field manager of everything the operator writes.
@@ -175,7 +176,7 @@ func (r *SetReconciler) reconcile(ctx context.Context, set *rpv1.RedPacketSet, p
 		r.markInvalid(set, err)
 		return ctrl.Result{}, nil
 	}
-	p, err := plan.Compute(planInput(set))
+	p, err := plan.Compute(setplan.PlanInput(set))
 	if err != nil {
 		EventInvalidSpec.emit(r.Recorder, set, err.Error())
 		r.markInvalid(set, err)
@@ -212,7 +213,7 @@ func (r *SetReconciler) reconcile(ctx context.Context, set *rpv1.RedPacketSet, p
 		minNumber: set.Status.Routing.CurrentEpoch}
 	if obs.published != nil {
 		in.minNumber = max(in.minNumber, obs.published.Latest().Number)
-		if latest := obs.published.Latest(); latest.EffectiveTime.After(now) || !sameCells(latest.Cells(), names) || obs.rebuilt != "" {
+		if latest := obs.published.Latest(); latest.EffectiveTime.After(now) || !plan.SameCells(latest.Cells(), names) || obs.rebuilt != "" {
 			var reported int64
 			in.readers, reported = r.readReaders(ctx, obs.cells)
 			in.minNumber = max(in.minNumber, reported)
@@ -272,19 +273,6 @@ func (r *SetReconciler) reconcile(ctx context.Context, set *rpv1.RedPacketSet, p
 		return ctrl.Result{RequeueAfter: max(d.RequeueAt.Sub(now), time.Second)}, nil
 	}
 	return ctrl.Result{}, nil
-}
-
-func planInput(set *rpv1.RedPacketSet) plan.Input {
-	return plan.Input{
-		Set:                     set.Name,
-		Zones:                   set.Spec.Zones,
-		Cells:                   int(set.Spec.Cells),
-		SlotCount:               int(set.Spec.SlotCount),
-		PeakOpensPerSecond:      set.Spec.Capacity.PeakOpensPerSecond,
-		PerServerOpensPerSecond: set.Spec.Capacity.PerServerOpensPerSecond,
-		Headroom:                set.Spec.Headroom,
-		MinServersPerZone:       int(set.Spec.Capacity.MinServersPerZone),
-	}
 }
 
 func (r *SetReconciler) gather(ctx context.Context, set *rpv1.RedPacketSet) (*setObservation, error) {

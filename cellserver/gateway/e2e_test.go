@@ -121,7 +121,7 @@ func TestAgainstRealCellServers(t *testing.T) {
 			t.Fatalf("create %d: %d %v", i, code, got)
 		}
 		id, _ := strconv.ParseInt(got["packetId"].(string), 10, 64)
-		if owner, _, _ := table.OwnerAt(ids.Slot(id), ids.CreatedAt(id)); owner != cell {
+		if owner, _, _ := table.PacketOwner(id); owner != cell {
 			t.Fatalf("packet %d (slot %d) answered by %s, owner %s", id, ids.Slot(id), cell, owner)
 		}
 		// A client retry of the same create finds the first packet (same slot, same cell).
@@ -209,7 +209,7 @@ func jsonCall(t *testing.T, method, url, body string) (int, string, map[string]a
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatalf("%s %s: %d, not JSON: %q", method, url, resp.StatusCode, raw)
 	}
-	return resp.StatusCode, resp.Header.Get(HeaderCell), m
+	return resp.StatusCode, resp.Header.Get(routing.HeaderCell), m
 }
 
 func startCellServer(t *testing.T, bin, logFile string, args ...string) {

@@ -20,7 +20,7 @@
 //
 // What the gateway expects of the cell API (cellserver/httpapi):
 //
-//   - POST /v1/packets with HeaderSlot: issue the packet's ID in that slot, or answer 409
+//   - POST /v1/packets with the slot header (routing.HeaderSlot): issue the packet's ID in that slot, or answer 409
 //     {"code":"slot_unavailable"} without creating anything. The body is the client's, with
 //     "sender" and "requestId" (the create's idempotency key).
 //   - POST /v1/packets/{id}/pay|grab|open and GET /v1/packets/{id}: IDs as decimal strings.
@@ -60,12 +60,6 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/signing"
 )
-
-// HeaderSlot tells a cell in which slot to create a packet.
-const HeaderSlot = routing.HeaderSlot
-
-// HeaderCell names, in responses, the cell that answered (for operators and tests).
-const HeaderCell = "X-Redpacket-Cell"
 
 // TableSource gives the routing table in force; *routing.Watcher is one.
 type TableSource interface{ Current() *routing.Table }
@@ -304,7 +298,7 @@ func notFound(w http.ResponseWriter, r *http.Request) {
 
 // servePacket forwards a request about one existing packet to its server.
 func (g *Gateway) servePacket(w http.ResponseWriter, r *http.Request, verb string) {
-	id, err := ParsePacketID(r.PathValue("id"))
+	id, err := routing.ParsePacketID(r.PathValue("id"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "id", err.Error())
 		return
@@ -344,7 +338,7 @@ func (g *Gateway) route(id int64) (cell, server string, status int, err error) {
 	if t == nil {
 		return "", "", http.StatusServiceUnavailable, errors.New("no routing table loaded")
 	}
-	cell, _, err = t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+	cell, _, err = t.PacketOwner(id)
 	if err != nil {
 		return "", "", http.StatusNotFound, fmt.Errorf("packet %d: %w", id, err)
 	}
@@ -411,7 +405,7 @@ func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routi
 		var extra http.Header
 		switch {
 		case ok:
-			extra = http.Header{HeaderSlot: []string{strconv.Itoa(slot)}}
+			extra = http.Header{routing.HeaderSlot: []string{strconv.Itoa(slot)}}
 		case cell == "":
 			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", "no unmasked slot with a ready cell server")
 			return
@@ -584,27 +578,6 @@ func hashString(s string) int64 {
 	return int64(h.Sum64())
 }
 
-// ParsePacketID parses a packet ID as it appears in a path: a positive decimal without sign or
-// leading zeros, so one packet has one spelling.
-func ParsePacketID(s string) (int64, error) {
-	if s == "" || len(s) > 19 || s[0] == '0' {
-		return 0, fmt.Errorf("packet id %q: must be a positive decimal integer", s)
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, fmt.Errorf("packet id %q: must be a positive decimal integer", s)
-		}
-	}
-	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("packet id %q: out of range", s)
-	}
-	if _, err := ids.Decompose(id); err != nil {
-		return 0, err
-	}
-	return id, nil
-}
-
 func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, true
@@ -632,21 +605,14 @@ type upstream struct {
 
 // code is the error code of a non-2xx answer ("" when the body has none).
 func (u *upstream) code() string {
-	var e struct {
-		Code string `json:"code"`
-	}
-	_ = json.Unmarshal(u.body, &e)
-	return e.Code
+	return routing.ErrorCode(u.body)
 }
 
 func (u *upstream) slotUnavailable() bool {
 	if u.status != http.StatusConflict {
 		return false
 	}
-	var e struct {
-		Code string `json:"code"`
-	}
-	return json.Unmarshal(u.body, &e) == nil && e.Code == routing.CodeSlotUnavailable
+	return routing.ErrorCode(u.body) == routing.CodeSlotUnavailable
 }
 
 func (u *upstream) write(w http.ResponseWriter, cell string) {
@@ -656,7 +622,7 @@ func (u *upstream) write(w http.ResponseWriter, cell string) {
 		}
 		w.Header()[k] = vs
 	}
-	w.Header().Set(HeaderCell, cell)
+	w.Header().Set(routing.HeaderCell, cell)
 	w.WriteHeader(u.status)
 	w.Write(u.body)
 }
@@ -701,7 +667,7 @@ func (g *Gateway) call(ctx context.Context, verb, cell, server, method, requestU
 		return nil, fmt.Errorf("%s to cell %s: build request: %w", verb, cell, err)
 	}
 	for k, vs := range in {
-		if hopByHop(k) || strings.HasPrefix(k, "X-Rp-") || k == HeaderSlot || k == "Content-Length" {
+		if hopByHop(k) || strings.HasPrefix(k, "X-Rp-") || k == routing.HeaderSlot || k == "Content-Length" {
 			continue // signing headers and the slot are the gateway's to set, never the client's
 		}
 		if k == "Accept-Encoding" {

@@ -63,7 +63,7 @@ type histItem struct {
 
 func (s *fakeServer) record(r *http.Request) {
 	s.mu.Lock()
-	s.calls = append(s.calls, call{r.Method, r.URL.Path, r.Header.Get(HeaderSlot)})
+	s.calls = append(s.calls, call{r.Method, r.URL.Path, r.Header.Get(routing.HeaderSlot)})
 	s.mu.Unlock()
 }
 
@@ -94,7 +94,7 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 			RequestID string `json:"requestId"`
 		}
 		json.NewDecoder(r.Body).Decode(&req)
-		slot, err := strconv.Atoi(r.Header.Get(HeaderSlot))
+		slot, err := strconv.Atoi(r.Header.Get(routing.HeaderSlot))
 		if err != nil {
 			http.Error(w, `{"code":"invalid_input"}`, http.StatusBadRequest)
 			return
@@ -124,12 +124,12 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 		q := r.URL.Query()
 		limit, _ := strconv.Atoi(q.Get("limit"))
 		if b := q.Get("before"); b != "" {
-			cur, err := ParseCursor(b)
+			cur, err := routing.ParseHistoryCursor(b)
 			if err != nil {
 				http.Error(w, `{"code":"invalid_input","field":"before"}`, http.StatusBadRequest)
 				return
 			}
-			items = slices.DeleteFunc(items, func(it histItem) bool { return !cur.newerThan(itemPos(it)) })
+			items = slices.DeleteFunc(items, func(it histItem) bool { return !cur.NewerThan(itemPos(it)) })
 		}
 		page := historyPageOut{Items: []histItem{}}
 		if len(items) > limit {
@@ -167,9 +167,9 @@ func sortItems(items []histItem) {
 	slices.SortFunc(items, func(a, b histItem) int {
 		pa, pb := itemPos(a), itemPos(b)
 		switch {
-		case pa.newerThan(pb):
+		case pa.NewerThan(pb):
 			return -1
-		case pb.newerThan(pa):
+		case pb.NewerThan(pa):
 			return 1
 		}
 		return 0
@@ -266,7 +266,7 @@ func (h *harness) do(method, path, body string) answer {
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, cell: resp.Header.Get(HeaderCell), raw: string(raw)}
+	a := answer{status: resp.StatusCode, cell: resp.Header.Get(routing.HeaderCell), raw: string(raw)}
 	json.Unmarshal(raw, &a.body)
 	return a
 }

@@ -10,46 +10,14 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
-// Cursor is a position in a user's history: items strictly before (At, PacketID) in the order
-// newest first. Its text form is "<atMillis>:<packetId>".
-type Cursor struct {
-	AtMillis int64
-	PacketID int64
-}
-
-func (c Cursor) String() string {
-	return strconv.FormatInt(c.AtMillis, 10) + ":" + strconv.FormatInt(c.PacketID, 10)
-}
-
-// ParseCursor parses "<atMillis>:<packetId>".
-func ParseCursor(s string) (Cursor, error) {
-	at, id, ok := strings.Cut(s, ":")
-	if !ok {
-		return Cursor{}, fmt.Errorf("cursor %q: want <atMillis>:<packetId>", s)
-	}
-	a, err1 := strconv.ParseInt(at, 10, 64)
-	p, err2 := strconv.ParseInt(id, 10, 64)
-	if err1 != nil || err2 != nil || a < 0 || p < 0 {
-		return Cursor{}, fmt.Errorf("cursor %q: want <atMillis>:<packetId> with non-negative integers", s)
-	}
-	return Cursor{AtMillis: a, PacketID: p}, nil
-}
-
-// newerThan orders history newest first: a comes before b when it is newer, or as new with the
-// larger packet ID.
-func (c Cursor) newerThan(o Cursor) bool {
-	if c.AtMillis != o.AtMillis {
-		return c.AtMillis > o.AtMillis
-	}
-	return c.PacketID > o.PacketID
-}
+// Cursor is a position in a user's history (the wire's history cursor).
+type Cursor = routing.HistoryCursor
 
 // historyPage is a cell's (and the gateway's) answer to a history query.
 type historyPage struct {
@@ -88,7 +56,7 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 	}
 	before := q.Get("before")
 	if before != "" {
-		if _, err := ParseCursor(before); err != nil {
+		if _, err := routing.ParseHistoryCursor(before); err != nil {
 			writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "before", err.Error())
 			return
 		}
@@ -158,9 +126,9 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 	}
 	slices.SortFunc(items, func(a, b historyItem) int {
 		switch {
-		case a.pos.newerThan(b.pos):
+		case a.pos.NewerThan(b.pos):
 			return -1
-		case b.pos.newerThan(a.pos):
+		case b.pos.NewerThan(a.pos):
 			return 1
 		}
 		return 0

@@ -66,10 +66,10 @@ func (a *API) wrap(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	slot := -1
-	if v := r.Header.Get(SlotHeader); v != "" {
+	if v := r.Header.Get(routing.HeaderSlot); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 || n >= ids.MaxSlots {
-			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: SlotHeader, msg: "slot must be 0..999"}
+			return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: routing.HeaderSlot, msg: "slot must be 0..999"}
 		}
 		slot = n
 	}

@@ -39,14 +39,17 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/store"
 )
 
-// SlotHeader asks wrap for a packet ID in a given slot (the gateway uses it to place a
-// packet in a cell's slot range).
-const SlotHeader = routing.HeaderSlot
+// Queue runs a packet's requests in its FIFO order; *queue.Queue is the server's.
+type Queue interface {
+	Open(ctx context.Context, id int64, user string) (store.OpenOutcome, error)
+	Do(ctx context.Context, id int64, fn func(ctx context.Context) error) error
+	RetryAfter() time.Duration
+}
 
 // Config wires the API; Service and Queue are required.
 type Config struct {
 	Service *packet.Service
-	Queue   *queue.Queue
+	Queue   Queue
 	// MaxBody bounds a request body; default 16 KiB, far above any valid request.
 	MaxBody int64
 	// Ready reports whether the server should take traffic (DB reachable, IDs issuable, not
@@ -423,9 +426,8 @@ func noRoute(r *http.Request) error {
 }
 
 func pathID(r *http.Request) (int64, error) {
-	v := r.PathValue("id")
-	id, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || id <= 0 {
+	id, err := routing.ParsePacketID(r.PathValue("id"))
+	if err != nil {
 		return 0, &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: "id", msg: "packet id must be a positive decimal integer"}
 	}
 	return id, nil

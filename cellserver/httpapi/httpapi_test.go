@@ -20,6 +20,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/httpapi"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/queue"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/store/storetest"
 	"github.com/redpacketset/redpacket/cellserver/wallet"
 	"github.com/redpacketset/redpacket/internal/testenv"
@@ -118,7 +119,7 @@ func wrapBody(req string, total int64, count int) map[string]any {
 
 func TestLifecycleOverHTTP(t *testing.T) {
 	s := start(t)
-	w := s.do(t, "POST", "/v1/packets", wrapBody("r1", 1000, 3), httpapi.SlotHeader, "42")
+	w := s.do(t, "POST", "/v1/packets", wrapBody("r1", 1000, 3), routing.HeaderSlot, "42")
 	if w.status != 201 || !strings.HasSuffix(w.str("packetId"), "042") || w.str("status") != "wrapped" {
 		t.Fatalf("wrap: %d %s", w.status, w.raw)
 	}
@@ -303,12 +304,14 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"fixed uneven", "POST", "/v1/packets", map[string]any{"sender": "a", "requestId": "f", "totalCents": 1001, "count": 10, "kind": "fixed"}, nil, 400, "invalid_input", "totalCents"},
 		{"bad kind", "POST", "/v1/packets", with("kind", "lucky"), nil, 400, "invalid_input", "kind"},
 		{"missing sender", "POST", "/v1/packets", with("sender", nil), nil, 400, "invalid_input", "sender"},
-		{"bad slot header", "POST", "/v1/packets", with("requestId", "slot"), []string{httpapi.SlotHeader, "1000"}, 400, "invalid_input", httpapi.SlotHeader},
+		{"bad slot header", "POST", "/v1/packets", with("requestId", "slot"), []string{routing.HeaderSlot, "1000"}, 400, "invalid_input", routing.HeaderSlot},
 		{"reused request id", "POST", "/v1/packets", map[string]any{"sender": "alice", "requestId": "act", "totalCents": 999, "count": 3, "kind": "random", "group": "fam", "greeting": "新年快乐"}, nil, 409, "idempotency_conflict", "requestId"},
 		{"body too large", "POST", "/v1/packets", with("greeting", strings.Repeat("x", 5000)), nil, 413, "too_large", ""},
 		{"pay unknown packet", "POST", "/v1/packets/" + unknownID + "/pay", map[string]any{"paymentTxnId": "x", "amountCents": 300}, nil, 404, "not_found", "id"},
 		{"pay bad id", "POST", "/v1/packets/abc/pay", map[string]any{"paymentTxnId": "x", "amountCents": 300}, nil, 400, "invalid_input", "id"},
 		{"pay negative id", "POST", "/v1/packets/-5/pay", map[string]any{"paymentTxnId": "x", "amountCents": 300}, nil, 400, "invalid_input", "id"},
+		{"pay plus-signed id", "POST", "/v1/packets/+" + unpaid + "/pay", map[string]any{"paymentTxnId": "x", "amountCents": 300}, nil, 400, "invalid_input", "id"},
+		{"pay zero-led id", "POST", "/v1/packets/0" + unpaid + "/pay", map[string]any{"paymentTxnId": "x", "amountCents": 300}, nil, 400, "invalid_input", "id"},
 		{"pay wrong amount", "POST", "/v1/packets/" + unpaid + "/pay", map[string]any{"paymentTxnId": "x", "amountCents": 299}, nil, 409, "amount_mismatch", "amountCents"},
 		{"pay zero amount", "POST", "/v1/packets/" + unpaid + "/pay", map[string]any{"paymentTxnId": "x", "amountCents": 0}, nil, 400, "invalid_input", "amountCents"},
 		{"pay negative amount", "POST", "/v1/packets/" + unpaid + "/pay", map[string]any{"paymentTxnId": "x", "amountCents": -300}, nil, 400, "invalid_input", "amountCents"},

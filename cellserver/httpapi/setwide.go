@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/redpacketset/redpacket/cellserver/packet"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 )
 
 // findWrap: 200 with the packet this cell holds for the body's (sender, requestId), else 404.
@@ -19,7 +20,7 @@ func (a *API) findWrap(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !found {
-		return &apiError{status: http.StatusNotFound, code: "not_found", field: "requestId", msg: "no packet wrapped here under this request"}
+		return &apiError{status: http.StatusNotFound, code: routing.CodeNotFound, field: "requestId", msg: "no packet wrapped here under this request"}
 	}
 	writeJSON(w, http.StatusOK, packetJSON(p))
 	return nil
@@ -41,9 +42,9 @@ func (a *API) claimPayment(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &b); err != nil {
 		return err
 	}
-	id, err := strconv.ParseInt(b.PacketID, 10, 64)
-	if err != nil || id <= 0 {
-		return &apiError{status: http.StatusBadRequest, code: "invalid_input", field: "packetId", msg: "packet id must be a positive decimal integer"}
+	id, err := routing.ParsePacketID(b.PacketID)
+	if err != nil {
+		return &apiError{status: http.StatusBadRequest, code: routing.CodeInvalidInput, field: "packetId", msg: "packet id must be a positive decimal integer"}
 	}
 	c, err := a.cfg.Service.ClaimPayment(r.Context(), id, packet.PayRequest{PaymentTxnID: b.PaymentTxnID, AmountCents: b.AmountCents})
 	if err != nil {
@@ -66,7 +67,7 @@ func (a *API) findPaymentClaim(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !found {
-		return &apiError{status: http.StatusNotFound, code: "not_found", field: "paymentTxnId", msg: "no claim for this payment here"}
+		return &apiError{status: http.StatusNotFound, code: routing.CodeNotFound, field: "paymentTxnId", msg: "no claim for this payment here"}
 	}
 	writeJSON(w, http.StatusOK, claimJSON(c))
 	return nil

@@ -412,7 +412,7 @@ func TestEpochChangeMovesIssuanceAtItsEffectiveSecond(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cell, _, err := tbl.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+			cell, _, err := tbl.PacketOwner(id)
 			if err != nil || cell != "cell-a" || ids.Slot(id) > max {
 				t.Fatalf("id %d slot %d created %v routes to %q (%v)", id, ids.Slot(id), ids.CreatedAt(id), cell, err)
 			}

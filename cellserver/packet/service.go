@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,7 +47,7 @@ var (
 	ErrKeyElsewhere     = store.ErrKeyElsewhere
 	// ErrWrongCell: the packet belongs to another cell (its slot's owner at its creation
 	// time, docs/design.md §4.4); the gateway routed with a stale table.
-	ErrWrongCell = errors.New("packet belongs to another cell")
+	ErrWrongCell = routing.ErrWrongCell
 	// ErrSlotUnavailable: the cell cannot issue an ID in the requested slot (not owned now,
 	// masked, or its table's breaker is open).
 	ErrSlotUnavailable = errors.New("slot unavailable in this cell")
@@ -395,7 +393,7 @@ func (s *Service) Details(ctx context.Context, id int64, afterSeq, limit int) (P
 }
 
 // Cursor is a position in a user's history: strictly older than (At, PacketID). Its text
-// form "<unix ms>:<packet id>" is shared with the gateway, which merges cells with it.
+// form is routing.HistoryCursor's, shared with the gateway, which merges cells with it.
 type Cursor struct {
 	At       time.Time
 	PacketID int64
@@ -406,7 +404,7 @@ func (c Cursor) String() string {
 	if c.At.IsZero() {
 		return ""
 	}
-	return strconv.FormatInt(c.At.UnixMilli(), 10) + ":" + strconv.FormatInt(c.PacketID, 10)
+	return routing.HistoryCursor{AtMillis: c.At.UnixMilli(), PacketID: c.PacketID}.String()
 }
 
 // ParseCursor reads the wire form; "" is the start (newest first).
@@ -414,13 +412,11 @@ func ParseCursor(field, v string) (Cursor, error) {
 	if v == "" {
 		return Cursor{}, nil
 	}
-	at, id, ok := strings.Cut(v, ":")
-	a, err1 := strconv.ParseInt(at, 10, 64)
-	p, err2 := strconv.ParseInt(id, 10, 64)
-	if !ok || err1 != nil || err2 != nil || a < 0 || p < 0 {
+	c, err := routing.ParseHistoryCursor(v)
+	if err != nil {
 		return Cursor{}, invalid(field, "must be <unix ms>:<packet id>")
 	}
-	return Cursor{At: time.UnixMilli(a).UTC(), PacketID: p}, nil
+	return Cursor{At: time.UnixMilli(c.AtMillis).UTC(), PacketID: c.PacketID}, nil
 }
 
 // History pages a user's sent or received history newest first. History is written by the

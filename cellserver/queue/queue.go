@@ -47,13 +47,9 @@ var ErrClosed = errors.New("queue closed")
 
 // Config sizes the queue; zero fields take the defaults.
 type Config struct {
-	Workers  int  // default 32; also bounds the DB connections the queue uses
-	Depth    int  // requests waiting per worker before overflow; default 1024
-	BatchMax int  // most opens per transaction; default 128
-	NoGroup  bool // one open per transaction (benchmark baseline (c))
-	// Bypass sends every request straight to its own transaction, with no queue and no
-	// guard: the naive design, kept only as the benchmark baseline. Never in production.
-	Bypass     bool
+	Workers    int           // default 32; also bounds the DB connections the queue uses
+	Depth      int           // requests waiting per worker before overflow; default 1024
+	BatchMax   int           // most opens per transaction; default 128
 	Guard      Guard         // nil: overflow is refused at once
 	RetryAfter time.Duration // advice on 429; default 1s
 	// TxTimeout bounds one worker transaction; callers' deadlines do not apply to a batch
@@ -189,13 +185,6 @@ func (q *Queue) Open(ctx context.Context, id int64, user string) (store.OpenOutc
 	if err := q.open.ValidateOpen(id, user); err != nil {
 		return store.OpenOutcome{}, err
 	}
-	if q.cfg.Bypass {
-		out, err := q.open.OpenBatch(ctx, id, []string{user})
-		if err != nil {
-			return store.OpenOutcome{}, err
-		}
-		return out[0], out[0].Err
-	}
 	r := &request{ctx: ctx, id: id, user: user, done: make(chan result, 1)}
 	queued, err := q.enqueue(r)
 	if err != nil {
@@ -215,9 +204,6 @@ func (q *Queue) Open(ctx context.Context, id int64, user string) (store.OpenOutc
 
 // Do runs fn in FIFO order with the packet's other requests (pay goes through here).
 func (q *Queue) Do(ctx context.Context, id int64, fn func(ctx context.Context) error) error {
-	if q.cfg.Bypass {
-		return fn(ctx)
-	}
 	r := &request{ctx: ctx, id: id, fn: fn, done: make(chan result, 1)}
 	queued, err := q.enqueue(r)
 	if err != nil {
@@ -340,7 +326,7 @@ func (q *Queue) process(batch []*request) {
 				continue
 			}
 			n := 1
-			for !q.cfg.NoGroup && n < len(reqs) && reqs[n].fn == nil {
+			for n < len(reqs) && reqs[n].fn == nil {
 				n++
 			}
 			q.openRun(id, reqs[:n])

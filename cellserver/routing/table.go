@@ -24,6 +24,8 @@ import (
 	"slices"
 	"sort"
 	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/ids"
 )
 
 // MaxSlotCount is the largest slot count a table may declare: the slot is the last three
@@ -70,6 +72,9 @@ type Table struct {
 // ErrNoOwner is returned when a slot has no owner at the asked time (slot out of range or an
 // empty table).
 var ErrNoOwner = errors.New("no owner")
+
+// ErrWrongCell is wrapped by CheckOwner when a packet belongs to another cell.
+var ErrWrongCell = errors.New("packet belongs to another cell")
 
 // Parse decodes and validates a routing table.
 func Parse(data []byte) (*Table, error) {
@@ -265,6 +270,26 @@ func (t *Table) OwnerAt(slot int, ts time.Time) (cell string, epoch int64, err e
 		return c, e.Number, nil
 	}
 	return "", 0, fmt.Errorf("slot %d in epoch %d: %w", slot, e.Number, ErrNoOwner)
+}
+
+// PacketOwner is the cell that answers for packet id: the owner of the ID's slot at the ID's
+// own creation second (docs/design.md §4.4). A packet never moves, so this holds for its
+// whole life whatever epochs come later.
+func (t *Table) PacketOwner(id int64) (cell string, epoch int64, err error) {
+	return t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+}
+
+// CheckOwner is nil when cell answers for packet id (PacketOwner); otherwise its error wraps
+// ErrWrongCell, and names the owner when there is one.
+func (t *Table) CheckOwner(cell string, id int64) error {
+	owner, _, err := t.PacketOwner(id)
+	if err != nil {
+		return fmt.Errorf("packet %d: %w: %v", id, ErrWrongCell, err)
+	}
+	if owner != cell {
+		return fmt.Errorf("packet %d belongs to cell %s: %w", id, owner, ErrWrongCell)
+	}
+	return nil
 }
 
 // Owner is the cell owning slot in this epoch, or "" when none does.

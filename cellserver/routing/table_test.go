@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/ids"
 )
 
 var (
@@ -54,6 +56,46 @@ func TestOwnerAtFollowsCreationTime(t *testing.T) {
 		if _, _, err := tab.OwnerAt(slot, t1); !errors.Is(err, ErrNoOwner) {
 			t.Errorf("OwnerAt(%d) err = %v, want ErrNoOwner", slot, err)
 		}
+	}
+}
+
+// The ownership rule of docs/design.md §4.4 on a packet ID: its slot's owner at its creation
+// second, whichever epoch is the latest.
+func TestPacketOwnerAndCheckOwner(t *testing.T) {
+	tab := twoEpochs()
+	id := func(slot int, at time.Time) int64 {
+		n, err := ids.Compose(ids.Parts{Created: at, Slot: slot, Seq: 7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	cases := []struct {
+		id        int64
+		wantCell  string
+		wantEpoch int64
+	}{
+		{id(4, t1.Add(-time.Second)), "rp-cell-0", 1},
+		{id(4, t1), "rp-cell-2", 2},
+		{id(11, t0.Add(time.Hour)), "rp-cell-1", 1},
+		{id(11, t1.Add(time.Hour)), "rp-cell-2", 2},
+	}
+	for _, c := range cases {
+		cell, epoch, err := tab.PacketOwner(c.id)
+		if err != nil || cell != c.wantCell || epoch != c.wantEpoch {
+			t.Errorf("PacketOwner(%d) = %q, %d, %v; want %q, %d", c.id, cell, epoch, err, c.wantCell, c.wantEpoch)
+		}
+		if err := tab.CheckOwner(c.wantCell, c.id); err != nil {
+			t.Errorf("CheckOwner(%s, %d) = %v, want nil", c.wantCell, c.id, err)
+		}
+		err = tab.CheckOwner("rp-cell-9", c.id)
+		if !errors.Is(err, ErrWrongCell) || !strings.Contains(err.Error(), c.wantCell) {
+			t.Errorf("CheckOwner(rp-cell-9, %d) = %v, want ErrWrongCell naming %s", c.id, err, c.wantCell)
+		}
+	}
+	// A slot outside the table has no owner: every cell refuses the packet.
+	if err := tab.CheckOwner("rp-cell-0", id(500, t1)); !errors.Is(err, ErrWrongCell) || !strings.Contains(err.Error(), "no owner") {
+		t.Errorf("CheckOwner on a slot outside the table = %v, want ErrWrongCell with no owner", err)
 	}
 }
 

@@ -2,7 +2,10 @@ package routing
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 )
 
 // Wire names shared by the gateway and the cell servers for creates: the gateway chooses the
@@ -11,6 +14,9 @@ import (
 const (
 	// HeaderSlot carries the slot, in decimal, a create must use.
 	HeaderSlot = "X-Redpacket-Slot"
+	// HeaderCell names, in the gateway's answers, the cell that answered (for operators,
+	// the load tool's routing check and tests).
+	HeaderCell = "X-Redpacket-Cell"
 	// CodeSlotUnavailable is the error code of a cell's 409 answer when it will not issue an ID
 	// in the asked slot (masked, breaker tripped, or not owned by the cell at this instant). The
 	// gateway retries such a create once with another slot.
@@ -102,4 +108,70 @@ func WriteError(w http.ResponseWriter, status int, code, field, message string) 
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(ErrorBody{Code: code, Message: message, Field: field})
+}
+
+// ErrorCode is the code of a JSON error body, or "" when body is not one.
+func ErrorCode(body []byte) string {
+	var e ErrorBody
+	_ = json.Unmarshal(body, &e)
+	return e.Code
+}
+
+// ParsePacketID reads a packet ID as it travels (a path segment or a JSON string): a positive
+// decimal with no sign, no leading zero and no spaces, so one packet has one spelling and
+// "+5", "05" or " 5" are refused instead of meaning packet 5.
+func ParsePacketID(s string) (int64, error) {
+	id, ok := canonicalInt(s)
+	if !ok || id == 0 {
+		return 0, fmt.Errorf("packet id %q: must be a positive decimal integer", s)
+	}
+	return id, nil
+}
+
+// HistoryCursor is a position in a user's history: the items strictly older than
+// (AtMillis, PacketID), newest first. A cell writes it as its page's "next" and reads it as
+// "before"; the gateway merges cells' pages with it, so both tiers must spell it alike.
+type HistoryCursor struct {
+	AtMillis int64 // the item's time, Unix milliseconds
+	PacketID int64
+}
+
+// String is the wire form "<atMillis>:<packetId>".
+func (c HistoryCursor) String() string {
+	return strconv.FormatInt(c.AtMillis, 10) + ":" + strconv.FormatInt(c.PacketID, 10)
+}
+
+// NewerThan orders history newest first: c comes before o when it is newer, or as new with the
+// larger packet ID.
+func (c HistoryCursor) NewerThan(o HistoryCursor) bool {
+	if c.AtMillis != o.AtMillis {
+		return c.AtMillis > o.AtMillis
+	}
+	return c.PacketID > o.PacketID
+}
+
+// ParseHistoryCursor reads the wire form: two non-negative canonical decimals around ":".
+func ParseHistoryCursor(s string) (HistoryCursor, error) {
+	at, id, ok := strings.Cut(s, ":")
+	a, ok1 := canonicalInt(at)
+	p, ok2 := canonicalInt(id)
+	if !ok || !ok1 || !ok2 {
+		return HistoryCursor{}, fmt.Errorf("cursor %q: want <atMillis>:<packetId>, non-negative decimal integers", s)
+	}
+	return HistoryCursor{AtMillis: a, PacketID: p}, nil
+}
+
+// canonicalInt reads a non-negative int64 written in its one canonical decimal form: digits
+// only, no leading zero except "0" itself. strconv.ParseInt alone accepts "+5".
+func canonicalInt(s string) (int64, bool) {
+	if s == "" || len(s) > 19 || (s[0] == '0' && len(s) > 1) {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }

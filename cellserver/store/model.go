@@ -13,15 +13,23 @@ const (
 	KindFixed  Kind = "fixed"
 )
 
+// The kind column's values in the packet day tables.
+const (
+	KindColumnRandom = 1
+	KindColumnFixed  = 2
+)
+
 func (k Kind) code() int {
 	if k == KindFixed {
-		return 2
+		return KindColumnFixed
 	}
-	return 1
+	return KindColumnRandom
 }
 
-func kindOf(code int) Kind {
-	if code == 2 {
+// KindOfColumn is the Kind a packet row's kind column holds, for code that reads raw rows
+// (the lock benchmark's baselines).
+func KindOfColumn(code int) Kind {
+	if code == KindColumnFixed {
 		return KindFixed
 	}
 	return KindRandom

@@ -26,7 +26,7 @@ func scanPacket(r rowScanner) (Packet, error) {
 	if err != nil {
 		return Packet{}, err
 	}
-	p.Kind, p.Status = kindOf(kind), Status(status)
+	p.Kind, p.Status = KindOfColumn(kind), Status(status)
 	p.CreatedAt, p.PaidAt, p.ExpiresAt, p.SettledAt = fromMS(created), fromMS(paid), fromMS(expires), fromMS(settled)
 	return p, nil
 }

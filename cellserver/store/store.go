@@ -82,7 +82,7 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if cfg.CellSchema == "" {
-		cfg.CellSchema = "rp_cell"
+		cfg.CellSchema = DefaultCellSchema
 	}
 	if !identRe.MatchString(cfg.CellSchema) || (cfg.Layout.DatabasePrefix != "" && !identRe.MatchString(cfg.Layout.DatabasePrefix)) {
 		return nil, fmt.Errorf("store: schema names must be letters, digits and '_' (cell %q, prefix %q)", cfg.CellSchema, cfg.Layout.DatabasePrefix)

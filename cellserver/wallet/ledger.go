@@ -33,6 +33,10 @@ type Ledger struct {
 	schema string
 }
 
+// DefaultSchema is the ledger schema's name unless a cell server is told otherwise (its
+// -wallet-schema flag).
+const DefaultSchema = "rp_wallet"
+
 var schemaRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
 
 // NewLedger uses schema (created by EnsureSchema) on db.

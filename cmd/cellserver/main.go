@@ -116,9 +116,9 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.ShardDatabases, "shard-databases", shard.Default.Databases, "logical databases (db_xx) per cell")
 	fs.IntVar(&c.ShardTables, "shard-tables", shard.Default.TablesPerDB, "tables (t_y) per logical database")
 	fs.StringVar(&c.ShardDBPrefix, "shard-db-prefix", "db_", "name prefix of the logical databases")
-	fs.StringVar(&c.CellSchema, "cell-schema", "rp_cell", "per-cell schema: idempotency keys, expiry index, outbox, history")
+	fs.StringVar(&c.CellSchema, "cell-schema", store.DefaultCellSchema, "per-cell schema: idempotency keys, expiry index, outbox, history")
 	fs.StringVar(&c.ControlSchema, "control-schema", control.DefaultSchema, "control schema: worker leases, masks, error counts")
-	fs.StringVar(&c.WalletSchema, "wallet-schema", "rp_wallet", "schema of the reference wallet ledger the outbox relays to")
+	fs.StringVar(&c.WalletSchema, "wallet-schema", wallet.DefaultSchema, "schema of the reference wallet ledger the outbox relays to")
 	fs.StringVar(&c.WalletDSN, "wallet-dsn", "", "MariaDB of the reference wallet ledger; empty = the cell's own")
 	fs.IntVar(&c.QueueWorkers, "queue-workers", 32, "per-packet FIFO workers (each holds at most one DB connection)")
 	fs.IntVar(&c.QueueDepth, "queue-depth", 1024, "requests waiting per worker before overflow takes the guarded path")
@@ -319,7 +319,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	limits.MaxTotalCents, limits.MaxCount = cfg.MaxTotalCents, cfg.MaxCount
 	pcfg := packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region}
 	if watcher != nil {
-		pcfg.Owns = func(id int64) error { return owns(watcher.Current(), cfg.Cell, id) }
+		pcfg.Owns = func(id int64) error { return watcher.Current().CheckOwner(cfg.Cell, id) }
 		pcfg.Home = func(key string, now time.Time) error { return watcher.Current().CheckHome(key, cfg.Cell, now) }
 	}
 	svc := packet.New(st, alloc, pcfg)
@@ -471,19 +471,6 @@ func reconcileLoop(ctx context.Context, st *store.Store, l *wallet.Ledger, every
 			log.Warn("reconcile requeued missing effects", "count", n)
 		}
 	}
-}
-
-// owns checks docs/design.md §4.4: this cell answers only for packets whose slot it owned at the
-// packet's creation second.
-func owns(t *routing.Table, cell string, id int64) error {
-	owner, _, err := t.OwnerAt(ids.Slot(id), ids.CreatedAt(id))
-	if err != nil {
-		return fmt.Errorf("packet %d: %w: %v", id, packet.ErrWrongCell, err)
-	}
-	if owner != cell {
-		return fmt.Errorf("packet %d belongs to cell %s: %w", id, owner, packet.ErrWrongCell)
-	}
-	return nil
 }
 
 // waitDB polls the database until it answers: in a pod the server may start before MySQL.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/redpacketset/redpacket/cellserver/routing"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redpacketset/redpacket/cellserver/ids"
+	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/signing"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
@@ -155,7 +155,7 @@ func TestAnswersOnlyForOwnedPackets(t *testing.T) {
 		j, _ := json.Marshal(map[string]any{"sender": "a", "requestId": homedHere("r" + slot), "totalCents": 100, "count": 1, "kind": "fixed"})
 		req, _ := http.NewRequest("POST", base+"/v1/packets", bytes.NewReader(j))
 		if slot != "" {
-			req.Header.Set("X-Redpacket-Slot", slot)
+			req.Header.Set(routing.HeaderSlot, slot)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

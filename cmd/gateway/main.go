@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/redpacketset/redpacket/cellserver/gateway"
@@ -114,8 +113,10 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	if err != nil {
 		return err
 	}
+	// The Go and process collectors come from the default registry: the collectors package
+	// would link database/sql (its DB stats collector) into a binary that has no database.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gatherer := prometheus.Gatherers{prometheus.DefaultGatherer, reg}
 	gw, err := gateway.New(gateway.Config{
 		Routing:         watcher,
 		Signer:          signing.NewSigner(key),
@@ -138,7 +139,7 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	go gw.Run(bgCtx)
 
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{Registry: reg}))
 	mux.Handle("/", gw.Handler())
 	srv := &http.Server{
 		Addr:              *listen,

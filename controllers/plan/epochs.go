@@ -113,7 +113,7 @@ func NextTable(prev *routing.Table, in TableInput) (*routing.Table, Change, erro
 	t.Epochs = slices.Clone(prev.Epochs)
 	latest := t.Epochs[len(t.Epochs)-1]
 	number := max(latest.Number, in.MinNumber) + 1
-	changed := !sameCells(latest.Cells(), in.Cells)
+	changed := !SameCells(latest.Cells(), in.Cells)
 	pending := latest.EffectiveTime.After(in.Now)
 	replannable := pending && len(t.Epochs) > 1 && CanReplan(&latest, in.Now)
 	if !changed && !(in.PushBack && replannable) {
@@ -144,15 +144,6 @@ func NextTable(prev *routing.Table, in TableInput) (*routing.Table, Change, erro
 	t.Epochs = append(t.Epochs, next)
 	return t, Change{Kind: kind, Epoch: &t.Epochs[len(t.Epochs)-1], Dropped: dropped, Moved: moved}, nil
 }
-
-func sameCells(a, b []string) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(dedupSorted(a), dedupSorted(b))
-}
-
-func dedupSorted(s []string) []string { return slices.Compact(s) }
 
 func maxTime(a, b time.Time) time.Time {
 	if b.After(a) {

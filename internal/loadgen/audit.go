@@ -76,10 +76,10 @@ func (a *AuditReport) bad(format string, args ...any) {
 // in the report.
 func Audit(ctx context.Context, cfg AuditConfig) (*AuditReport, error) {
 	if cfg.CellSchema == "" {
-		cfg.CellSchema = "rp_cell"
+		cfg.CellSchema = store.DefaultCellSchema
 	}
 	if cfg.WalletSchema == "" {
-		cfg.WalletSchema = "rp_wallet"
+		cfg.WalletSchema = wallet.DefaultSchema
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = time.Minute
@@ -196,7 +196,7 @@ func auditCell(ctx context.Context, cfg AuditConfig, cell string, walletDB *sql.
 		home[p.ID] = cell
 		keys.add(rep, cell, p)
 		if cfg.Routing != nil {
-			owner, _, err := cfg.Routing.OwnerAt(ids.Slot(p.ID), ids.CreatedAt(p.ID))
+			owner, _, err := cfg.Routing.PacketOwner(p.ID)
 			if err != nil || owner != cell {
 				rep.bad("packet %d (slot %d, created %s): stored in %s, owner %q (%v)", p.ID, ids.Slot(p.ID),
 					ids.CreatedAt(p.ID).UTC().Format(time.RFC3339), cell, owner, err)

@@ -25,7 +25,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/internal/cpustat"
 )
@@ -379,7 +378,7 @@ func (r *runner) wrapAndPay(w int, rng *rand.Rand, hot bool, rec *recorder) (*li
 	if !ok {
 		return nil, errors.New("wrap refused")
 	}
-	id, err := strconv.ParseInt(p.PacketID, 10, 64)
+	id, err := routing.ParsePacketID(p.PacketID)
 	if err != nil {
 		r.sample(fmt.Sprintf("wrap: packetId %q: %v", p.PacketID, err))
 		return nil, err
@@ -520,13 +519,9 @@ func (r *runner) do(method, path string, body []byte, out any) (status int, code
 	if err != nil {
 		return 0, "", "", err
 	}
-	cell = resp.Header.Get("X-Redpacket-Cell")
+	cell = resp.Header.Get(routing.HeaderCell)
 	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Code string `json:"code"`
-		}
-		_ = json.Unmarshal(data, &e)
-		return resp.StatusCode, e.Code, cell, nil
+		return resp.StatusCode, routing.ErrorCode(data), cell, nil
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
@@ -542,7 +537,7 @@ func (r *runner) checkOwner(verb string, packet int64, cell string) {
 	if r.cfg.Routing == nil || cell == "" {
 		return
 	}
-	want, _, err := r.cfg.Routing.OwnerAt(ids.Slot(packet), ids.CreatedAt(packet))
+	want, _, err := r.cfg.Routing.PacketOwner(packet)
 	if err != nil || want != cell {
 		r.mu.Lock()
 		if len(r.misrouted) < 100 {

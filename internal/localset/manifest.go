@@ -24,6 +24,7 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/controllers/plan"
+	"github.com/redpacketset/redpacket/controllers/setplan"
 )
 
 // DefaultManifest is the sample the README's first command runs.
@@ -159,22 +160,8 @@ func validate(set *rpv1.RedPacketSet) error {
 	case s.Limits.MaxTotalCents < int64(s.Limits.MaxCount):
 		return errors.New("spec.limits.maxTotalCents must be at least spec.limits.maxCount: every share is at least one cent")
 	}
-	if _, err := plan.Compute(PlanInput(set)); err != nil {
+	if _, err := plan.Compute(setplan.PlanInput(set)); err != nil {
 		return fmt.Errorf("spec: %w", err)
 	}
 	return nil
-}
-
-// PlanInput is what the operator's set reconciler hands the planner, field for field.
-func PlanInput(set *rpv1.RedPacketSet) plan.Input {
-	return plan.Input{
-		Set:                     set.Name,
-		Zones:                   set.Spec.Zones,
-		Cells:                   int(set.Spec.Cells),
-		SlotCount:               int(set.Spec.SlotCount),
-		PeakOpensPerSecond:      set.Spec.Capacity.PeakOpensPerSecond,
-		PerServerOpensPerSecond: set.Spec.Capacity.PerServerOpensPerSecond,
-		Headroom:                set.Spec.Headroom,
-		MinServersPerZone:       int(set.Spec.Capacity.MinServersPerZone),
-	}
 }

@@ -10,23 +10,25 @@ import (
 )
 
 // NextRouting decides the routing table of this run from the one the data directory holds
-// (nil on the first run) with the operator's own rule, plan.NextTable: epoch 1 for a new set;
-// a new epoch delay from now (clamped to plan.MinRebalanceDelay) when the manifest's cells
-// differ from the newest epoch's; a pending epoch re-planned under a new number only while it
-// is far enough from taking effect; an immutable slot count.
+// (nil on the first run) with the operator's own decision, plan.DecideRouting: epoch 1 for a
+// new set; a new epoch delay from now (clamped to plan.MinRebalanceDelay) when the manifest's
+// cells differ from the newest epoch's; a pending epoch re-planned under a new number only
+// while it is far enough from taking effect; an immutable slot count.
 //
-// Local epochs are never pruned: packets of every epoch stay routable for as long as the data
-// directory lives. It returns the table (without endpoints) and every cell any epoch names,
-// which is the set of cells that must run: a cell that lost its slots still serves its old
-// packets.
+// Local epochs are never pruned (no Keep): packets of every epoch stay routable for as long as
+// the data directory lives. It returns the table (without endpoints) and every cell any epoch
+// names, which is the set of cells that must run: a cell that lost its slots still serves its
+// old packets.
 func NextRouting(prev *routing.Table, set string, slotCount int, cells []string, now time.Time, delay time.Duration) (*routing.Table, []string, error) {
-	t, _, err := plan.NextTable(prev, plan.TableInput{Set: set, SlotCount: slotCount, Cells: cells, Now: now, Delay: delay})
-	if err != nil {
-		return nil, nil, fmt.Errorf("data directory's routing table: %w", err)
-	}
+	in := plan.RoutingInput{Set: set, SlotCount: slotCount, Published: prev, Cells: cells, Now: now, Delay: delay}
 	if prev != nil {
-		t.Masked = slices.Clone(prev.Masked)
+		in.Masked = slices.Clone(prev.Masked)
 	}
+	d := plan.DecideRouting(in)
+	if d.Err != nil {
+		return nil, nil, fmt.Errorf("data directory's routing table: %w", d.Err)
+	}
+	t := d.Table
 	var run []string
 	for _, e := range t.Epochs {
 		for _, c := range e.Cells() {

@@ -23,7 +23,11 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/serverargs"
+	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/cellserver/wallet"
 	"github.com/redpacketset/redpacket/controllers/plan"
+	"github.com/redpacketset/redpacket/controllers/setplan"
 	"github.com/redpacketset/redpacket/internal/dbfailover"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
@@ -147,7 +151,7 @@ func Up(ctx context.Context, opts Options) (_ *SET, err error) {
 
 // prepare plans, assigns ports, writes routing.json and the signing key, and builds binaries.
 func (s *SET) prepare(ctx context.Context) error {
-	p, err := plan.Compute(PlanInput(s.set))
+	p, err := plan.Compute(setplan.PlanInput(s.set))
 	if err != nil {
 		return fmt.Errorf("plan: %w", err)
 	}
@@ -205,7 +209,7 @@ func (s *SET) prepare(ctx context.Context) error {
 		}
 	}
 	st.Set, st.SlotCount, st.Layout = s.set.Name, int(s.set.Spec.SlotCount), layout
-	st.CellSchema, st.ControlSchema, st.WalletSchema = "rp_cell", control.DefaultSchema, "rp_wallet"
+	st.CellSchema, st.ControlSchema, st.WalletSchema = store.DefaultCellSchema, control.DefaultSchema, wallet.DefaultSchema
 	st.MaxCount, st.MaxTotalCents = int(s.set.Spec.Limits.MaxCount), s.set.Spec.Limits.MaxTotalCents
 	if st.CreatedAt.IsZero() {
 		st.CreatedAt = time.Now().UTC().Truncate(time.Second)
@@ -349,34 +353,34 @@ func (s *SET) dbInstances() int { return max(int(s.set.Spec.Template.MySQL.Repli
 func (s *SET) serverArgs(cs *CellState, i int) []string {
 	t := s.set.Spec.Template
 	lim := s.set.Spec.Limits
-	args := []string{
-		"-listen=127.0.0.1:" + strconv.Itoa(cs.ServerPorts[i]),
-		"-mysql-dsn=" + s.serverDSN(cs),
-		"-memcached=127.0.0.1:" + strconv.Itoa(cs.MemcachedPort),
-		"-routing-file=" + s.routePath,
-		"-cell=" + cs.Name,
-		fmt.Sprintf("-server-name=%s-server-%d", cs.Name, i),
-		"-slots=" + strconv.Itoa(int(s.set.Spec.SlotCount)),
-		"-region=" + strconv.Itoa(int(s.set.Spec.Region)),
-		"-shard-databases=" + strconv.Itoa(s.state.Layout.Databases),
-		"-shard-tables=" + strconv.Itoa(s.state.Layout.TablesPerDB),
-		"-shard-db-prefix=" + s.state.Layout.Prefix,
-		"-cell-schema=" + s.state.CellSchema,
-		"-control-schema=" + s.state.ControlSchema,
-		"-wallet-schema=" + s.state.WalletSchema,
-		"-queue-workers=" + strconv.Itoa(int(t.Queue.Workers)),
-		"-queue-depth=" + strconv.Itoa(int(t.Queue.Depth)),
-		"-batch-max=" + strconv.Itoa(int(t.Queue.BatchMax)),
-		"-guard-limit=" + strconv.Itoa(int(t.Guard.Limit)),
-		"-expiry=" + lim.ExpiryOrDefault().String(),
-		"-max-total-cents=" + strconv.FormatInt(lim.MaxTotalCents, 10),
-		"-max-count=" + strconv.Itoa(int(lim.MaxCount)),
-		"-signing-key-file=" + s.keyPath,
+	args := serverargs.Args{
+		Listen:         "127.0.0.1:" + strconv.Itoa(cs.ServerPorts[i]),
+		MySQLDSN:       s.serverDSN(cs),
+		Memcached:      "127.0.0.1:" + strconv.Itoa(cs.MemcachedPort),
+		RoutingFile:    s.routePath,
+		Cell:           cs.Name,
+		ServerName:     fmt.Sprintf("%s-server-%d", cs.Name, i),
+		Slots:          int(s.set.Spec.SlotCount),
+		Region:         int(s.set.Spec.Region),
+		ShardDatabases: s.state.Layout.Databases,
+		ShardTables:    s.state.Layout.TablesPerDB,
+		ShardDBPrefix:  s.state.Layout.Prefix,
+		CellSchema:     s.state.CellSchema,
+		ControlSchema:  s.state.ControlSchema,
+		WalletSchema:   s.state.WalletSchema,
+		QueueWorkers:   int(t.Queue.Workers),
+		QueueDepth:     int(t.Queue.Depth),
+		BatchMax:       int(t.Queue.BatchMax),
+		GuardLimit:     int(t.Guard.Limit),
+		Expiry:         lim.ExpiryOrDefault(),
+		MaxTotalCents:  lim.MaxTotalCents,
+		MaxCount:       int(lim.MaxCount),
+		SigningKeyFile: s.keyPath,
 	}
 	if s.dbInstances() > 1 {
-		args = append(args, "-mysql-instances="+strings.Join(cs.InstanceAddrs(), ","))
+		args.MySQLInstances = cs.InstanceAddrs()
 	}
-	return args
+	return args.Flags()
 }
 
 // serverDSN is root on the single instance, or on a replicated cell the servers' own user

@@ -2,9 +2,9 @@
 // concurrency levels: many callers open one hot packet through (a) one transaction per open
 // with SELECT … FOR UPDATE, (b) optimistic version checks with retries, (c) the per-packet FIFO
 // queue with one open per transaction, and (d) the queue with group commit. The strategies are
-// the data plane's own code — packet.Service.Open, bench.OpenOptimistic, queue.Queue with
-// NoGroup and with BatchMax — on a private durable MariaDB this package starts, the same
-// composition cellserver/bench's BenchmarkHotOpens measures at one level.
+// the data plane's own code and its baselines — packet.Service.Open, baseline.OpenOptimistic,
+// queue.Queue over baseline.Ungrouped and with BatchMax — on a private durable MariaDB this
+// package starts, the same composition baseline's BenchmarkHotOpens measures at one level.
 //
 // It must never run against a SET's databases: it creates and drops its own schemas on a
 // MariaDB of its own.
@@ -15,7 +15,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/redpacketset/redpacket/internal/cpustat"
 	"log/slog"
 	"os"
 	"runtime"
@@ -26,7 +25,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redpacketset/redpacket/cellserver/bench"
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/idalloc"
 	"github.com/redpacketset/redpacket/cellserver/ids"
@@ -34,6 +32,8 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/queue"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/internal/cpustat"
+	"github.com/redpacketset/redpacket/internal/lockbench/baseline"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
@@ -179,7 +179,7 @@ func newEnv(ctx context.Context, dsn string, callers int, log *slog.Logger) (*en
 	limits := packet.DefaultLimits
 	limits.MaxCount, limits.MaxTotalCents = 1<<30, 1<<50
 	svc := packet.New(st, alloc, packet.Config{Limits: limits, Log: log})
-	single, err := queue.New(svc, queue.Config{Workers: 32, Depth: 4 * callers, NoGroup: true})
+	single, err := queue.New(baseline.Ungrouped{Opener: svc}, queue.Config{Workers: 32, Depth: 4 * callers})
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +205,7 @@ func (e *env) opener(key string) func(ctx context.Context, id int64, user string
 		return func(ctx context.Context, id int64, u string) error { _, err := e.svc.Open(ctx, id, u); return err }
 	case "optimistic":
 		return func(ctx context.Context, id int64, u string) error {
-			_, err := bench.OpenOptimistic(ctx, e.st, e.cell, id, u, 5)
+			_, err := baseline.OpenOptimistic(ctx, e.st, e.cell, id, u, 5)
 			return err
 		}
 	case "queue":
@@ -251,7 +251,7 @@ func (e *env) measure(ctx context.Context, key string, callers int, d time.Durat
 				switch {
 				case err == nil:
 					ok.Add(1)
-				case errors.Is(err, bench.ErrConflict):
+				case errors.Is(err, baseline.ErrConflict):
 					failed.Add(1)
 				default:
 					failed.Add(1)

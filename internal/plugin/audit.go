@@ -11,6 +11,8 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/cellserver/store"
+	"github.com/redpacketset/redpacket/cellserver/wallet"
 	"github.com/redpacketset/redpacket/internal/loadgen"
 )
 
@@ -47,7 +49,7 @@ func (p *Plugin) Audit(ctx context.Context, name string, drain time.Duration) (*
 		return nil, fmt.Errorf("routing table of %s: %w", name, err)
 	}
 	cfg := loadgen.AuditConfig{Layout: layoutOf(set.Spec.Template), Routing: table,
-		CellSchema: orDefault(p.CellSchema, "rp_cell"), WalletSchema: orDefault(p.WalletSchema, "rp_wallet"),
+		CellSchema: orDefault(p.CellSchema, store.DefaultCellSchema), WalletSchema: orDefault(p.WalletSchema, wallet.DefaultSchema),
 		From: ids.Epoch, To: p.now().Add(time.Minute), DrainTimeout: drain}
 	for i := range cells {
 		dsn, err := p.cellDSN(ctx, &cells[i])

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 )
 
@@ -46,7 +47,7 @@ func (p *Plugin) now() time.Time {
 	return time.Now()
 }
 
-func (p *Plugin) controlSchema() string { return orDefault(p.ControlSchema, "rp_control") }
+func (p *Plugin) controlSchema() string { return orDefault(p.ControlSchema, control.DefaultSchema) }
 
 func orDefault(s, def string) string {
 	if s == "" {

@@ -23,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
-	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/store"
 	"github.com/redpacketset/redpacket/internal/loadgen"
 	"github.com/redpacketset/redpacket/internal/localset"
@@ -166,7 +165,7 @@ func TestLocalSETFestivalAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner, _, err := s2.Routing().OwnerAt(ids.Slot(id), ids.CreatedAt(id))
+	owner, _, err := s2.Routing().PacketOwner(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +225,7 @@ func auditCatchesTampering(t *testing.T, ctx context.Context, s *localset.SET, r
 	t.Helper()
 	st := s.State()
 	victim := res.Shares[len(res.Shares)/2]
-	owner, _, err := s.Routing().OwnerAt(ids.Slot(victim.Packet), ids.CreatedAt(victim.Packet))
+	owner, _, err := s.Routing().PacketOwner(victim.Packet)
 	if err != nil {
 		t.Fatal(err)
 	}

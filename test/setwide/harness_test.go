@@ -388,7 +388,7 @@ func (h *harness) do(method, path, body string) answer {
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, cell: resp.Header.Get(gateway.HeaderCell), raw: string(raw)}
+	a := answer{status: resp.StatusCode, cell: resp.Header.Get(routing.HeaderCell), raw: string(raw)}
 	_ = json.Unmarshal(raw, &a.body)
 	return a
 }

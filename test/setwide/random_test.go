@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/cellserver/store"
@@ -194,7 +193,7 @@ func (m *model) answered(t *testing.T, h *harness, k [2]string, a answer, total 
 	m.wraps[k] = id
 	if _, ok := m.packets[id]; !ok {
 		n, _ := strconv.ParseInt(id, 10, 64)
-		owner, _, err := h.current().OwnerAt(ids.Slot(n), ids.CreatedAt(n))
+		owner, _, err := h.current().PacketOwner(n)
 		if err != nil || owner != a.cell {
 			t.Fatalf("packet %s created by %s, owner of its slot at creation %q (%v)", id, a.cell, owner, err)
 		}
@@ -391,7 +390,7 @@ func (h *harness) check(t *testing.T, m *model, from time.Time, where string) {
 				t.Fatalf("%s: wrap %v names %d and %d", where, k, prev, p.ID)
 			}
 			wraps[k] = p.ID
-			if owner, _, err := table.OwnerAt(ids.Slot(p.ID), ids.CreatedAt(p.ID)); err != nil || owner != c.name {
+			if owner, _, err := table.PacketOwner(p.ID); err != nil || owner != c.name {
 				t.Fatalf("%s: packet %d stored in %s, owner at creation %q (%v)", where, p.ID, c.name, owner, err)
 			}
 			rs, err := st.Receipts(ctx, p.ID, 0, 1000)

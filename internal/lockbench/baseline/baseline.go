@@ -1,9 +1,12 @@
-// Package bench measures the money path on a hot packet: naive row locking, optimistic
-// version checks, the per-packet FIFO queue, and the queue with group commit, on the same
-// MariaDB in the same run (see hotopens_test.go and docs/benchmarks.md). The non-test code
-// here is the optimistic baseline, which the server itself never uses: it exists only so the
-// benchmark compares the design against what it replaced.
-package bench
+// Package baseline holds the designs the cell server replaced, kept only so the benchmarks
+// compare the money path against them on the same MariaDB in the same run: naive row locking
+// with no queue (Naive), optimistic version checks (OpenOptimistic), the per-packet queue
+// without group commit (Ungrouped) and group commit over bare SQL (BareQueue). Its benchmarks
+// (hotopens_test.go, http_test.go; `make bench`, docs/benchmarks.md) and the lock-strategy
+// sweep (internal/lockbench) use them.
+//
+// Nothing in the cell server may import it: these are the designs docs/design.md rejects.
+package baseline
 
 import (
 	"context"
@@ -16,8 +19,51 @@ import (
 	"time"
 
 	"github.com/redpacketset/redpacket/cellserver/packet"
+	"github.com/redpacketset/redpacket/cellserver/queue"
 	"github.com/redpacketset/redpacket/cellserver/store"
 )
+
+// Naive runs every request straight in its own transaction, with no queue and no guard: the
+// naive server (SELECT … FOR UPDATE per open), behind the same HTTP API as the real queue.
+type Naive struct{ Opener queue.Opener }
+
+// Open validates and opens in one transaction of its own.
+func (n Naive) Open(ctx context.Context, id int64, user string) (store.OpenOutcome, error) {
+	if err := n.Opener.ValidateOpen(id, user); err != nil {
+		return store.OpenOutcome{}, err
+	}
+	out, err := n.Opener.OpenBatch(ctx, id, []string{user})
+	if err != nil {
+		return store.OpenOutcome{}, err
+	}
+	return out[0], out[0].Err
+}
+
+// Do runs fn at once.
+func (Naive) Do(ctx context.Context, _ int64, fn func(ctx context.Context) error) error {
+	return fn(ctx)
+}
+
+// RetryAfter is never advised: nothing overflows without a queue.
+func (Naive) RetryAfter() time.Duration { return time.Second }
+
+// Ungrouped commits each open of a queue worker's run in its own transaction, in order: the
+// per-packet FIFO queue without group commit (strategy (c)) when a queue.Queue opens through it.
+type Ungrouped struct{ queue.Opener }
+
+// OpenBatch opens users one transaction each.
+func (u Ungrouped) OpenBatch(ctx context.Context, id int64, users []string) ([]store.OpenOutcome, error) {
+	out := make([]store.OpenOutcome, len(users))
+	for i, user := range users {
+		o, err := u.Opener.OpenBatch(ctx, id, []string{user})
+		if err != nil {
+			out[i] = store.OpenOutcome{Err: err}
+			continue
+		}
+		out[i] = o[0]
+	}
+	return out, nil
+}
 
 // ErrConflict is an optimistic open that lost its version race on every attempt.
 var ErrConflict = errors.New("optimistic open: version changed on every attempt")
@@ -45,11 +91,7 @@ func OpenOptimistic(ctx context.Context, st *store.Store, cellSchema string, id 
 		if count == 0 {
 			return 0, store.ErrExhausted
 		}
-		k := packet.KindRandom
-		if kind == 2 {
-			k = packet.KindFixed
-		}
-		amt, err := packet.Share(k, remaining, count, packet.DefaultRand)
+		amt, err := packet.Share(store.KindOfColumn(kind), remaining, count, packet.DefaultRand)
 		if err != nil {
 			return 0, err
 		}

@@ -1,4 +1,4 @@
-package bench
+package baseline
 
 import (
 	"bytes"
@@ -34,18 +34,22 @@ func BenchmarkHTTPHotOpens(b *testing.B) {
 		hot = v
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 2 * Callers, MaxIdleConnsPerHost: 2 * Callers}}
-	serve := func(b *testing.B, cfg queue.Config) string {
-		q, err := queue.New(svc, cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
+	serve := func(b *testing.B, q httpapi.Queue) string {
 		api, err := httpapi.New(httpapi.Config{Service: svc, Queue: q})
 		if err != nil {
 			b.Fatal(err)
 		}
 		ts := httptest.NewServer(api)
-		b.Cleanup(func() { ts.Close(); _ = q.Close(context.Background()) })
+		b.Cleanup(ts.Close)
 		return ts.URL
+	}
+	queued := func(b *testing.B, cfg queue.Config) httpapi.Queue {
+		q, err := queue.New(svc, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = q.Close(context.Background()) })
+		return q
 	}
 	open := func(base string) func(ctx context.Context, id int64, user string) error {
 		return func(ctx context.Context, id int64, user string) error {
@@ -63,10 +67,10 @@ func BenchmarkHTTPHotOpens(b *testing.B) {
 		}
 	}
 	b.Run("e_http_naive_for_update", func(b *testing.B) {
-		runStrategy(b, svc, hot, strategy{"e_http_naive_for_update", open(serve(b, queue.Config{Bypass: true}))})
+		runStrategy(b, svc, hot, strategy{"e_http_naive_for_update", open(serve(b, Naive{svc}))})
 	})
 	b.Run("f_http_queue_group_commit", func(b *testing.B) {
-		runStrategy(b, svc, hot, strategy{"f_http_queue_group_commit", open(serve(b, queue.Config{Workers: 32, Depth: 4 * Callers}))})
+		runStrategy(b, svc, hot, strategy{"f_http_queue_group_commit", open(serve(b, queued(b, queue.Config{Workers: 32, Depth: 4 * Callers})))})
 	})
 	resultsMu.Lock()
 	defer resultsMu.Unlock()

@@ -1,4 +1,4 @@
-package bench
+package baseline
 
 import (
 	"context"
@@ -62,7 +62,7 @@ func BenchmarkHotOpens(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("RP_BENCH_HOT")); err == nil && v > 0 {
 		hot = v
 	}
-	single, err := queue.New(svc, queue.Config{Workers: 32, Depth: 4 * Callers, NoGroup: true})
+	single, err := queue.New(Ungrouped{svc}, queue.Config{Workers: 32, Depth: 4 * Callers})
 	if err != nil {
 		b.Fatal(err)
 	}
