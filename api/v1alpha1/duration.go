@@ -76,28 +76,26 @@ func (d *Duration) Err(field string) error {
 // today but which decoded anyway (see Duration). The operator reports them in a condition and
 // plans nothing from them.
 func (s *RedPacketSetSpec) StoredValueErrors() []error {
-	var out []error
-	for _, err := range []error{
+	return nonNil(
 		s.RebalanceDelay.Err("spec.rebalanceDelay"),
 		s.Masking.Window.Err("spec.masking.window"),
 		s.Masking.CoolDown.Err("spec.masking.coolDown"),
 		s.Limits.Expiry.Err("spec.limits.expiry"),
-	} {
-		if err != nil {
-			out = append(out, err)
-		}
-	}
-	return out
+	)
 }
 
 // StoredValueErrors is the cell's counterpart of RedPacketSetSpec.StoredValueErrors.
 func (s *RedPacketCellSpec) StoredValueErrors() []error {
-	var out []error
-	for _, err := range []error{
+	return nonNil(
 		s.Masking.Window.Err("spec.masking.window"),
 		s.Masking.CoolDown.Err("spec.masking.coolDown"),
 		s.Limits.Expiry.Err("spec.limits.expiry"),
-	} {
+	)
+}
+
+func nonNil(errs ...error) []error {
+	var out []error
+	for _, err := range errs {
 		if err != nil {
 			out = append(out, err)
 		}
