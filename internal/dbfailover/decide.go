@@ -82,7 +82,10 @@ type History struct {
 	// Refused are instances that must not serve or replicate until rebuilt: index → why.
 	Refused map[int]string `json:"refused,omitempty"`
 	// SemiSyncOff is when the logic turned off the primary's wait for a replica because no
-	// replica could replicate (zero while it waits, the normal case).
+	// replica could replicate: from then on an acknowledged commit may be on the primary
+	// alone, so no failover may happen. It is recorded before the wait goes off and cleared
+	// only once a replica holds everything the primary held after the wait was back on
+	// (zero in the normal case).
 	SemiSyncOff time.Time `json:"semiSyncOff,omitzero"`
 }
 
@@ -178,6 +181,8 @@ const (
 	ReasonPrimaryLost    = "PrimaryLost"        // primary unreachable; failover pending or running
 	ReasonBlocked        = "FailoverBlocked"    // primary unreachable and no replica may take over
 	ReasonSingleInstance = "SingleInstanceDown" // one instance only, down: wait for it
+	ReasonCatchingUp     = "CatchingUp"         // semi-sync back on; a replica still lacks commits the primary made alone
+	ReasonSoleCopyLost   = "SoleCopyLost"       // the primary made commits alone and is unreachable: wait for it, never fail over
 )
 
 // Op is one step's kind.
@@ -191,6 +196,7 @@ const (
 	OpOpen      Op = "Open"      // drop replication settings, read_only=0
 	OpRepoint   Op = "Repoint"   // replicate from the primary with MASTER_USE_GTID=slave_pos
 	OpFailover  Op = "Failover"  // drain the replicas, choose, promote (Manager.failover)
+	OpCaughtUp  Op = "CaughtUp"  // clear History.SemiSyncOff: a replica holds all the primary did alone
 )
 
 // Step is one thing to do, in order.
@@ -296,11 +302,22 @@ func Decide(o Observation, pol Policy) Decision {
 		d.Steps = append(d.Steps, Step{Op: OpOpen, Instance: t.Primary})
 	}
 	d.Steps = append(d.Steps, repoints...)
+	caughtUp := -1
+	if !o.History.SemiSyncOff.IsZero() && wantSemiSync && p.SemiSyncPrimary && len(d.Steps) == 0 {
+		caughtUp = caughtUpReplica(o, p)
+		if caughtUp >= 0 {
+			d.Steps = append(d.Steps, Step{Op: OpCaughtUp, Instance: caughtUp})
+		}
+	}
 	d.Ready = !p.ReadOnly && p.Replication == nil
 	switch {
 	case !wantSemiSync && len(o.Instances) > 1:
 		d.Reason = ReasonNoSemiSync
 		d.Message = fmt.Sprintf("primary %d has no replica that can replicate (%s): commits are on one instance until one is rebuilt", t.Primary, strings.Join(missing, "; "))
+	case !o.History.SemiSyncOff.IsZero() && caughtUp < 0 && len(d.Steps) == 0:
+		d.Reason = ReasonCatchingUp
+		d.Message = fmt.Sprintf("primary %d waits for a replica again, but committed without one from %s; no replica holds all of it yet (primary at %s), so a failover now could lose acknowledged commits",
+			t.Primary, o.History.SemiSyncOff.Format(time.RFC3339), p.CurrentPos)
 	case len(d.Steps) > 0:
 		d.Reason = ReasonConfiguring
 		d.Message = fmt.Sprintf("primary %d: %s", t.Primary, stepList(d.Steps))
@@ -314,11 +331,41 @@ func Decide(o Observation, pol Policy) Decision {
 	return d
 }
 
+// caughtUpReplica is a replica replicating from p, neither refused nor errant, that holds
+// everything p had committed when p was observed, or -1. p was observed with its semi-sync
+// wait on, so every commit p acknowledged without a replica is in what it reported; every
+// later one waited for a replica's acknowledgement, and a replica acknowledges an event only
+// once it has received every earlier one.
+func caughtUpReplica(o Observation, p Instance) int {
+	for _, in := range o.Instances {
+		if in.Index == p.Index || !in.Reachable {
+			continue
+		}
+		if _, refused := o.History.Refused[in.Index]; refused {
+			continue
+		}
+		r := in.Replication
+		if r == nil || r.SourceAddr != p.Addr || !r.IORunning || Errant(in, o.History) != "" {
+			continue
+		}
+		if in.Received().Covers(p.CurrentPos) {
+			return in.Index
+		}
+	}
+	return -1
+}
+
 func decideLost(o Observation, t Term, p Instance, pol Policy) Decision {
 	d := Decision{Primary: t.Primary, Reason: ReasonPrimaryLost}
 	if len(o.Instances) == 1 {
 		d.Reason = ReasonSingleInstance
 		d.Message = fmt.Sprintf("the only instance is unreachable (%s): nothing to fail over to", p.Err)
+		return d
+	}
+	if !o.History.SemiSyncOff.IsZero() {
+		d.Reason = ReasonSoleCopyLost
+		d.Message = fmt.Sprintf("primary %d is unreachable (%s) and committed without a replica's acknowledgement from %s: only it is known to hold every acknowledged commit, so the cell waits for it to return",
+			t.Primary, p.Err, o.History.SemiSyncOff.Format(time.RFC3339))
 		return d
 	}
 	down := o.Now.Sub(p.UnreachableSince)
@@ -350,6 +397,9 @@ type Candidate struct {
 // term: the one holding the most transactions, among replicas that are neither refused nor
 // errant. It refuses to choose when
 //
+//   - the primary committed without waiting for a replica (History.SemiSyncOff) and no
+//     replica has been seen holding all of it since: only the lost primary is known to hold
+//     every acknowledged commit;
 //   - a replica that is not refused is unreachable: MariaDB's semi-sync primary waits for one
 //     replica's acknowledgement, so an acknowledged commit may be held by that replica alone;
 //   - no replica is left, or no single replica holds everything every other one holds;
@@ -360,6 +410,10 @@ func ChooseCandidate(insts []Instance, h History) (Candidate, error) {
 	t, ok := h.Current()
 	if !ok {
 		return Candidate{}, fmt.Errorf("no primary term")
+	}
+	if !h.SemiSyncOff.IsZero() {
+		return Candidate{}, fmt.Errorf("primary %d committed without a replica's acknowledgement from %s: no replica is known to hold every acknowledged commit",
+			t.Primary, h.SemiSyncOff.Format(time.RFC3339))
 	}
 	c := Candidate{Index: -1, Refusals: map[int]string{}}
 	var eligible, excluded []Instance

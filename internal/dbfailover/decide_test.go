@@ -135,6 +135,21 @@ func TestDecide(t *testing.T) {
 			insts: []Instance{down(0, t0), replica(1, 0, "0-2-6", "0-1-5", "0-1-5,0-2-6")}, inMessage: "errant"},
 		{name: "single instance down", hist: term1(), now: t0.Add(time.Minute), reason: ReasonSingleInstance,
 			insts: []Instance{down(0, t0)}},
+		// The seam of a primary that committed alone (the CI failure of 2026-12-02: the
+		// replica came back, semi-sync went on, the cell said Healthy while the replica still
+		// lacked the commits made alone, and the next failover promoted it).
+		{name: "alone-committer lost: never fail over, even to a reachable replica", hist: alone(term1()), now: t0.Add(time.Minute), reason: ReasonSoleCopyLost,
+			insts: []Instance{down(0, t0), replica(1, 0, "0-1-5", "0-1-5", "0-1-5")}, inMessage: "waits for it"},
+		{name: "replica back after commits made alone: wait on, not yet caught up", hist: alone(term1()), reason: ReasonCatchingUp, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), replica(1, 0, "0-1-40", "0-1-60", "0-1-40")}, inMessage: "could lose"},
+		{name: "replica back but the wait still off: turn it on first, keep the mark", hist: alone(term1()), reason: ReasonConfiguring, ready: true,
+			insts: []Instance{withReadOnly(primary(0, "0-1-90"), false, false), replica(1, 0, "0-1-90", "0-1-90", "0-1-90")}, steps: []Op{OpSemiSync}},
+		{name: "replica received everything the primary holds: mark cleared", hist: alone(term1()), reason: ReasonConfiguring, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), replica(1, 0, "0-1-80", "0-1-90", "0-1-80")}, steps: []Op{OpCaughtUp}},
+		{name: "an errant replica never counts as caught up", hist: alone(term1()), reason: ReasonNoSemiSync, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), replica(1, 0, "0-2-91", "0-1-90", "0-1-90,0-2-91")}, steps: []Op{OpRefuse, OpSemiSync}},
+		{name: "a replica of another source never counts as caught up", hist: alone(term1()), reason: ReasonConfiguring, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), replica(1, 2, "0-1-90", "0-1-90", "0-1-90"), down(2, t0)}, steps: []Op{OpRepoint}},
 	} {
 		now := tc.now
 		if now.IsZero() {
@@ -179,6 +194,8 @@ func TestChooseCandidate(t *testing.T) {
 			insts: []Instance{down(0, t0), replica(1, 0, "0-2-11", "0-1-10", "0-1-10,0-2-11")}},
 		{name: "an unreachable replica may hold the only ack", hist: term1(), want: -1, errorHas: "unreachable",
 			insts: []Instance{down(0, t0), replica(1, 0, "0-1-9", "0-1-9", "0-1-9"), down(2, t0)}},
+		{name: "after commits made alone no replica is a candidate", hist: alone(term1()), want: -1, errorHas: "without a replica",
+			insts: []Instance{down(0, t0), replica(1, 0, "0-1-9", "0-1-9", "0-1-9"), replica(2, 0, "0-1-9", "0-1-9", "0-1-9")}},
 		{name: "second failover: the first term's server is legitimate up to its end", want: 0,
 			hist:  History{Terms: []Term{{Number: 1, Primary: 0, ServerID: 1, End: MustPosition("0-1-10")}, {Number: 2, Primary: 1, ServerID: 2, Start: MustPosition("0-1-10")}}},
 			insts: []Instance{replica(0, 1, "0-2-30", "0-2-30", "0-1-10,0-2-30"), down(1, t0), replica(2, 1, "0-2-29", "0-2-29", "0-1-10,0-2-29")}},
@@ -252,6 +269,13 @@ func broken(in Instance) Instance {
 	r.SQLRunning, r.LastError = false, "Error 1062: duplicate entry"
 	in.Replication = &r
 	return in
+}
+
+// alone is h after its primary committed without waiting for a replica.
+func alone(h History) History {
+	h = h.Clone()
+	h.SemiSyncOff = t0.Add(-time.Minute)
+	return h
 }
 
 func refused(h History, i int) History {

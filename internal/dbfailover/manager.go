@@ -41,7 +41,7 @@ type HistoryStore interface {
 
 // Event is something a person should see (a Kubernetes event, a log line locally).
 type Event struct {
-	Reason  string // Failover, Refused, Fenced, SemiSyncOff, SemiSyncOn
+	Reason  string // Failover, Refused, Fenced, SemiSyncOff, SemiSyncOn, CaughtUp
 	Message string
 	Warning bool
 }
@@ -188,21 +188,34 @@ func (m *Manager) step(ctx context.Context, s Step, ep Endpoint, d Decision, ins
 		m.event(Event{Reason: "Fenced", Warning: true, Message: fmt.Sprintf("instance %d (%s) fenced: %s", s.Instance, ep.Addr, s.Reason)})
 		return fence(ctx, db, m.Cell.AppUser)
 	case OpSemiSync:
-		if err := setSemiSync(ctx, db, s.On); err != nil {
-			return err
-		}
-		next := h.Clone()
 		if s.On {
-			next.SemiSyncOff = time.Time{}
+			// The record of the commits made alone stays until a replica is seen holding them
+			// (OpCaughtUp): turning the wait on does not give the replica what it missed.
+			if err := setSemiSync(ctx, db, true); err != nil {
+				return err
+			}
 			m.event(Event{Reason: "SemiSyncOn", Message: fmt.Sprintf("primary %d waits for a replica's acknowledgement again", s.Instance)})
-		} else if len(m.Cell.Instances) > 1 {
-			next.SemiSyncOff = m.now().UTC()
-			m.event(Event{Reason: "SemiSyncOff", Warning: true, Message: fmt.Sprintf("primary %d no longer waits for a replica: %s", s.Instance, d.Message)})
-		}
-		if next.SemiSyncOff.Equal(h.SemiSyncOff) {
 			return nil
 		}
-		return m.Store.SaveHistory(ctx, next)
+		if len(m.Cell.Instances) > 1 && h.SemiSyncOff.IsZero() {
+			// Recorded before the wait goes off: a crash in between must not leave a primary
+			// committing alone while the history says a failover would lose nothing.
+			next := h.Clone()
+			next.SemiSyncOff = m.now().UTC()
+			if err := m.Store.SaveHistory(ctx, next); err != nil {
+				return err
+			}
+			m.event(Event{Reason: "SemiSyncOff", Warning: true, Message: fmt.Sprintf("primary %d no longer waits for a replica: %s", s.Instance, d.Message)})
+		}
+		return setSemiSync(ctx, db, false)
+	case OpCaughtUp:
+		next := h.Clone()
+		next.SemiSyncOff = time.Time{}
+		if err := m.Store.SaveHistory(ctx, next); err != nil {
+			return err
+		}
+		m.event(Event{Reason: "CaughtUp", Message: fmt.Sprintf("replica %d (%s) holds everything primary %d committed without a replica: a failover loses nothing again", s.Instance, ep.Addr, d.Primary)})
+		return nil
 	case OpOpen:
 		return open(ctx, db)
 	case OpRepoint:

@@ -224,6 +224,66 @@ func TestFailoverOnRealMariaDB(t *testing.T) {
 	exec(t, c.db(0, "rp_app"), "INSERT INTO f.acked VALUES (52)") // not stuck: the wait is off, visibly
 }
 
+// TestCommitsMadeAloneAreNeverFailedOverFrom: a primary whose only replica is gone stops
+// waiting for it (visibly) and goes on committing alone. If it then dies, the replica — even
+// back and reachable — lacks those acknowledged commits, so the cell waits for the primary
+// instead of promoting it. Once the primary is back and the replica has received everything,
+// the record is cleared and a failover loses nothing again.
+func TestCommitsMadeAloneAreNeverFailedOverFrom(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two mariadbd")
+	}
+	c := startCell(t, 2)
+	c.m.Policy.DegradeAfter = time.Second
+	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
+	root0 := c.db(0, "root")
+	exec(t, root0, "CREATE DATABASE f")
+	exec(t, root0, "CREATE TABLE f.acked (id INT PRIMARY KEY) ENGINE=InnoDB")
+	for i := range 20 {
+		exec(t, root0, "INSERT INTO f.acked VALUES (?)", i)
+	}
+	if err := c.procs[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.settle("replica gone: the primary commits alone", func(d Decision) bool { return d.Reason == ReasonNoSemiSync })
+	if h, _ := c.hist.LoadHistory(context.Background()); h.SemiSyncOff.IsZero() {
+		t.Fatalf("semi-sync is off but the history does not say so: %+v", h)
+	}
+	for i := 20; i < 120; i++ {
+		exec(t, root0, "INSERT INTO f.acked VALUES (?)", i) // acknowledged with no replica
+	}
+	if err := c.procs[0].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.procs[1].Start(context.Background(), c.dirs[1], c.ports[1]); err != nil {
+		t.Fatal(err)
+	}
+	// Well past FailoverAfter, with the replica reachable: still no failover.
+	d := c.settle("primary lost after committing alone", func(d Decision) bool { return d.Reason == ReasonSoleCopyLost })
+	for range 20 {
+		d, _ = c.m.Reconcile(context.Background())
+		if d.Primary != 0 || d.Reason != ReasonSoleCopyLost {
+			t.Fatalf("the cell failed over from a primary that committed alone: %s %q", d.Reason, d.Message)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := c.procs[0].Start(context.Background(), c.dirs[0], c.ports[0]); err != nil {
+		t.Fatal(err)
+	}
+	c.settle("primary back, replica caught up", func(d Decision) bool { return d.Reason == ReasonHealthy && d.Primary == 0 })
+	if h, _ := c.hist.LoadHistory(context.Background()); !h.SemiSyncOff.IsZero() {
+		t.Fatalf("healthy while the history still records commits made alone: %+v", h)
+	}
+	waitRows(t, c.db(1, "root"), 120)
+	if err := c.procs[0].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.settle("failover once the replica holds everything", func(d Decision) bool { return d.Primary == 1 && d.Ready })
+	if n := count(t, c.db(1, "root")); n != 120 {
+		t.Fatalf("new primary holds %d acknowledged rows, want 120", n)
+	}
+}
+
 func waitRows(t *testing.T, db *sql.DB, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

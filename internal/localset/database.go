@@ -361,6 +361,11 @@ func (d *cellDB) holdWhilePrimary(i int, max time.Duration) {
 		if cs.PrimaryIndex() != i {
 			return
 		}
+		if d.mgr.Last().Reason == dbfailover.ReasonSoleCopyLost {
+			// It committed without a replica: no failover will come, only its return.
+			d.log.Warn("dead primary holds the only copy of commits made alone; restarting it in place", "instance", i)
+			return
+		}
 		select {
 		case <-d.stopCh:
 			return

@@ -77,6 +77,11 @@ func TestLocalSETFailoverUnderLoad(t *testing.T) {
 		t.Fatalf("up: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Stop() })
+	t.Cleanup(func() {
+		if t.Failed() {
+			logTails(t, s, 40)
+		}
+	})
 	cell := s.Cells()[0]
 	waitHealthy(t, s, cell, time.Minute)
 
@@ -266,6 +271,18 @@ func checkFenced(addr string, within time.Duration) error {
 			return fmt.Errorf("not back within %s: %v", within, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// logTails prints the end of every component's log: the SET's directory goes with the test.
+func logTails(t *testing.T, s *localset.SET, lines int) {
+	for _, c := range s.Components() {
+		b, err := os.ReadFile(c.Log)
+		if err != nil {
+			continue
+		}
+		all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		t.Logf("--- %s %s (%s), last %d lines:\n%s", c.Kind, c.Name, c.Log, lines, strings.Join(all[max(0, len(all)-lines):], "\n"))
 	}
 }
 
