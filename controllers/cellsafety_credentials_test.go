@@ -19,6 +19,7 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // collectGarbage plays Kubernetes' garbage collector, which envtest does not run: every object
@@ -89,25 +90,25 @@ func TestRecreatedCellKeepsItsCredentials(t *testing.T) {
 	}
 
 	scale(t, ctx, c, set, 3)
-	eventually(t, "epoch 2 published", func() error { return publishedEpoch(t, c, key, 2) })
+	testenv.Eventually(t, 30*time.Second, "epoch 2 published", func() error { return publishedEpoch(t, c, key, 2) })
 	skew.Store(int64(2 * time.Minute)) // past the minute's delay
 	touch(t, ctx, c, "again-cell-0")
-	eventually(t, "epoch 2 in force", inForce(2))
+	testenv.Eventually(t, 30*time.Second, "epoch 2 in force", inForce(2))
 	var first corev1.Secret
-	eventually(t, "cell 2's credentials", func() error { return c.Get(ctx, secret2, &first) })
+	testenv.Eventually(t, 30*time.Second, "cell 2's credentials", func() error { return c.Get(ctx, secret2, &first) })
 	old := &rpv1.RedPacketCell{}
 	if err := c.Get(ctx, cell2, old); err != nil {
 		t.Fatal(err)
 	}
 
 	scale(t, ctx, c, set, 2)
-	eventually(t, "epoch 3 published", func() error { return publishedEpoch(t, c, key, 3) })
+	testenv.Eventually(t, 30*time.Second, "epoch 3 published", func() error { return publishedEpoch(t, c, key, 3) })
 	skew.Store(int64(4 * time.Minute))
 	touch(t, ctx, c, "again-cell-0")
-	eventually(t, "epoch 3 in force", inForce(3))
+	testenv.Eventually(t, 30*time.Second, "epoch 3 in force", inForce(3))
 	skew.Store(int64(4 * time.Hour)) // every older epoch past its time; cell 2 holds nothing
 	touch(t, ctx, c, "again-cell-0")
-	eventually(t, "cell 2 deleted", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 2 deleted", func() error {
 		if err := c.Get(ctx, cell2, &rpv1.RedPacketCell{}); !apierrors.IsNotFound(err) {
 			touch(t, ctx, c, "again-cell-0")
 			return fmt.Errorf("cell 2 still there: %v", err)
@@ -118,7 +119,7 @@ func TestRecreatedCellKeepsItsCredentials(t *testing.T) {
 	t.Logf("collected with cell 2: %v", gone)
 
 	scale(t, ctx, c, set, 3)
-	eventually(t, "cell 2 recreated with the credentials its volume was initialised with", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 2 recreated with the credentials its volume was initialised with", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, cell2, cell); err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/store"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // TestDeletionWaitsForSettlement (issue 11 §4): a draining cell holding an unpaid packet,
@@ -53,7 +54,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	cellKey := func(i int) types.NamespacedName {
 		return types.NamespacedName{Namespace: "default", Name: fmt.Sprintf("doomed-cell-%d", i)}
 	}
-	eventually(t, "set and cells carry the settle finalizer", func() error {
+	testenv.Eventually(t, 30*time.Second, "set and cells carry the settle finalizer", func() error {
 		if s := getSet(t, c, key); !has(s.Finalizers, rpv1.FinalizerSettle) {
 			return fmt.Errorf("set finalizers %v", s.Finalizers)
 		}
@@ -96,10 +97,10 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	created := wrap(1, 600, time.Now())
 
 	scale(t, ctx, c, set, 1)
-	eventually(t, "epoch 2 published", func() error { return publishedEpoch(t, c, key, 2) })
+	testenv.Eventually(t, 30*time.Second, "epoch 2 published", func() error { return publishedEpoch(t, c, key, 2) })
 	skew.Store(int64(2 * time.Minute)) // past the minute's delay
 	touch(t, ctx, c, "doomed-cell-0")
-	eventually(t, "epoch 2 in force, cell 1 draining", func() error {
+	testenv.Eventually(t, 30*time.Second, "epoch 2 in force, cell 1 draining", func() error {
 		s := getSet(t, c, key)
 		if s.Status.Routing.CurrentEpoch != 2 {
 			return fmt.Errorf("epoch %d", s.Status.Routing.CurrentEpoch)
@@ -114,7 +115,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	// Epoch 1 is past its time; only the unsettled packet keeps it. Then cell 1 is deleted by hand.
 	skew.Store(int64(4 * time.Hour))
 	touch(t, ctx, c, "doomed-cell-1")
-	eventually(t, "epoch 1 kept for the unsettled packet", func() error {
+	testenv.Eventually(t, 30*time.Second, "epoch 1 kept for the unsettled packet", func() error {
 		if s := getSet(t, c, key); len(s.Status.Routing.Epochs) != 2 || !strings.Contains(conditionMessage(s.Status.Conditions, rpv1.SetRebalancing), "epochs [1] kept") {
 			return fmt.Errorf("%d epochs, Rebalancing %q", len(s.Status.Routing.Epochs), conditionMessage(s.Status.Conditions, rpv1.SetRebalancing))
 		}
@@ -124,7 +125,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		t.Fatal(err)
 	}
 	var heldUID types.UID
-	eventually(t, "the deleted cell is held and says why", func() error {
+	testenv.Eventually(t, 30*time.Second, "the deleted cell is held and says why", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, cellKey(1), cell); err != nil {
 			return fmt.Errorf("cell 1 gone while it holds a packet: %w", err)
@@ -137,7 +138,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		return nil
 	})
 	touch(t, ctx, c, "doomed-cell-0")
-	eventually(t, "epoch 1 still kept after the hand deletion", func() error {
+	testenv.Eventually(t, 30*time.Second, "epoch 1 still kept after the hand deletion", func() error {
 		s := getSet(t, c, key)
 		if len(s.Status.Routing.Epochs) != 2 {
 			return fmt.Errorf("%d epochs: the held cell's epoch was pruned", len(s.Status.Routing.Epochs))
@@ -158,7 +159,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		t.Fatalf("sweep settled %v (%v), want the one packet", got, err)
 	}
 	touch(t, ctx, c, "doomed-cell-1")
-	eventually(t, "settled cell 1 held, not recreated, while epoch 1 is kept", func() error {
+	testenv.Eventually(t, 30*time.Second, "settled cell 1 held, not recreated, while epoch 1 is kept", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, cellKey(1), cell); err != nil {
 			return fmt.Errorf("cell 1: %w", err)
@@ -180,7 +181,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 		t.Fatalf("sweep of cell 0 settled %v (%v), want its epoch-1 packet", got, err)
 	}
 	touch(t, ctx, c, "doomed-cell-0")
-	eventually(t, "cell 1 gone and epoch 1 pruned once settled", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 1 gone and epoch 1 pruned once settled", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, cellKey(1), cell); !apierrors.IsNotFound(err) {
 			touch(t, ctx, c, "doomed-cell-1")
@@ -197,7 +198,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	if err := c.Delete(ctx, getSet(t, c, key)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "set deletion held", func() error {
+	testenv.Eventually(t, 30*time.Second, "set deletion held", func() error {
 		s := getSet(t, c, key)
 		cond := meta.FindStatusCondition(s.Status.Conditions, rpv1.SetDeletionHeld)
 		if s.DeletionTimestamp.IsZero() || cond == nil || cond.Status != metav1.ConditionTrue || cond.Reason != rpv1.ReasonUnsettled || !strings.Contains(cond.Message, "doomed-cell-0 (1 unsettled packets") {
@@ -212,7 +213,7 @@ func TestDeletionWaitsForSettlement(t *testing.T) {
 	if err := c.Patch(ctx, s, patch); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "set gone after the forced discard, passed on to its cells", func() error {
+	testenv.Eventually(t, 30*time.Second, "set gone after the forced discard, passed on to its cells", func() error {
 		if err := c.Get(ctx, key, &rpv1.RedPacketSet{}); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("set still there: %v", err)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // hungDatabase is a TCP listener on 127.0.0.1 that accepts connections and never answers:
@@ -97,11 +98,11 @@ func TestHungCellDatabaseDoesNotStallOtherCells(t *testing.T) {
 	}
 	createReady(t, ctx, c, set)
 	db := dbs["hung-cell-1"]
-	eventually(t, "cell 1's control schema created", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 1's control schema created", func() error {
 		_, err := control.ReadMasks(ctx, db, control.DefaultSchema)
 		return err
 	})
-	eventually(t, "cell 0's masking poll reached its hung database", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 0's masking poll reached its hung database", func() error {
 		if accepted.Load() == 0 {
 			return fmt.Errorf("no connection yet")
 		}
@@ -133,7 +134,7 @@ func TestHungCellDatabaseDoesNotStallOtherCells(t *testing.T) {
 	}
 	// The hung cell itself is not stuck either: its pass ends at the deadline and is retried,
 	// on a new connection.
-	eventually(t, "cell 0's hung pass ended by its deadline and retried", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 0's hung pass ended by its deadline and retried", func() error {
 		if n := accepted.Load(); n < 2 {
 			return fmt.Errorf("cell 0's database tried %d times", n)
 		}

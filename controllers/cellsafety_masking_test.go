@@ -13,6 +13,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/control"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // TestMaskingUsesEpochInForceAndDatabaseClock (issue 11 §7): a server whose clock is an hour
@@ -41,7 +42,7 @@ func TestMaskingUsesEpochInForceAndDatabaseClock(t *testing.T) {
 	}
 	createReady(t, ctx, c, set)
 	for _, db := range dbs {
-		eventually(t, "control schema created by the operator", func() error {
+		testenv.Eventually(t, 30*time.Second, "control schema created by the operator", func() error {
 			_, err := control.ReadMasks(ctx, db, control.DefaultSchema)
 			return err
 		})
@@ -62,7 +63,7 @@ func TestMaskingUsesEpochInForceAndDatabaseClock(t *testing.T) {
 		[]control.WindowCount{{Table: "db_07.t_3", WindowStart: time.Now().Add(-time.Hour), Errors: 9, Calls: 9}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "slot 73 masked although the server's clock is an hour behind", func() error {
+	testenv.Eventually(t, 30*time.Second, "slot 73 masked although the server's clock is an hour behind", func() error {
 		// A failing table keeps failing: the server publishes again every window, so a
 		// slow operator pass on a loaded machine still finds the errors inside its span.
 		if err := control.RecordErrors(ctx, dbs["inforce-cell-0"], control.DefaultSchema, "server-slow-clock",
@@ -79,7 +80,7 @@ func TestMaskingUsesEpochInForceAndDatabaseClock(t *testing.T) {
 	// Scale in: cell 1 owns no slot in the newest epoch, which takes effect in an hour. Until
 	// then it owns 500..999 and creates packets there.
 	scale(t, ctx, c, set, 1)
-	eventually(t, "cell 1 draining in the pending epoch", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 1 draining in the pending epoch", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "inforce-cell-1"}, cell); err != nil {
 			return err
@@ -93,7 +94,7 @@ func TestMaskingUsesEpochInForceAndDatabaseClock(t *testing.T) {
 		[]control.WindowCount{{Table: "db_67.t_3", WindowStart: time.Now(), Errors: 9, Calls: 9}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "slot 673 masked in the cell that still owns it", func() error {
+	testenv.Eventually(t, 30*time.Second, "slot 673 masked in the cell that still owns it", func() error {
 		got, err := maskedSlots("inforce-cell-1")
 		if err != nil || len(got) != 1 || got[0] != 673 {
 			return fmt.Errorf("cell 1 masks %v %v", got, err)

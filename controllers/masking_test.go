@@ -49,7 +49,7 @@ func TestMasking(t *testing.T) {
 	}
 	createReady(t, ctx, c, set)
 	for _, db := range dbs {
-		eventually(t, "control schema created by the operator", func() error {
+		testenv.Eventually(t, 30*time.Second, "control schema created by the operator", func() error {
 			_, err := control.ReadMasks(ctx, db, control.DefaultSchema)
 			return err
 		})
@@ -60,7 +60,7 @@ func TestMasking(t *testing.T) {
 		[]control.WindowCount{{Table: "db_07.t_3", WindowStart: time.Now(), Errors: 7, Calls: 9}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "slot 73 masked everywhere", func() error {
+	testenv.Eventually(t, 30*time.Second, "slot 73 masked everywhere", func() error {
 		masks, err := control.ReadMasks(ctx, dbs["masked-cell-0"], control.DefaultSchema)
 		if err != nil {
 			return err
@@ -103,7 +103,7 @@ func TestMasking(t *testing.T) {
 	if err := control.RecordErrors(ctx, dbs["masked-cell-0"], control.DefaultSchema, "server-a", burst); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "budget exhausted", func() error {
+	testenv.Eventually(t, 30*time.Second, "budget exhausted", func() error {
 		s := getSet(t, c, client.ObjectKeyFromObject(set))
 		if s.Status.MaskedSlotCount != 5 {
 			return fmt.Errorf("%d slots masked, want the budget of 5", s.Status.MaskedSlotCount)
@@ -121,7 +121,7 @@ func TestMasking(t *testing.T) {
 	for _, w := range append(burst, control.WindowCount{Table: "db_07.t_3"}) {
 		healthy = append(healthy, control.WindowCount{Table: w.Table, Calls: 3})
 	}
-	eventually(t, "masks lifted after the cool-down", func() error {
+	testenv.Eventually(t, 30*time.Second, "masks lifted after the cool-down", func() error {
 		for i := range healthy {
 			healthy[i].WindowStart = time.Now()
 		}
@@ -190,7 +190,7 @@ func createReady(t *testing.T, ctx context.Context, c client.Client, set *rpv1.R
 	if err := c.Create(ctx, set); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "every cell ready", func() error {
+	testenv.Eventually(t, 30*time.Second, "every cell ready", func() error {
 		cells, err := listCells(ctx, c, set)
 		if err != nil || len(cells) != int(set.Spec.Cells) {
 			return fmt.Errorf("%d cells, %v", len(cells), err)

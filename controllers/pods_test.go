@@ -27,6 +27,7 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // podTemplates are the pod templates of every workload the operator made for set: the
@@ -75,7 +76,7 @@ func restrictedSet(t *testing.T, ctx context.Context, c client.Client) *rpv1.Red
 	if err := c.Create(ctx, set); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "gateway and both cells' workloads", func() error {
+	testenv.Eventually(t, 30*time.Second, "gateway and both cells' workloads", func() error {
 		tpls, err := podTemplates(ctx, c, set)
 		if err != nil {
 			return err
@@ -241,7 +242,7 @@ func TestChildPodsRunOnARealCluster(t *testing.T) {
 	})
 
 	t.Run("the gateway and the databases have disruption budgets", func(t *testing.T) {
-		eventually(t, "PDBs", func() error {
+		testenv.Eventually(t, 30*time.Second, "PDBs", func() error {
 			want := map[string]metav1.Object{set.GatewayName(): set}
 			for i := range cells {
 				want[cells[i].MySQLName()] = &cells[i]
@@ -335,7 +336,7 @@ func TestManagerCachesOnlyItsOwnObjects(t *testing.T) {
 		}
 	}
 	for _, o := range ours {
-		eventually(t, "cache holds "+o.GetName(), func() error {
+		testenv.Eventually(t, 30*time.Second, "cache holds "+o.GetName(), func() error {
 			return mgr.GetCache().Get(ctx, client.ObjectKeyFromObject(o), o.DeepCopyObject().(client.Object))
 		})
 	}
@@ -387,9 +388,9 @@ func TestOperatorRunsWithItsOwnRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range cells {
-		eventually(t, "children of "+cells[i].Name, func() error { return checkCellChildren(ctx, c, &cells[i], set) })
+		testenv.Eventually(t, 30*time.Second, "children of "+cells[i].Name, func() error { return checkCellChildren(ctx, c, &cells[i], set) })
 	}
-	eventually(t, "status written", func() error {
+	testenv.Eventually(t, 30*time.Second, "status written", func() error {
 		s := getSet(t, c, client.ObjectKeyFromObject(set))
 		if s.Status.ObservedGeneration != s.Generation || len(s.Status.Conditions) == 0 {
 			return fmt.Errorf("status not written: %+v", s.Status)

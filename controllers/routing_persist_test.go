@@ -19,6 +19,7 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers/plan"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 func smallSet(name string, cells int32) *rpv1.RedPacketSet {
@@ -72,10 +73,10 @@ func TestRoutingSurvivesConfigMapLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := client.ObjectKeyFromObject(set)
-	eventually(t, "epoch 1 published", func() error { _, err := routingTable(ctx, c, set); return err })
+	testenv.Eventually(t, 30*time.Second, "epoch 1 published", func() error { _, err := routingTable(ctx, c, set); return err })
 	scale(t, ctx, c, set, 6)
 	var want *routing.Table
-	eventually(t, "epoch 2 pending in the ConfigMap and the status", func() error {
+	testenv.Eventually(t, 30*time.Second, "epoch 2 pending in the ConfigMap and the status", func() error {
 		tbl, err := routingTable(ctx, c, set)
 		if err != nil {
 			return err
@@ -120,7 +121,7 @@ func TestRoutingSurvivesConfigMapLoss(t *testing.T) {
 			if err := l.lose(cm); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, "table rebuilt with every epoch", func() error {
+			testenv.Eventually(t, 30*time.Second, "table rebuilt with every epoch", func() error {
 				tbl, err := routingTable(ctx, c, set)
 				if err != nil {
 					return err
@@ -147,7 +148,7 @@ func TestRoutingSurvivesConfigMapLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 		startManager(t, env)
-		eventually(t, "refusal reported", func() error {
+		testenv.Eventually(t, 30*time.Second, "refusal reported", func() error {
 			cond := routingCondition(getSet(t, c, key))
 			if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != rpv1.ReasonRoutingStateLost ||
 				!strings.Contains(cond.Message, "not writing") || strings.Contains(cond.Message, "delete it") {
@@ -179,7 +180,7 @@ func TestRoutingTableBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := client.ObjectKeyFromObject(set)
-	eventually(t, "epoch 1 published", func() error { _, err := routingTable(ctx, c, set); return err })
+	testenv.Eventually(t, 30*time.Second, "epoch 1 published", func() error { _, err := routingTable(ctx, c, set); return err })
 
 	// A generated history: random cell counts every minute for the last day, fragmenting the
 	// ranges, up to the last epoch that fits the budget; it ends on the set's own 4 cells.
@@ -233,7 +234,7 @@ func TestRoutingTableBudget(t *testing.T) {
 	if err := c.Update(ctx, cm); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the long history published and mirrored", func() error {
+	testenv.Eventually(t, 30*time.Second, "the long history published and mirrored", func() error {
 		s := getSet(t, c, key)
 		if s.Status.Routing.CurrentEpoch != tbl.Latest().Number {
 			return fmt.Errorf("status at epoch %d, want %d", s.Status.Routing.CurrentEpoch, tbl.Latest().Number)
@@ -242,7 +243,7 @@ func TestRoutingTableBudget(t *testing.T) {
 	})
 
 	scale(t, ctx, c, set, 5)
-	eventually(t, "the new epoch refused with a condition", func() error {
+	testenv.Eventually(t, 30*time.Second, "the new epoch refused with a condition", func() error {
 		s := getSet(t, c, key)
 		cond := routingCondition(s)
 		if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != rpv1.ReasonRoutingTableFull || !strings.Contains(cond.Message, "size budget") {

@@ -19,6 +19,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/store"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // TestScaleInHoldsUnsettledCell scales a set in and moves the operator's clock past the time
@@ -68,7 +69,7 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 	}
 
 	scale(t, ctx, c, set, 1)
-	eventually(t, "cell 1 draining under epoch 2", func() error {
+	testenv.Eventually(t, 30*time.Second, "cell 1 draining under epoch 2", func() error {
 		s := getSet(t, c, client.ObjectKeyFromObject(set))
 		if s.Status.Routing.CurrentEpoch != 2 {
 			return fmt.Errorf("epoch %d", s.Status.Routing.CurrentEpoch)
@@ -86,7 +87,7 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 	// Past 2×expiry + settle window, but the packet is not settled: epoch 1 stays.
 	skew.Store(int64(4 * time.Hour))
 	touch(t, ctx, c, "shrink-cell-1")
-	eventually(t, "epoch 1 and cell 1 kept for the unsettled packet", func() error {
+	testenv.Eventually(t, 30*time.Second, "epoch 1 and cell 1 kept for the unsettled packet", func() error {
 		s := getSet(t, c, client.ObjectKeyFromObject(set))
 		if len(s.Status.Routing.Epochs) != 2 {
 			return fmt.Errorf("%d epochs kept, want 2", len(s.Status.Routing.Epochs))
@@ -109,7 +110,7 @@ func TestScaleInHoldsUnsettledCell(t *testing.T) {
 		t.Fatal(err)
 	}
 	touch(t, ctx, c, "shrink-cell-1")
-	eventually(t, "epoch 1 pruned and cell 1 deleted once settled", func() error {
+	testenv.Eventually(t, 30*time.Second, "epoch 1 pruned and cell 1 deleted once settled", func() error {
 		err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: "shrink-cell-1"}, &rpv1.RedPacketCell{})
 		if !apierrors.IsNotFound(err) {
 			return fmt.Errorf("cell 1 still there: %v", err)

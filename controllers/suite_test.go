@@ -33,21 +33,8 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
-
-// eventually polls cond until it holds or the deadline passes; no sleeps as synchronisation.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
-}
 
 // startManager runs the operator's controllers against env until the returned stop is called.
 func startManager(t *testing.T, env *envtestutil.Env, opts ...controllers.Options) (stop func()) {
@@ -186,7 +173,7 @@ func TestOperator(t *testing.T) {
 	key := client.ObjectKeyFromObject(set)
 
 	t.Run("sample set yields its children", func(t *testing.T) {
-		eventually(t, "four cells owned by the set", func() error {
+		testenv.Eventually(t, 30*time.Second, "four cells owned by the set", func() error {
 			cells, err := listCells(ctx, c, set)
 			if err != nil {
 				return err
@@ -221,9 +208,9 @@ func TestOperator(t *testing.T) {
 			if n != 250 {
 				t.Errorf("cell %s owns %d slots, want 250", cell.Name, n)
 			}
-			eventually(t, "children of "+cell.Name, func() error { return checkCellChildren(ctx, c, &cell, set) })
+			testenv.Eventually(t, 30*time.Second, "children of "+cell.Name, func() error { return checkCellChildren(ctx, c, &cell, set) })
 		}
-		eventually(t, "routing configmap and gateway", func() error {
+		testenv.Eventually(t, 30*time.Second, "routing configmap and gateway", func() error {
 			tbl, err := routingTable(ctx, c, set)
 			if err != nil {
 				return err
@@ -254,7 +241,7 @@ func TestOperator(t *testing.T) {
 	})
 
 	t.Run("every condition is set and unready children degrade the set", func(t *testing.T) {
-		eventually(t, "every condition with a reason", func() error {
+		testenv.Eventually(t, 30*time.Second, "every condition with a reason", func() error {
 			s := getSet(t, c, key)
 			for _, typ := range []string{rpv1.SetAvailable, rpv1.SetProgressing, rpv1.SetDegraded, rpv1.SetZoneFailureTolerant, rpv1.SetRebalancing, rpv1.SetSlotsMasked, rpv1.SetCellsServing} {
 				cond := meta.FindStatusCondition(s.Status.Conditions, typ)
@@ -291,7 +278,7 @@ func TestOperator(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, "set available", func() error {
+		testenv.Eventually(t, 30*time.Second, "set available", func() error {
 			s := getSet(t, c, key)
 			if st, r := condition(s.Status.Conditions, rpv1.SetAvailable); st != metav1.ConditionTrue || r != rpv1.ReasonAllCellsAvailable {
 				return fmt.Errorf("Available %s/%s", st, r)
@@ -316,7 +303,7 @@ func TestOperator(t *testing.T) {
 	})
 
 	t.Run("printer columns are filled", func(t *testing.T) {
-		eventually(t, "table view", func() error { return checkTable(ctx, env, set) })
+		testenv.Eventually(t, 30*time.Second, "table view", func() error { return checkTable(ctx, env, set) })
 	})
 
 	t.Run("a server outage degrades the set with a reason", func(t *testing.T) {
@@ -327,7 +314,7 @@ func TestOperator(t *testing.T) {
 		if err := markReady(ctx, c, cell, 3); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "degraded naming the cell", func() error {
+		testenv.Eventually(t, 30*time.Second, "degraded naming the cell", func() error {
 			s := getSet(t, c, key)
 			cond := meta.FindStatusCondition(s.Status.Conditions, rpv1.SetDegraded)
 			if cond == nil || cond.Status != metav1.ConditionTrue || cond.Reason != rpv1.ReasonCellsUnavailable {
@@ -344,7 +331,7 @@ func TestOperator(t *testing.T) {
 	})
 
 	t.Run("a cell that cannot serve is named in CellsServing", func(t *testing.T) {
-		eventually(t, "every cell serving", func() error {
+		testenv.Eventually(t, 30*time.Second, "every cell serving", func() error {
 			s := getSet(t, c, key)
 			if st, r := condition(s.Status.Conditions, rpv1.SetCellsServing); st != metav1.ConditionTrue || r != rpv1.ReasonAllCellsServing {
 				return fmt.Errorf("CellsServing %s/%s", st, r)
@@ -358,7 +345,7 @@ func TestOperator(t *testing.T) {
 		if err := markReady(ctx, c, cell, 0); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "CellsServing names the down cell only", func() error {
+		testenv.Eventually(t, 30*time.Second, "CellsServing names the down cell only", func() error {
 			s := getSet(t, c, key)
 			cond := meta.FindStatusCondition(s.Status.Conditions, rpv1.SetCellsServing)
 			if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != rpv1.ReasonCellsNotServing {
@@ -384,7 +371,7 @@ func TestOperator(t *testing.T) {
 			t.Fatal(err)
 		}
 		var before *routing.Epoch
-		eventually(t, "epoch 2 scheduled", func() error {
+		testenv.Eventually(t, 30*time.Second, "epoch 2 scheduled", func() error {
 			tbl, err := routingTable(ctx, c, set)
 			if err != nil {
 				return err
@@ -420,7 +407,7 @@ func TestOperator(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, "rebalance reported as pending", func() error {
+		testenv.Eventually(t, 30*time.Second, "rebalance reported as pending", func() error {
 			s := getSet(t, c, key)
 			if st, r := condition(s.Status.Conditions, rpv1.SetRebalancing); st != metav1.ConditionTrue || r == rpv1.ReasonStable {
 				return fmt.Errorf("Rebalancing %s/%s", st, r)
@@ -429,7 +416,7 @@ func TestOperator(t *testing.T) {
 		})
 		skew.Store(int64(2 * time.Minute))
 		touch(t, ctx, c, set.CellName(0))
-		eventually(t, "rebalance reported then settled", func() error {
+		testenv.Eventually(t, 30*time.Second, "rebalance reported then settled", func() error {
 			s := getSet(t, c, key)
 			st, r := condition(s.Status.Conditions, rpv1.SetRebalancing)
 			if s.Status.Routing.CurrentEpoch != 2 {
@@ -453,7 +440,7 @@ func TestOperator(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, "six cells available", func() error {
+		testenv.Eventually(t, 30*time.Second, "six cells available", func() error {
 			if s := getSet(t, c, key); s.Status.ReadyCells != 6 {
 				return fmt.Errorf("readyCells %d", s.Status.ReadyCells)
 			}

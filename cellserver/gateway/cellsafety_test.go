@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // TestOneDownCellLeavesTheGatewayReady (issue 11 §5): a cell with no ready server gets 503 for
@@ -14,7 +17,7 @@ import (
 func TestOneDownCellLeavesTheGatewayReady(t *testing.T) {
 	table := twoEpochTable()
 	h := newHarness(t, table, 1, cellsABC()...)
-	waitUntil(t, func() bool { return h.gw.Ready() == nil })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return h.gw.Ready() == nil }))
 
 	setReady := func(cell string, ready bool) {
 		h.cells[cell].mu.Lock()
@@ -43,7 +46,7 @@ func TestOneDownCellLeavesTheGatewayReady(t *testing.T) {
 	}
 
 	setReady("c", false)
-	waitUntil(t, func() bool { return len(h.gw.ReadyServers("c")) == 0 })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return len(h.gw.ReadyServers("c")) == 0 }))
 	if a := h.do("GET", "/readyz", ""); a.status != http.StatusOK {
 		t.Fatalf("readyz with one cell down: %d %s, want 200 while cells a and b serve", a.status, a.raw)
 	}
@@ -53,12 +56,12 @@ func TestOneDownCellLeavesTheGatewayReady(t *testing.T) {
 	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 0, 0)), "{}"); a.status != http.StatusOK || a.cell != "a" {
 		t.Errorf("packet of a serving cell: %d from %q %s", a.status, a.cell, a.raw)
 	}
-	waitUntil(t, func() bool { return serving("c") == 0 && serving("a") == 1 && serving("b") == 1 })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return serving("c") == 0 && serving("a") == 1 && serving("b") == 1 }))
 
 	for _, cell := range []string{"a", "b"} {
 		setReady(cell, false)
 	}
-	waitUntil(t, func() bool { return len(h.gw.ReadyServers("a")) == 0 && len(h.gw.ReadyServers("b")) == 0 })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return len(h.gw.ReadyServers("a")) == 0 && len(h.gw.ReadyServers("b")) == 0 }))
 	a := h.do("GET", "/readyz", "")
 	if a.status != http.StatusServiceUnavailable || a.body["code"] != "not_ready" {
 		t.Fatalf("readyz with every cell down: %d %s", a.status, a.raw)
@@ -70,5 +73,5 @@ func TestOneDownCellLeavesTheGatewayReady(t *testing.T) {
 	}
 
 	setReady("b", true)
-	waitUntil(t, func() bool { return h.gw.Ready() == nil && serving("b") == 1 && serving("a") == 0 })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return h.gw.Ready() == nil && serving("b") == 1 && serving("a") == 0 }))
 }

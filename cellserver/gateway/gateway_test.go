@@ -26,6 +26,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/signing"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 var key = []byte("gateway-test-key-0123456789abcdef")
@@ -365,7 +366,7 @@ func TestBadPacketRequests(t *testing.T) {
 	h.cells["c"].mu.Lock()
 	h.cells["c"].ready = map[string]bool{table.Endpoints["c"][0]: false}
 	h.cells["c"].mu.Unlock()
-	waitUntil(t, func() bool { return len(h.gw.ReadyServers("c")) == 0 })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return len(h.gw.ReadyServers("c")) == 0 }))
 	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", packetID(t, epoch2, 3, 0)), "{}"); a.status != http.StatusServiceUnavailable || a.body["code"] != "cell_unavailable" {
 		t.Errorf("unready cell: %d %s", a.status, a.raw)
 	}
@@ -539,7 +540,7 @@ func TestRendezvousPinsPacketToOneServer(t *testing.T) {
 	h.cells["a"].mu.Lock()
 	h.cells["a"].ready = map[string]bool{gone: false}
 	h.cells["a"].mu.Unlock()
-	waitUntil(t, func() bool { return len(h.gw.ReadyServers("a")) == 3 })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return len(h.gw.ReadyServers("a")) == 3 }))
 	for id, server := range serverOf {
 		n, _ := strconv.ParseInt(id, 10, 64)
 		_, now, _, err := h.gw.route(n)
@@ -679,7 +680,7 @@ func TestRoutingFileReloadChangesRouting(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("routing file not reloaded")
 	}
-	waitUntil(t, func() bool { return len(h.gw.ReadyServers("c")) == 1 })
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return len(h.gw.ReadyServers("c")) == 1 }))
 	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", id), "{}"); a.status != http.StatusOK || a.cell != "c" {
 		t.Fatalf("after reload: %d cell %q", a.status, a.cell)
 	}
@@ -705,20 +706,9 @@ rp_gateway_routing_file_refused 0
 	}
 	// A broken file keeps routing as it was and raises the gauge.
 	h.writeRaw([]byte("{broken"))
-	waitUntil(t, h.watcher.Failing)
+	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(h.watcher.Failing))
 	if a := h.do("POST", fmt.Sprintf("/v1/packets/%d/open", id), "{}"); a.status != http.StatusOK || a.cell != "c" {
 		t.Fatalf("after a broken file: %d cell %q", a.status, a.cell)
-	}
-}
-
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached before the deadline")
-		}
-		time.Sleep(5 * time.Millisecond) // polling with a deadline
 	}
 }
 

@@ -41,17 +41,17 @@ func TestGrabStateMarkersAndExpiry(t *testing.T) {
 		t.Fatalf("after Forget: cached=%v opened=%v", cached, opened)
 	}
 	g.SetState(2, guard.PacketState{Status: 1, ExpiresAt: exp, Remaining: 3})
-	waitFor(t, "state entry to expire", func() bool {
+	testenv.Eventually(t, 15*time.Second, "state entry to expire", testenv.Holds(func() bool {
 		_, cached, _ := g.GrabState(2, "bob")
 		return !cached
-	})
+	}))
 	// memcached down: nothing is cached, so the caller asks the DB.
 	g.SetState(3, guard.PacketState{Status: 1, ExpiresAt: exp, Remaining: 3})
 	mc.Kill()
-	waitFor(t, "fallback", func() bool {
+	testenv.Eventually(t, 15*time.Second, "fallback", testenv.Holds(func() bool {
 		_, cached, _ := g.GrabState(3, "bob")
 		return !cached && g.Degraded()
-	})
+	}))
 	g.SetState(3, guard.PacketState{Status: 1, ExpiresAt: exp, Remaining: 2}) // skipped, must not block
 	g.MarkOpened(3, users)
 }

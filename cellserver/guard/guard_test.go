@@ -211,13 +211,13 @@ func TestMemcachedDeathFallsBackToLocalLimitAndRecovers(t *testing.T) {
 	stop := make(chan struct{})
 	wg := l.run(t, g, packet, 200, 0, nil, stop)
 
-	waitFor(t, "some admissions through memcached", func() bool { return l.admitted.Load() > 200 })
+	testenv.Eventually(t, 15*time.Second, "some admissions through memcached", testenv.Holds(func() bool { return l.admitted.Load() > 200 }))
 	mc.Kill()
 	before := l.admitted.Load()
-	waitFor(t, "fallback to local counts", g.Degraded)
-	waitFor(t, "admissions on local counts", func() bool { return l.admitted.Load() > before+500 })
+	testenv.Eventually(t, 15*time.Second, "fallback to local counts", testenv.Holds(g.Degraded))
+	testenv.Eventually(t, 15*time.Second, "admissions on local counts", testenv.Holds(func() bool { return l.admitted.Load() > before+500 }))
 	mc.Restart()
-	waitFor(t, "memcached used again", func() bool { return !g.Degraded() })
+	testenv.Eventually(t, 15*time.Second, "memcached used again", testenv.Holds(func() bool { return !g.Degraded() }))
 	close(stop)
 	wg.Wait()
 
@@ -259,19 +259,19 @@ func TestRemainingCacheWithAndWithoutMemcached(t *testing.T) {
 	g.SetRemaining(2, 7)
 	mc.Kill()
 	// The first call notices memcached is gone; the local copy answers.
-	waitFor(t, "local answer with memcached down", func() bool {
+	testenv.Eventually(t, 15*time.Second, "local answer with memcached down", testenv.Holds(func() bool {
 		n, ok := g.CachedRemaining(2)
 		return ok && n == 7 && g.Degraded()
-	})
+	}))
 	g.SetRemaining(2, 6)
 	if n, ok := g.CachedRemaining(2); !ok || n != 6 {
 		t.Fatalf("local cache %d %v, want 6", n, ok)
 	}
 	mc.Restart()
-	waitFor(t, "memcached used again", func() bool {
+	testenv.Eventually(t, 15*time.Second, "memcached used again", testenv.Holds(func() bool {
 		g.CachedRemaining(3)
 		return !g.Degraded()
-	})
+	}))
 	g.SetRemaining(3, 5)
 	it, err := memcache.New(mc.Addr()).Get("rp:rem:3")
 	if err != nil || string(it.Value) != "5" {
@@ -296,17 +296,5 @@ func TestWithoutMemcachedTheLocalLimitApplies(t *testing.T) {
 	cancel()
 	if _, err := g.Acquire(cctx, 6); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled context: %v", err)
-	}
-}
-
-// waitFor polls cond until it holds or 15 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval
 	}
 }

@@ -309,10 +309,10 @@ func TestMaskedSlotsAreNeverIssued(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "mask picked up", func() bool {
+	testenv.Eventually(t, 10*time.Second, "mask picked up", testenv.Holds(func() bool {
 		_, err := a.Next(ctx, 5)
 		return errors.Is(err, ErrSlotUnavailable)
-	})
+	}))
 	for i := 0; i < 5000; i++ {
 		id, err := a.Next(ctx, -1)
 		if err != nil {
@@ -328,10 +328,10 @@ func TestMaskedSlotsAreNeverIssued(t *testing.T) {
 	if err := control.WriteMasks(ctx, db, schema, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "mask lifted", func() bool {
+	testenv.Eventually(t, 10*time.Second, "mask lifted", testenv.Holds(func() bool {
 		_, err := a.Next(ctx, 5)
 		return err == nil
-	})
+	}))
 }
 
 func TestUnavailableSlotsSayWhy(t *testing.T) {
@@ -481,7 +481,7 @@ func TestUnrenewableLeaseStopsIssuanceAndRecovers(t *testing.T) {
 		}
 	}
 	srv.Restart()
-	waitFor(t, "issuing again after the database came back", func() bool { _, err := issue(); return err == nil })
+	testenv.Eventually(t, 10*time.Second, "issuing again after the database came back", testenv.Holds(func() bool { _, err := issue(); return err == nil }))
 	if err := a.Ready(); err != nil {
 		t.Fatalf("Ready after recovery: %v", err)
 	}
@@ -501,10 +501,10 @@ func TestStolenLeaseIsDetectedAndReplaced(t *testing.T) {
 	if _, err := db.Exec("UPDATE `"+schema+"`.id_workers SET lease_token = 42, holder = 'thief' WHERE worker = ?", old); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a new worker after the lease was taken", func() bool {
+	testenv.Eventually(t, 10*time.Second, "a new worker after the lease was taken", testenv.Holds(func() bool {
 		w := a.Worker()
 		return w >= 0 && w != old
-	})
+	}))
 	id, err := a.Next(ctx, -1)
 	if err != nil {
 		t.Fatal(err)
@@ -567,18 +567,6 @@ func TestExhaustedSequenceWaitsForTheNextSecond(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval, not synchronisation
-	}
-}
-
 // TestStaleRoutingStopsIssuance is finding 11 §1: a server that had not loaded an epoch
 // moving slots away from its cell kept issuing IDs in them, and nothing refused a stale
 // routing file. Now the allocator stops HandoverMargin before an epoch it lacks (announced in
@@ -601,10 +589,10 @@ func TestStaleRoutingStopsIssuance(t *testing.T) {
 		RoutingConfirmed: func() time.Time { return time.Unix(0, confirmed.Load()) },
 		RoutingStale:     time.Minute, Registerer: reg})
 
-	waitFor(t, "epoch 1 reported", func() bool {
+	testenv.Eventually(t, 10*time.Second, "epoch 1 reported", testenv.Holds(func() bool {
 		r, err := control.IssuingReaders(ctx, db, schema)
 		return err == nil && r[a.cfg.Server] == 1
-	})
+	}))
 	if _, err := a.Next(ctx, -1); err != nil {
 		t.Fatalf("a current table must issue: %v", err)
 	}
@@ -613,7 +601,7 @@ func TestStaleRoutingStopsIssuance(t *testing.T) {
 	if err := control.Announce(ctx, db, schema, 2, e2At); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "announcement read", func() bool { return a.announced.Load().Number == 2 })
+	testenv.Eventually(t, 10*time.Second, "announcement read", testenv.Holds(func() bool { return a.announced.Load().Number == 2 }))
 	if _, err := a.Next(ctx, -1); err != nil {
 		t.Fatalf("ten minutes ahead of the unloaded epoch: %v", err)
 	}
@@ -622,7 +610,7 @@ func TestStaleRoutingStopsIssuance(t *testing.T) {
 	if err := control.Announce(ctx, db, schema, 3, e3At); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "announcement read", func() bool { return a.announced.Load().Number == 3 })
+	testenv.Eventually(t, 10*time.Second, "announcement read", testenv.Holds(func() bool { return a.announced.Load().Number == 3 }))
 	_, err := a.Next(ctx, -1)
 	if !errors.Is(err, ErrNotIssuing) || !errors.Is(err, routing.ErrStale) {
 		t.Fatalf("near an announced epoch it lacks the allocator issued: %v", err)
@@ -642,10 +630,10 @@ func TestStaleRoutingStopsIssuance(t *testing.T) {
 	if _, err := a.Next(ctx, -1); err != nil {
 		t.Fatalf("with the announced epoch loaded: %v", err)
 	}
-	waitFor(t, "epoch 3 reported", func() bool {
+	testenv.Eventually(t, 10*time.Second, "epoch 3 reported", testenv.Holds(func() bool {
 		r, err := control.IssuingReaders(ctx, db, schema)
 		return err == nil && r[a.cfg.Server] == 3
-	})
+	}))
 
 	// A routing file not confirmed for longer than the bound stops issuance too.
 	confirmed.Store(time.Now().Add(-2 * time.Minute).UnixNano())

@@ -282,12 +282,12 @@ func TestGrabWithMemcachedDownAnswersFromTheDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs.mc.Restart()
-	waitUntil(t, "grab served from the cache again", func() bool {
+	testenv.Eventually(t, 15*time.Second, "grab served from the cache again", testenv.Holds(func() bool {
 		before, _ := cs.answers(t)
 		cs.grab(t, active.ID, "probe")
 		after, _ := cs.answers(t)
 		return after > before
-	})
+	}))
 	// The restart lost the opened markers: grab may now be optimistic for an opener, and
 	// open answers the first amount again.
 	if e := cs.grab(t, active.ID, "late"); !e.Eligible && e.Reason != packet.ReasonAlreadyOpened {
@@ -344,17 +344,5 @@ func TestGrabAndOpenRaceOnAHotPacket(t *testing.T) {
 	}
 	if e := cs.grab(t, p.ID, "after"); e.Reason != packet.ReasonExhausted {
 		t.Fatalf("grab after the rush: %+v", e)
-	}
-}
-
-// waitUntil polls cond until it holds or 15 s pass.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval
 	}
 }

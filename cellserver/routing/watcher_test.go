@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 func writeTable(t *testing.T, path string, tab *Table) {
@@ -53,7 +55,7 @@ func TestWatcherReloadsAndKeepsLastGood(t *testing.T) {
 	// A new epoch is picked up without a restart.
 	changed := w.Changed()
 	writeTable(t, path, twoEpochs())
-	waitFor(t, changed)
+	testenv.Eventually(t, 5*time.Second, "a reload", testenv.Received(changed))
 	if w.LoadedEpoch() != 2 {
 		t.Fatalf("after reload epoch = %d", w.LoadedEpoch())
 	}
@@ -91,7 +93,7 @@ func TestWatcherReloadsAndKeepsLastGood(t *testing.T) {
 	next := twoEpochs()
 	next.Masked = nil
 	writeTable(t, path, next)
-	waitFor(t, changed)
+	testenv.Eventually(t, 5*time.Second, "a reload", testenv.Received(changed))
 	if w.Failing() || w.Current().IsMasked(2) {
 		t.Fatal("recovered file not in force")
 	}
@@ -135,15 +137,6 @@ func TestNewWatcherFailsWithoutAGoodFile(t *testing.T) {
 	writeRaw(t, bad, []byte(`{"slotCount":0}`))
 	if _, err := NewWatcher(bad, 0, nil); err == nil {
 		t.Error("NewWatcher accepted an invalid table")
-	}
-}
-
-func waitFor(t *testing.T, ch <-chan struct{}) {
-	t.Helper()
-	select {
-	case <-ch:
-	case <-time.After(5 * time.Second):
-		t.Fatal("timed out waiting for a reload")
 	}
 }
 

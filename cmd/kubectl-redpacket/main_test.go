@@ -38,19 +38,6 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
-}
-
 // markReady plays the kubelet for a cell's database and servers, which envtest does not run.
 func markReady(ctx context.Context, c client.Client, cell string) error {
 	sts := &appsv1.StatefulSet{}
@@ -134,12 +121,12 @@ func TestPluginOnARunningSet(t *testing.T) {
 	}
 	layout := shard.Layout{Databases: 2, TablesPerDB: 2, DatabasePrefix: "db_"}
 	for name := range cells {
-		eventually(t, name+" ready", func() error { return markReady(ctx, c, name) })
+		testenv.Eventually(t, 60*time.Second, name+" ready", func() error { return markReady(ctx, c, name) })
 	}
 	// What the cell servers do at start, and the database user of the cell's Secret.
 	for name, d := range cells {
 		secret := &corev1.Secret{}
-		eventually(t, "credentials of "+name, func() error {
+		testenv.Eventually(t, 60*time.Second, "credentials of "+name, func() error {
 			return c.Get(ctx, types.NamespacedName{Namespace: "default", Name: name + "-mysql-credentials"}, secret)
 		})
 		user, pass := string(secret.Data["user"]), string(secret.Data["password"])
@@ -194,7 +181,7 @@ func TestPluginOnARunningSet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "epoch 1 in the set's status", func() error {
+	testenv.Eventually(t, 60*time.Second, "epoch 1 in the set's status", func() error {
 		s := &rpv1.RedPacketSet{}
 		if err := c.Get(ctx, client.ObjectKeyFromObject(set), s); err != nil {
 			return err
@@ -245,7 +232,7 @@ func TestPluginOnARunningSet(t *testing.T) {
 			t.Fatalf("status masks: %d, first %+v", len(s.Masks), s.Masks[0])
 		}
 		// The operator carries the manual mask into the set's status (and the routing table).
-		eventually(t, "manual mask in the set's status", func() error {
+		testenv.Eventually(t, 60*time.Second, "manual mask in the set's status", func() error {
 			got := &rpv1.RedPacketSet{}
 			if err := c.Get(ctx, client.ObjectKeyFromObject(set), got); err != nil {
 				return err
@@ -335,7 +322,7 @@ func TestPluginOnARunningSet(t *testing.T) {
 		if err := c.Update(ctx, got); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "epoch 2 scheduled", func() error {
+		testenv.Eventually(t, 60*time.Second, "epoch 2 scheduled", func() error {
 			s := &rpv1.RedPacketSet{}
 			if err := c.Get(ctx, client.ObjectKeyFromObject(set), s); err != nil {
 				return err

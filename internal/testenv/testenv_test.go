@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -177,4 +178,18 @@ func TestMemcachedKillRestart(t *testing.T) {
 			t.Fatalf("after restart: %v", err)
 		}
 	}
+}
+
+func TestEventually(t *testing.T) {
+	n := 0
+	testenv.Eventually(t, time.Second, "the third call", func() error {
+		if n++; n < 3 {
+			return fmt.Errorf("call %d", n)
+		}
+		return nil
+	})
+	ch := make(chan struct{}, 1)
+	ch <- struct{}{}
+	testenv.Eventually(t, time.Second, "a value", testenv.Received(ch))
+	testenv.Eventually(t, time.Second, "true", testenv.Holds(func() bool { return true }))
 }

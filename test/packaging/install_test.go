@@ -30,6 +30,7 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 const fieldOwner = client.FieldOwner("packaging-test")
@@ -149,7 +150,7 @@ func applyAll(t *testing.T, c client.Client, objs []*unstructured.Unstructured) 
 		}
 	}
 	for _, o := range byKind(objs, "CustomResourceDefinition") {
-		eventually(t, "CRD "+o.GetName()+" established", func() error {
+		testenv.Eventually(t, 60*time.Second, "CRD "+o.GetName()+" established", func() error {
 			var crd apiextensionsv1.CustomResourceDefinition
 			if err := c.Get(ctx, client.ObjectKey{Name: o.GetName()}, &crd); err != nil {
 				return err
@@ -312,7 +313,7 @@ func runOperatorAs(t *testing.T, c client.Client, cfg *rest.Config, user, namesp
 		t.Fatalf("create the sample RedPacketSet: %v", err)
 	}
 	wantCells := nested(t, sample, "spec", "cells")
-	eventually(t, "the operator running as "+user+" expands the sample set", func() error {
+	testenv.Eventually(t, 60*time.Second, "the operator running as "+user+" expands the sample set", func() error {
 		var set rpv1.RedPacketSet
 		if err := c.Get(ctx, client.ObjectKeyFromObject(sample), &set); err != nil {
 			return err
@@ -339,24 +340,10 @@ func runOperatorAs(t *testing.T, c client.Client, cfg *rest.Config, user, namesp
 		}
 		return nil
 	})
-	eventually(t, "the leader election lease in "+namespace, func() error {
+	testenv.Eventually(t, 60*time.Second, "the leader election lease in "+namespace, func() error {
 		lease := &unstructured.Unstructured{}
 		lease.SetAPIVersion("coordination.k8s.io/v1")
 		lease.SetKind("Lease")
 		return c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "redpacket-operator.redpacket.dev"}, lease)
 	})
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
 }

@@ -253,14 +253,14 @@ func (h *harness) waitServerReady(s *server) {
 		time.Sleep(50 * time.Millisecond) // polling with a deadline
 	}
 	// The gateway probes every 50ms; wait until it uses the server again.
-	h.waitUntil(func() bool {
+	testenv.Eventually(h.t, time.Minute, "gateway sees "+s.name, testenv.Holds(func() bool {
 		for _, u := range h.gw.ReadyServers(s.cell) {
 			if u == s.url {
 				return true
 			}
 		}
 		return false
-	}, "gateway sees "+s.name)
+	}))
 }
 
 func (h *harness) waitReady(cell string, n int) {
@@ -271,17 +271,6 @@ func (h *harness) waitReady(cell string, n int) {
 			h.t.Fatalf("cell %s: %d of %d servers ready", cell, len(h.gw.ReadyServers(cell)), n)
 		}
 		time.Sleep(50 * time.Millisecond) // polling with a deadline
-	}
-}
-
-func (h *harness) waitUntil(cond func() bool, what string) {
-	h.t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
 }
 
@@ -327,16 +316,16 @@ func (h *harness) publish(change func(t *routing.Table)) {
 			continue
 		default:
 		}
-		h.waitUntil(func() bool {
+		testenv.Eventually(h.t, time.Minute, s.name+" reloads the routing table", testenv.Holds(func() bool {
 			data, err := os.ReadFile(s.logFile)
 			return err == nil && int64(len(data)) > off && strings.Contains(string(data[off:]), "routing table reloaded")
-		}, s.name+" reloads the routing table")
+		}))
 	}
 	want, _ := h.table.Marshal()
-	h.waitUntil(func() bool {
+	testenv.Eventually(h.t, time.Minute, "gateway loads the new routing table", testenv.Holds(func() bool {
 		got, _ := h.watcher.Current().Marshal()
 		return string(got) == string(want)
-	}, "gateway loads the new routing table")
+	}))
 }
 
 // addEpoch stacks an epoch effective at `at` (whole second) that gives slots lo..hi to cell.

@@ -125,14 +125,14 @@ func TestWrapRetryAfterEpochMovesHome(t *testing.T) {
 	if again := h.do("POST", "/v1/packets", body); again.status != http.StatusOK || again.str("packetId") != first.str("packetId") {
 		t.Fatalf("retry before the epoch: %d %s", again.status, again.raw)
 	}
-	h.waitUntil(func() bool { return !h.clock.Now().Before(e.EffectiveTime) }, "epoch 2 in force")
+	testenv.Eventually(h.t, time.Minute, "epoch 2 in force", testenv.Holds(func() bool { return !h.clock.Now().Before(e.EffectiveTime) }))
 	newReq := h.keyHomedAt("dave", run+"-new-", "sw-cell-1", e.EffectiveTime.Add(routing.KeyHandover), func(slot int) bool { return slot < 500 })
 	newBody := wrapBody("dave", newReq, 400, 4)
 	if got := h.do("POST", "/v1/packets", newBody); h.clock.Now().Before(e.EffectiveTime.Add(routing.KeyHandover-time.Second)) &&
 		(got.status != http.StatusServiceUnavailable || got.str("code") != routing.CodeKeyHandover) {
 		t.Fatalf("new key during the hand-over: %d %s, want 503 %s", got.status, got.raw, routing.CodeKeyHandover)
 	}
-	h.waitUntil(func() bool { return !h.clock.Now().Before(e.EffectiveTime.Add(routing.KeyHandover)) }, "hand-over over")
+	testenv.Eventually(h.t, time.Minute, "hand-over over", testenv.Holds(func() bool { return !h.clock.Now().Before(e.EffectiveTime.Add(routing.KeyHandover)) }))
 	for i := range 3 {
 		again := h.do("POST", "/v1/packets", body)
 		if again.status != http.StatusOK || again.str("packetId") != first.str("packetId") || again.cell != "sw-cell-0" {
@@ -163,7 +163,7 @@ func TestWrapHomeDownRefusesWithoutDuplicating(t *testing.T) {
 	}
 	srv := h.cells[1].servers[0]
 	h.kill9(srv)
-	h.waitUntil(func() bool { return len(h.gw.ReadyServers("sw-cell-1")) == 0 }, "gateway sees cell 1 down")
+	testenv.Eventually(h.t, time.Minute, "gateway sees cell 1 down", testenv.Holds(func() bool { return len(h.gw.ReadyServers("sw-cell-1")) == 0 }))
 	for i := range 5 {
 		if got := h.do("POST", "/v1/packets", body); got.status != http.StatusServiceUnavailable {
 			t.Fatalf("retry %d with the home down: %d from %s %s, want 503", i, got.status, got.cell, got.raw)
