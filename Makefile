@@ -81,6 +81,10 @@ images-debian: ## mariadb:10.11 and memcached:1.6 stand-ins from Debian packages
 vet: ## go vet over every package.
 	$(GO) vet ./...
 
+.PHONY: lint
+lint: go-check ## golangci-lint (.golangci.yml), built from its Go module and cached per version.
+	"$$(hack/build-golangci-lint.sh)" run ./...
+
 ##@ Test
 
 .PHONY: deps

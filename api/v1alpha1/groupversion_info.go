@@ -11,8 +11,9 @@
 package v1alpha1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 )
 
 var (
@@ -20,8 +21,25 @@ var (
 	GroupVersion = schema.GroupVersion{Group: "redpacket.dev", Version: "v1alpha1"}
 
 	// SchemeBuilder registers the types with a runtime scheme.
-	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	SchemeBuilder = &schemeBuilder{}
 
 	// AddToScheme adds the types of this group-version to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+// schemeBuilder collects the types each file registers from its init, for AddToScheme. It
+// stands in for controller-runtime's deprecated scheme.Builder, which did the same over
+// apimachinery's runtime.SchemeBuilder.
+type schemeBuilder struct{ objects []runtime.Object }
+
+// Register adds objects to the types AddToScheme installs.
+func (b *schemeBuilder) Register(objects ...runtime.Object) {
+	b.objects = append(b.objects, objects...)
+}
+
+// AddToScheme installs the registered types, with the meta types every group version carries.
+func (b *schemeBuilder) AddToScheme(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion, b.objects...)
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}

@@ -32,7 +32,7 @@ func newFakeClock(t time.Time) *fakeClock {
 func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
 func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
-var errDB = errors.New("Error 1030: Got error 28 from storage engine")
+var errDB = errors.New("Error 1030: Got error 28 from storage engine") //nolint:staticcheck // MySQL's own text, as the driver reports it
 
 func TestTripsProbesAndRecoversWithMetrics(t *testing.T) {
 	clock := newFakeClock(time.Date(2026, 2, 1, 10, 0, 0, 0, time.UTC))

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,7 +35,7 @@ func TestAgainstRealCellServers(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "cellserver")
-	build := exec.Command(goTool(), "build", "-o", bin, "github.com/redpacketset/redpacket/cmd/cellserver")
+	build := exec.Command(testenv.GoTool(), "build", "-o", bin, "github.com/redpacketset/redpacket/cmd/cellserver")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build cellserver: %v\n%s", err, out)
 	}
@@ -256,11 +255,4 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }

@@ -251,7 +251,7 @@ func ReadyFor(t *routing.Table, readyServers func(cell string) int) error {
 // Handler serves the public API, /healthz and /readyz.
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := g.Ready(); err != nil {
 			writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", err.Error())
@@ -262,7 +262,7 @@ func (g *Gateway) Handler() http.Handler {
 			fmt.Fprintf(w, "ok epoch=%d\n", t.Latest().Number)
 			return
 		}
-		w.Write([]byte("ok\n"))
+		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/v1/packets", g.instrument("create", http.MethodPost, g.serveCreate))
 	mux.Handle("/v1/packets/{id}", g.instrument("details", http.MethodGet, func(w http.ResponseWriter, r *http.Request) {
@@ -624,7 +624,7 @@ func (u *upstream) write(w http.ResponseWriter, cell string) {
 	}
 	w.Header().Set(routing.HeaderCell, cell)
 	w.WriteHeader(u.status)
-	w.Write(u.body)
+	_, _ = w.Write(u.body) // the client went away: nothing is left to tell it
 }
 
 // maxUpstreamBody bounds what the gateway buffers from a cell.

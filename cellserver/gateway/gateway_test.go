@@ -94,7 +94,7 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 		var req struct {
 			RequestID string `json:"requestId"`
 		}
-		json.NewDecoder(r.Body).Decode(&req)
+		_ = json.NewDecoder(r.Body).Decode(&req) // a bad body shows as an empty requestId below
 		slot, err := strconv.Atoi(r.Header.Get(routing.HeaderSlot))
 		if err != nil {
 			http.Error(w, `{"code":"invalid_input"}`, http.StatusBadRequest)
@@ -105,7 +105,7 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 		c.mu.Unlock()
 		if refuse != nil && refuse(req.RequestID, slot) {
 			w.WriteHeader(http.StatusConflict)
-			w.Write([]byte(`{"code":"slot_unavailable","message":"slot masked","field":""}`))
+			_, _ = w.Write([]byte(`{"code":"slot_unavailable","message":"slot masked","field":""}`))
 			return
 		}
 		id, _ := ids.Compose(ids.Parts{Created: time.Now(), Slot: slot, Seq: rand.IntN(ids.MaxSeq)})
@@ -143,10 +143,10 @@ func newFakeServer(t testing.TB, c *fakeCell) *fakeServer {
 			w.Header().Set("Content-Encoding", "gzip")
 			zw := gzip.NewWriter(w)
 			defer zw.Close()
-			json.NewEncoder(zw).Encode(page)
+			_ = json.NewEncoder(zw).Encode(page)
 			return
 		}
-		json.NewEncoder(w).Encode(page)
+		_ = json.NewEncoder(w).Encode(page)
 	})
 	v := signing.NewVerifier(key, 0)
 	s.srv = httptest.NewServer(v.Middleware(mux))
@@ -268,7 +268,7 @@ func (h *harness) do(method, path, body string) answer {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	a := answer{status: resp.StatusCode, cell: resp.Header.Get(routing.HeaderCell), raw: string(raw)}
-	json.Unmarshal(raw, &a.body)
+	_ = json.Unmarshal(raw, &a.body) // not every answer is JSON; raw keeps it
 	return a
 }
 
@@ -593,7 +593,9 @@ func TestHistoryMergesAcrossCellsWithCursor(t *testing.T) {
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("page %d: %d", pages, resp.StatusCode)
 			}
-			json.NewDecoder(resp.Body).Decode(&page)
+			if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+				t.Fatalf("page %d: %v", pages, err)
+			}
 			resp.Body.Close()
 			if len(page.Items) > limit {
 				t.Fatalf("page of %d items, limit %d", len(page.Items), limit)

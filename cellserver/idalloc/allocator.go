@@ -655,7 +655,7 @@ func (a *Allocator) refreshMasks(ctx context.Context) error {
 		}
 		// Stamped with the read's start: the announcement may have moved on since.
 		if t := a.cfg.Routing(); t != nil && t.Latest() != nil && n <= t.Latest().Number {
-			a.current.Store(a.cfg.Clock().Add(started.Sub(time.Now())).UnixNano())
+			a.current.Store(a.cfg.Clock().Add(time.Until(started)).UnixNano())
 		}
 		if t := a.cfg.Routing(); t != nil && t.Latest() != nil && t.Latest().Number != a.reported.Load() {
 			l := t.Latest()

@@ -156,7 +156,9 @@ func TestWatcherFileComesBackUnchanged(t *testing.T) {
 	}
 	// Restored byte for byte with the same mtime (a backup copy): no longer failing.
 	writeRaw(t, path, data)
-	os.Chtimes(path, info.ModTime(), info.ModTime())
+	if err := os.Chtimes(path, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
+	}
 	w.Poll()
 	if w.Failing() || w.Reloads() != 1 {
 		t.Fatalf("restored file: failing=%v reloads=%d", w.Failing(), w.Reloads())
@@ -176,7 +178,9 @@ func TestWatcherBadFileComesBackBad(t *testing.T) {
 	os.Remove(path)
 	w.Poll()
 	writeRaw(t, path, []byte("{bad"))
-	os.Chtimes(path, info.ModTime(), info.ModTime())
+	if err := os.Chtimes(path, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
+	}
 	w.Poll()
 	if !w.Failing() {
 		t.Fatal("the same bad content came back and the watcher stopped reporting it")

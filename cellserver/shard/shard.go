@@ -4,6 +4,9 @@
 // wrap modulo the layout's sizes. The mapping is pure and shared by the store (which creates
 // and queries the tables) and by the breaker and the operator (which turn a failing logical
 // table back into the slots it serves).
+//
+// It must never do I/O or hold state: every tier that places or finds a packet computes the
+// same name from the same ID, and a table name computed two ways would lose packets.
 package shard
 
 import (

@@ -33,7 +33,7 @@ func (c *fakeClock) advance(d time.Duration) {
 // echo answers 200 with the body it read, proving the middleware restored it.
 var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
-	w.Write(b)
+	_, _ = w.Write(b)
 })
 
 func newPair(t *testing.T, opts ...Option) (*Signer, *fakeClock, *httptest.Server, *Verifier) {
@@ -124,7 +124,9 @@ func TestTamperedRequestsFail(t *testing.T) {
 		"wrong key": {func(r *http.Request) *http.Request {
 			other := NewSigner([]byte(strings.Repeat("k", 32)))
 			other.now = s.now
-			other.Sign(r, body)
+			if err := other.Sign(r, body); err != nil {
+				t.Fatal(err)
+			}
 			return r
 		}, HeaderSignature},
 		"no signature":      {func(r *http.Request) *http.Request { r.Header.Del(HeaderSignature); return r }, HeaderSignature},
@@ -255,13 +257,17 @@ func TestRoundTripperSigns(t *testing.T) {
 func TestLoadKey(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good")
-	os.WriteFile(good, append(testKey, '\n'), 0o600)
+	if err := os.WriteFile(good, append(testKey, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	key, err := LoadKey(good)
 	if err != nil || !bytes.Equal(key, testKey) {
 		t.Fatalf("LoadKey = %q, %v", key, err)
 	}
 	short := filepath.Join(dir, "short")
-	os.WriteFile(short, []byte("  hunter2-but-longer  \n"), 0o600)
+	if err := os.WriteFile(short, []byte("  hunter2-but-longer  \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := LoadKey(short); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("short key: %v (must fail and not echo the key)", err)
 	}

@@ -165,7 +165,9 @@ func TestRandomLifecyclesKeepInvariants(t *testing.T) {
 	for key, amt := range told {
 		var id int64
 		var user string
-		fmt.Sscanf(key, "%d/%s", &id, &user)
+		if _, err := fmt.Sscanf(key, "%d/%s", &id, &user); err != nil {
+			t.Fatalf("key %q: %v", key, err)
+		}
 		r, err := f.st.Receipt(ctx, id, user)
 		if err != nil || r.AmountCents != amt {
 			t.Errorf("%s was told %d, recorded %+v (%v)", key, amt, r, err)

@@ -5,7 +5,8 @@
 // docs/design.md §4 end to end.
 //
 // The relay gives at-least-once delivery; the consumer's unique key on the idempotency key
-// turns it into exactly-once effect. Nothing here may ever change a packet row: the cell's
+// turns it into exactly-once effect. Nothing here may ever change a packet row, decide an
+// amount or mark an outbox row delivered before its consumer acknowledged it: the cell's
 // records are the truth the ledger is audited against.
 package wallet
 

@@ -6,6 +6,10 @@
 // Every flag has a default that runs against a local MariaDB, so `cellserver` alone serves a
 // one-cell development setup. SIGTERM drains: readiness turns false, in-flight requests
 // finish, queued opens commit, and the outbox is relayed before the process exits.
+//
+// It wires the cellserver packages together and must never hold a money rule itself (those
+// are packet's and store's), issue an ID in a slot its cell does not own at that second, or
+// answer for a packet another cell owns (routing.Table.CheckOwner).
 package main
 
 import (

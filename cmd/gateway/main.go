@@ -3,6 +3,9 @@
 // API. It reads the routing table from a file it reloads on change (the routing ConfigMap in
 // Kubernetes, routing.json in a local SET) and signs every call to a cell with the key in
 // -signing-key-file.
+//
+// It never touches a database and holds no packet state: everything it knows comes from the
+// routing file and the cells' answers, which it passes on unchanged.
 package main
 
 import (

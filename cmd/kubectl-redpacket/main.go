@@ -11,6 +11,9 @@
 // Commands that read a cell's database use the credentials in the cell's Secret; outside the
 // cluster, give each cell's address with --db-addr CELL=HOST:PORT (e.g. a kubectl
 // port-forward to pod CELL-mysql-0).
+//
+// It must never write packet, outbox or ledger rows: its only writes are manual masks and
+// drain marks in a cell's control schema, and the audit reads.
 package main
 
 import (

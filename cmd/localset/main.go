@@ -4,6 +4,9 @@
 // runs until Ctrl-C or SIGTERM, then stops the tiers in order. Starting it again on the same
 // data directory keeps the data and the ports.
 //
+// It must never decide a plan or a routing table of its own: it runs the operator's planner
+// and routing decision (controllers/plan), and it only ever binds 127.0.0.1.
+//
 //	go run ./cmd/localset up [-f manifest.yaml] [-data .localset] [-max-servers-per-cell 2]
 //	go run ./cmd/localset status [-data .localset]
 package main

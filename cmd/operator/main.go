@@ -1,6 +1,9 @@
 // Command operator runs the RedPacketSet operator: a controller-runtime manager with leader
 // election, health and readiness probes and Prometheus metrics, running the set and cell
 // reconcilers.
+//
+// It only wires flags to controllers.Options and starts the manager: it must never hold a
+// reconcile rule itself, nor talk to a cell's database outside the reconcilers.
 package main
 
 import (

@@ -4,6 +4,9 @@
 // (opens/s, p50/p99/p99.9 per verb, 429s, errors by code) and a conservation audit of every
 // cell's database and wallet ledger against docs/design.md §4. It exits non-zero on any violation.
 //
+// It is a client: it must never write a cell's database (the audit only reads), and it reaches
+// the SET only through its gateway.
+//
 //	rpbench [-localset .localset] [-duration 30s] [-opens N] [-concurrency 64] …
 //	rpbench locks [-levels 8,32,128,256] [-duration 5s]   (lock-strategy comparison; see locks.go)
 package main

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -591,10 +590,7 @@ func Build(ctx context.Context, moduleDir, binDir string, log *slog.Logger) erro
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return fmt.Errorf("build binaries: %w", err)
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
+	goBin := testenv.GoTool()
 	log.Info("building cellserver and gateway (the first build takes a minute or two)", "into", binDir)
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", binDir+string(filepath.Separator), "./cmd/cellserver", "./cmd/gateway")
 	cmd.Dir = moduleDir

@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg Config) ([]Point, Machine, error) {
 	if err := db.Start(ctx, dir, 0); err != nil {
 		return nil, m, err
 	}
-	defer db.Stop()
+	defer func() { _ = db.Stop() }() // the figures are taken; a failed stop loses nothing
 
 	env, err := newEnv(ctx, db.DSN(""), maxCallers, cfg.Log)
 	if err != nil {

@@ -1,6 +1,3 @@
-// Package e2e holds end-to-end tests of a whole SET on this machine: real MariaDB, memcached,
-// cellserver and gateway processes started by internal/localset, driven through the gateway by
-// the load tool's library, and audited against docs/design.md §4 from the cells' databases.
 package e2e
 
 import (

@@ -429,7 +429,9 @@ func festival(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedPacke
 	tab := routingTable(t, ctx, cl, set)
 	opens := int64(3000)
 	if s := os.Getenv("NODE_TEST_OPENS"); s != "" {
-		fmt.Sscan(s, &opens)
+		if _, err := fmt.Sscan(s, &opens); err != nil {
+			t.Fatalf("NODE_TEST_OPENS=%q: %v", s, err)
+		}
 	}
 	res, err := loadgen.Run(ctx, loadgen.Config{
 		Gateway: gw, Concurrency: 16, Opens: opens, Duration: 4 * time.Minute,

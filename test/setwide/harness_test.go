@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,11 +48,7 @@ func cellserverBin(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "cellserver")
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		out, err := exec.Command(goBin, "build", "-o", binPath, "github.com/redpacketset/redpacket/cmd/cellserver").CombinedOutput()
+		out, err := exec.Command(testenv.GoTool(), "build", "-o", binPath, "github.com/redpacketset/redpacket/cmd/cellserver").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("build cellserver: %v\n%s", err, out)
 		}
