@@ -39,74 +39,20 @@ type historyItem struct {
 // cell did not send is older than the last item that cell sent, which is either on the page or
 // older than the page's last item. So paging with the merged cursor misses and repeats nothing.
 func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role string) {
-	user := r.PathValue("user")
-	if user == "" {
-		writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "user", "user must not be empty")
+	q, ok := g.historyQuery(w, r, role)
+	if !ok {
 		return
 	}
-	q := r.URL.Query()
-	limit := g.cfg.HistoryLimit
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > g.cfg.MaxHistoryLimit {
-			writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "limit", fmt.Sprintf("limit must be an integer in 1..%d", g.cfg.MaxHistoryLimit))
-			return
-		}
-		limit = n
-	}
-	before := q.Get("before")
-	if before != "" {
-		if _, err := routing.ParseHistoryCursor(before); err != nil {
-			writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "before", err.Error())
-			return
-		}
-	}
-	t := g.cfg.Routing.Current()
-	if t == nil {
-		writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", "no routing table loaded")
+	cells, ok := g.historyCells(w)
+	if !ok {
 		return
 	}
-	// Every cell that may hold a record: those of every epoch in force by now, and by a
-	// hand-over margin from now, because a cell server whose clock runs ahead of this
-	// gateway's may already create under the next epoch (docs/designdoc/rebalancing.md). A cell
-	// only a later epoch names holds nothing yet and is often not serving yet.
-	cells := t.CellsBy(g.cfg.Now().Add(routing.HandoverMargin))
-	// A missing cell would silently drop part of the history, and the cursor would then skip
-	// it for good; refusing the whole query is the honest answer.
-	for _, cell := range cells {
-		if len(g.ready.Ready(cell)) == 0 {
-			writeError(w, http.StatusServiceUnavailable, routing.CodeCellUnavailable, "", fmt.Sprintf("cell %s has no ready server; history incomplete", cell))
-			return
-		}
-	}
-
-	query := url.Values{"limit": {strconv.Itoa(limit)}}
-	if before != "" {
-		query.Set("before", before)
-	}
-	uri := "/v1/users/" + url.PathEscape(user) + "/" + role + "?" + query.Encode()
-	userKey := hashString(user)
-	verb := "history_" + role
-
-	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.UpstreamTimeout)
-	defer cancel()
-	answers := make([]*upstream, len(cells))
-	errs := make([]error, len(cells))
-	var wg sync.WaitGroup
-	for i, cell := range cells {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			answers[i], errs[i] = g.callCell(ctx, verb, cell, userKey, http.MethodGet, uri, r.Header, nil, nil)
-		}()
-	}
-	wg.Wait()
-
+	answers, errs := g.askCells(r, q, cells)
 	var items []historyItem
 	more := false
 	for i, cell := range cells {
 		if errs[i] != nil {
-			g.upstreamFailed(w, verb, cell, errs[i])
+			g.upstreamFailed(w, q.verb, cell, errs[i])
 			return
 		}
 		a := answers[i]
@@ -124,6 +70,99 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 		items = append(items, page.items...)
 		more = more || page.next != ""
 	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(mergeHistory(items, more, q.limit))
+}
+
+// historyQuery is one history request as every cell is asked it.
+type historyQuery struct {
+	uri     string // the cells' path and query
+	limit   int
+	userKey int64 // rendezvous key: one user's history meets one server per cell
+	verb    string
+}
+
+// historyQuery reads and checks the request, answering 400 itself when it is wrong.
+func (g *Gateway) historyQuery(w http.ResponseWriter, r *http.Request, role string) (historyQuery, bool) {
+	user := r.PathValue("user")
+	if user == "" {
+		writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "user", "user must not be empty")
+		return historyQuery{}, false
+	}
+	q := r.URL.Query()
+	limit := g.cfg.HistoryLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > g.cfg.MaxHistoryLimit {
+			writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "limit", fmt.Sprintf("limit must be an integer in 1..%d", g.cfg.MaxHistoryLimit))
+			return historyQuery{}, false
+		}
+		limit = n
+	}
+	before := q.Get("before")
+	if before != "" {
+		if _, err := routing.ParseHistoryCursor(before); err != nil {
+			writeError(w, http.StatusBadRequest, routing.CodeInvalidInput, "before", err.Error())
+			return historyQuery{}, false
+		}
+	}
+	query := url.Values{"limit": {strconv.Itoa(limit)}}
+	if before != "" {
+		query.Set("before", before)
+	}
+	return historyQuery{
+		uri:     "/v1/users/" + url.PathEscape(user) + "/" + role + "?" + query.Encode(),
+		limit:   limit,
+		userKey: hashString(user),
+		verb:    "history_" + role,
+	}, true
+}
+
+// historyCells lists every cell of the table in force, answering 503 itself when there is no
+// table or a cell has no ready server.
+func (g *Gateway) historyCells(w http.ResponseWriter) ([]string, bool) {
+	t := g.cfg.Routing.Current()
+	if t == nil {
+		writeError(w, http.StatusServiceUnavailable, routing.CodeNotReady, "", "no routing table loaded")
+		return nil, false
+	}
+	// Every cell that may hold a record: those of every epoch in force by now, and by a
+	// hand-over margin from now, because a cell server whose clock runs ahead of this
+	// gateway's may already create under the next epoch (docs/designdoc/rebalancing.md). A cell
+	// only a later epoch names holds nothing yet and is often not serving yet.
+	cells := t.CellsBy(g.cfg.Now().Add(routing.HandoverMargin))
+	// A missing cell would silently drop part of the history, and the cursor would then skip
+	// it for good; refusing the whole query is the honest answer.
+	for _, cell := range cells {
+		if len(g.ready.Ready(cell)) == 0 {
+			writeError(w, http.StatusServiceUnavailable, routing.CodeCellUnavailable, "", fmt.Sprintf("cell %s has no ready server; history incomplete", cell))
+			return nil, false
+		}
+	}
+	return cells, true
+}
+
+// askCells sends q to every cell at once, within the upstream timeout.
+func (g *Gateway) askCells(r *http.Request, q historyQuery, cells []string) ([]*upstream, []error) {
+	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.UpstreamTimeout)
+	defer cancel()
+	answers := make([]*upstream, len(cells))
+	errs := make([]error, len(cells))
+	var wg sync.WaitGroup
+	for i, cell := range cells {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i], errs[i] = g.callCell(ctx, q.verb, cell, q.userKey, http.MethodGet, q.uri, r.Header, nil, nil)
+		}()
+	}
+	wg.Wait()
+	return answers, errs
+}
+
+// mergeHistory is the page of the limit newest items of all cells' pages; more says some cell
+// has items beyond its page.
+func mergeHistory(items []historyItem, more bool, limit int) historyPage {
 	slices.SortFunc(items, func(a, b historyItem) int {
 		switch {
 		case a.pos.NewerThan(b.pos):
@@ -143,8 +182,7 @@ func (g *Gateway) serveHistory(w http.ResponseWriter, r *http.Request, role stri
 	if more && len(items) > 0 {
 		out.Next = items[len(items)-1].pos.String()
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(out)
+	return out
 }
 
 type decodedPage struct {
