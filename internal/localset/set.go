@@ -150,9 +150,30 @@ func Up(ctx context.Context, opts Options) (_ *SET, err error) {
 
 // prepare plans, assigns ports, writes routing.json and the signing key, and builds binaries.
 func (s *SET) prepare(ctx context.Context) error {
+	names, err := s.planCells()
+	if err != nil {
+		return err
+	}
+	if err := s.decideRouting(names); err != nil {
+		return err
+	}
+	if err := s.assignState(); err != nil {
+		return err
+	}
+	if err := s.publishRouting(); err != nil {
+		return err
+	}
+	if err := ensureKey(s.keyPath); err != nil {
+		return err
+	}
+	return s.buildBinaries(ctx)
+}
+
+// planCells runs the operator's planner on the manifest and returns the planned cells' names.
+func (s *SET) planCells() ([]string, error) {
 	p, err := plan.Compute(setplan.PlanInput(s.set))
 	if err != nil {
-		return fmt.Errorf("plan: %w", err)
+		return nil, fmt.Errorf("plan: %w", err)
 	}
 	s.plan = p
 	names := make([]string, len(p.Cells))
@@ -160,21 +181,28 @@ func (s *SET) prepare(ctx context.Context) error {
 		names[i] = c.Name
 		s.planned[c.Name] = c.Servers
 	}
+	return names, nil
+}
 
-	var prevTable *routing.Table
+// decideRouting continues the data directory's routing table (if any) with the planned cells.
+func (s *SET) decideRouting(names []string) error {
+	var prev *routing.Table
 	if _, err := os.Stat(s.routePath); err == nil {
-		if prevTable, err = routing.Load(s.routePath); err != nil {
+		if prev, err = routing.Load(s.routePath); err != nil {
 			return fmt.Errorf("the data directory's routing table is unreadable (fix or remove %s): %w", s.routePath, err)
 		}
-		if prevTable.Set != s.set.Name {
-			return fmt.Errorf("data directory %s holds set %q, the manifest names %q: use another -data", s.dataDir, prevTable.Set, s.set.Name)
+		if prev.Set != s.set.Name {
+			return fmt.Errorf("data directory %s holds set %q, the manifest names %q: use another -data", s.dataDir, prev.Set, s.set.Name)
 		}
 	}
-	s.table, s.running, err = NextRouting(prevTable, s.set.Name, int(s.set.Spec.SlotCount), names, time.Now(), s.set.RebalanceDelayOrDefault())
-	if err != nil {
-		return err
-	}
+	var err error
+	s.table, s.running, err = NextRouting(prev, s.set.Name, int(s.set.Spec.SlotCount), names, time.Now(), s.set.RebalanceDelayOrDefault())
+	return err
+}
 
+// assignState sizes every running cell, keeps the ports and layout of an earlier run, and
+// saves the state.
+func (s *SET) assignState() error {
 	prev, err := LoadState(s.dataDir)
 	if errors.Is(err, ErrNoState) {
 		prev = nil
@@ -217,10 +245,14 @@ func (s *SET) prepare(ctx context.Context) error {
 		return err
 	}
 	s.state = st
+	return nil
+}
 
+// publishRouting writes routing.json with each running cell's started servers as endpoints.
+func (s *SET) publishRouting() error {
 	s.table.Endpoints = map[string][]string{}
 	for _, c := range s.running {
-		cs, _ := st.Cell(c)
+		cs, _ := s.state.Cell(c)
 		s.table.Endpoints[c] = cs.ServerURLs()[:s.started[c]]
 	}
 	data, err := s.table.Marshal()
@@ -230,9 +262,12 @@ func (s *SET) prepare(ctx context.Context) error {
 	if err := writeAtomic(s.routePath, data, 0o644); err != nil {
 		return fmt.Errorf("write routing table: %w", err)
 	}
-	if err := ensureKey(s.keyPath); err != nil {
-		return err
-	}
+	return nil
+}
+
+// buildBinaries installs missing Debian packages when asked and builds the cell server and
+// gateway, unless the options name prebuilt ones.
+func (s *SET) buildBinaries(ctx context.Context) error {
 	if s.opts.InstallDeps {
 		if err := installDeps(ctx, s.opts.ModuleDir, s.log); err != nil {
 			return err
