@@ -43,76 +43,22 @@ func main() {
 // run serves until ctx ends. listening, when set, is told the address once the listener is up
 // (tests listen on port 0).
 func run(ctx context.Context, args []string, listening func(addr string)) error {
-	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	var (
-		listen        = fs.String("listen", ":8080", "address to serve the API, /healthz, /readyz and /metrics on")
-		routingFile   = fs.String("routing-file", "", "routing table file (routing.json); required")
-		keyFile       = fs.String("signing-key-file", "", "file holding the key that signs calls to cells (≥ 32 bytes); required")
-		endpoints     = fs.String("endpoints", "static", "where cell servers come from: static (the routing table's endpoints) or dns (the cell's headless Service)")
-		namespace     = fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the cells' Services (dns endpoints)")
-		serverPort    = fs.Int("server-port", 8080, "cell server port (dns endpoints; 0 reads SRV records)")
-		region        = fs.Int("region", 0, "region this gateway serves; packets of other regions are refused with 421")
-		probeInterval = fs.Duration("probe-interval", time.Second, "how often cell servers' /readyz are probed")
-		probeFailures = fs.Int("probe-failures", 3, "unanswered probes in a row that take a ready server out of rotation (one \"not ready\" answer does at once)")
-		watchInterval = fs.Duration("routing-interval", time.Second, "how often the routing file is checked for changes")
-		upstream      = fs.Duration("upstream-timeout", 10*time.Second, "timeout of one call to a cell")
-		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
-		serverScheme  = fs.String("server-scheme", "http", "scheme of cell servers found by dns endpoints: http or https")
-		serverCA      = fs.String("server-ca-file", "", "PEM CA bundle that signs cell servers' certificates (https cells); empty: system roots")
-		tlsCert       = fs.String("tls-cert-file", "", "PEM certificate to serve HTTPS with (with -tls-key-file); empty: plain HTTP")
-		tlsKey        = fs.String("tls-key-file", "", "PEM private key for -tls-cert-file")
-		drainDelay    = fs.Duration("drain-delay", 5*time.Second, "on shutdown, how long /readyz fails before the listener closes, so endpoints stop routing here first")
-	)
-	if err := fs.Parse(args); err != nil {
+	cfg, err := parseFlags(args)
+	if err != nil {
 		return err
 	}
-
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
-
-	if *routingFile == "" {
-		return errors.New("-routing-file is required")
-	}
-	if *keyFile == "" {
-		return errors.New("-signing-key-file is required")
-	}
-	key, err := signing.LoadKey(*keyFile)
+	cells, err := cfg.cellAccess()
 	if err != nil {
 		return err
 	}
-	var resolver gateway.Resolver
-	switch *endpoints {
-	case "static":
-		resolver = gateway.StaticResolver{}
-	case "dns":
-		if *serverScheme != "http" && *serverScheme != "https" {
-			return fmt.Errorf("-server-scheme: %q, want http or https", *serverScheme)
-		}
-		resolver = gateway.DNSResolver{Namespace: *namespace, Port: *serverPort, Scheme: *serverScheme}
-	default:
-		return fmt.Errorf("-endpoints: %q, want static or dns", *endpoints)
-	}
-	var clientTLS *tls.Config
-	if *serverCA != "" {
-		pem, err := os.ReadFile(*serverCA)
-		if err != nil {
-			return fmt.Errorf("-server-ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("-server-ca-file %s: no PEM certificate found", *serverCA)
-		}
-		clientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	if (*tlsCert == "") != (*tlsKey == "") {
-		return errors.New("-tls-cert-file and -tls-key-file go together")
-	}
 
-	watcher, err := routing.NewWatcher(*routingFile, *watchInterval, log)
+	watcher, err := routing.NewWatcher(cfg.routingFile, cfg.watchInterval, log)
 	if err != nil {
 		return err
 	}
@@ -122,15 +68,15 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	gatherer := prometheus.Gatherers{prometheus.DefaultGatherer, reg}
 	gw, err := gateway.New(gateway.Config{
 		Routing:         watcher,
-		Signer:          signing.NewSigner(key),
-		Resolver:        resolver,
+		Signer:          signing.NewSigner(cells.key),
+		Resolver:        cells.resolver,
 		Registerer:      reg,
 		Log:             log,
-		ProbeInterval:   *probeInterval,
-		ProbeFailures:   *probeFailures,
-		UpstreamTimeout: *upstream,
-		Region:          *region,
-		TLS:             clientTLS,
+		ProbeInterval:   cfg.probeInterval,
+		ProbeFailures:   cfg.probeFailures,
+		UpstreamTimeout: cfg.upstream,
+		Region:          cfg.region,
+		TLS:             cells.tls,
 	})
 	if err != nil {
 		return err
@@ -144,40 +90,132 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{Registry: reg}))
 	mux.Handle("/", gw.Handler())
+	return serve(ctx, cfg, log, mux, gw, func(addr string) {
+		if listening != nil {
+			listening(addr)
+		}
+		log.Info("gateway listening", "addr", addr, "routing_file", cfg.routingFile, "endpoints", cfg.endpoints, "epoch", watcher.LoadedEpoch())
+	})
+}
+
+// config is the gateway's command line.
+type config struct {
+	listen, routingFile, keyFile, endpoints, namespace string
+	serverPort, region, probeFailures                  int
+	probeInterval, watchInterval, upstream, drainDelay time.Duration
+	logLevel, serverScheme, serverCA, tlsCert, tlsKey  string
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.StringVar(&c.listen, "listen", ":8080", "address to serve the API, /healthz, /readyz and /metrics on")
+	fs.StringVar(&c.routingFile, "routing-file", "", "routing table file (routing.json); required")
+	fs.StringVar(&c.keyFile, "signing-key-file", "", "file holding the key that signs calls to cells (≥ 32 bytes); required")
+	fs.StringVar(&c.endpoints, "endpoints", "static", "where cell servers come from: static (the routing table's endpoints) or dns (the cell's headless Service)")
+	fs.StringVar(&c.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the cells' Services (dns endpoints)")
+	fs.IntVar(&c.serverPort, "server-port", 8080, "cell server port (dns endpoints; 0 reads SRV records)")
+	fs.IntVar(&c.region, "region", 0, "region this gateway serves; packets of other regions are refused with 421")
+	fs.DurationVar(&c.probeInterval, "probe-interval", time.Second, "how often cell servers' /readyz are probed")
+	fs.IntVar(&c.probeFailures, "probe-failures", 3, "unanswered probes in a row that take a ready server out of rotation (one \"not ready\" answer does at once)")
+	fs.DurationVar(&c.watchInterval, "routing-interval", time.Second, "how often the routing file is checked for changes")
+	fs.DurationVar(&c.upstream, "upstream-timeout", 10*time.Second, "timeout of one call to a cell")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.serverScheme, "server-scheme", "http", "scheme of cell servers found by dns endpoints: http or https")
+	fs.StringVar(&c.serverCA, "server-ca-file", "", "PEM CA bundle that signs cell servers' certificates (https cells); empty: system roots")
+	fs.StringVar(&c.tlsCert, "tls-cert-file", "", "PEM certificate to serve HTTPS with (with -tls-key-file); empty: plain HTTP")
+	fs.StringVar(&c.tlsKey, "tls-key-file", "", "PEM private key for -tls-cert-file")
+	fs.DurationVar(&c.drainDelay, "drain-delay", 5*time.Second, "on shutdown, how long /readyz fails before the listener closes, so endpoints stop routing here first")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	return c, nil
+}
+
+// cellAccess is how the gateway finds and calls cells: the signing key, where servers come
+// from, and the TLS to reach them with.
+type cellAccess struct {
+	key      []byte
+	resolver gateway.Resolver
+	tls      *tls.Config // nil: plain HTTP or system roots
+}
+
+// cellAccess checks the flags about cells and loads what they name.
+func (c config) cellAccess() (cellAccess, error) {
+	var a cellAccess
+	if c.routingFile == "" {
+		return a, errors.New("-routing-file is required")
+	}
+	if c.keyFile == "" {
+		return a, errors.New("-signing-key-file is required")
+	}
+	key, err := signing.LoadKey(c.keyFile)
+	if err != nil {
+		return a, err
+	}
+	a.key = key
+	switch c.endpoints {
+	case "static":
+		a.resolver = gateway.StaticResolver{}
+	case "dns":
+		if c.serverScheme != "http" && c.serverScheme != "https" {
+			return a, fmt.Errorf("-server-scheme: %q, want http or https", c.serverScheme)
+		}
+		a.resolver = gateway.DNSResolver{Namespace: c.namespace, Port: c.serverPort, Scheme: c.serverScheme}
+	default:
+		return a, fmt.Errorf("-endpoints: %q, want static or dns", c.endpoints)
+	}
+	if c.serverCA != "" {
+		pem, err := os.ReadFile(c.serverCA)
+		if err != nil {
+			return a, fmt.Errorf("-server-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return a, fmt.Errorf("-server-ca-file %s: no PEM certificate found", c.serverCA)
+		}
+		a.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return a, errors.New("-tls-cert-file and -tls-key-file go together")
+	}
+	return a, nil
+}
+
+// serve listens and serves handler until ctx ends, then drains: /readyz fails for the drain
+// delay so endpoints stop routing here, and requests in flight finish.
+func serve(ctx context.Context, cfg config, log *slog.Logger, handler http.Handler, gw *gateway.Gateway, listening func(addr string)) error {
 	srv := &http.Server{
-		Addr:              *listen,
-		Handler:           mux,
+		Addr:              cfg.listen,
+		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", *listen, err)
+		return fmt.Errorf("listen %s: %w", cfg.listen, err)
 	}
 	errc := make(chan error, 1)
-	if *tlsCert != "" {
+	if cfg.tlsCert != "" {
 		// TLS where traffic leaves the pod (docs/design.md §2, Security); the Secret is mounted.
-		go func() { errc <- srv.ServeTLS(ln, *tlsCert, *tlsKey) }()
+		go func() { errc <- srv.ServeTLS(ln, cfg.tlsCert, cfg.tlsKey) }()
 	} else {
 		go func() { errc <- srv.Serve(ln) }()
 	}
-	if listening != nil {
-		listening(ln.Addr().String())
-	}
-	log.Info("gateway listening", "addr", ln.Addr().String(), "routing_file", *routingFile, "endpoints", *endpoints, "epoch", watcher.LoadedEpoch())
+	listening(ln.Addr().String())
 
 	select {
 	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", *listen, err)
+		return fmt.Errorf("serve %s: %w", cfg.listen, err)
 	case <-ctx.Done():
 	}
 	gw.Drain()
-	if *drainDelay > 0 {
-		log.Info("draining before shutdown", "delay", *drainDelay)
+	if cfg.drainDelay > 0 {
+		log.Info("draining before shutdown", "delay", cfg.drainDelay)
 		select {
-		case <-time.After(*drainDelay):
+		case <-time.After(cfg.drainDelay):
 		case err := <-errc:
-			return fmt.Errorf("serve %s: %w", *listen, err)
+			return fmt.Errorf("serve %s: %w", cfg.listen, err)
 		}
 	}
 	// Finish requests in flight: a dropped open would leave its caller unsure whether the money
