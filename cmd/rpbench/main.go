@@ -72,45 +72,116 @@ func (c *cellFlags) Set(v string) error {
 }
 
 func festival(args []string) error {
-	fs := flag.NewFlagSet("rpbench", flag.ContinueOnError)
-	var cfg loadgen.Config
-	var cells cellFlags
-	dataDir := fs.String("localset", ".localset", "data dir of a local SET (`localset up`): gateway URL, cell DSNs, layout and routing come from its state.json")
-	fs.StringVar(&cfg.Gateway, "gateway", "", "gateway base URL (default: the local SET's)")
-	fs.Var(&cells, "cell", "CELL=DSN of a cell's MariaDB for the audit, repeatable (default: the local SET's cells)")
-	walletDSN := fs.String("wallet-dsn", "", "DSN of the wallet ledger when the servers run with -wallet-dsn (default: each cell's own database)")
-	routingFile := fs.String("routing-file", "", "routing.json for the ownership checks (default: the local SET's)")
-	shards := fs.String("shards", "", "shard layout DATABASESxTABLES of the cells (default: the local SET's, else 100x10)")
-	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to run (0: until -opens)")
-	fs.Int64Var(&cfg.Opens, "opens", 0, "stop after this many paid shares (0: until -duration)")
-	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "members tapping at once")
-	fs.IntVar(&cfg.Groups, "groups", 200, "ordinary groups")
-	fs.IntVar(&cfg.Members, "members", 50, "members per ordinary group")
-	fs.IntVar(&cfg.HotPackets, "hot-packets", 4, "hot packets live at once")
-	fs.IntVar(&cfg.HotMembers, "hot-members", 500, "members of each hot packet's group")
-	fs.Float64Var(&cfg.HotShare, "hot-share", 0.3, "fraction of taps aimed at the hot packets (negative: none)")
-	fs.Float64Var(&cfg.HistoryShare, "history-share", 0.02, "fraction of iterations that read a user's history (negative: none)")
-	fs.IntVar(&cfg.MaxCount, "max-count", 0, "the set's most shares per packet (default: the local SET's, else 100)")
-	fs.Int64Var(&cfg.MaxTotalCents, "max-total-cents", 0, "the set's largest packet (default: the local SET's, else 20000)")
-	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: from the clock)")
-	fs.IntVar(&cfg.KeepShares, "check-shares", 200_000, "paid shares the audit checks against receive records one by one")
-	audit := fs.Bool("audit", true, "audit every cell's database and ledger after the run")
-	auditTimeout := fs.Duration("audit-drain-timeout", time.Minute, "how long the audit waits for outboxes to drain")
-	auditSince := fs.Duration("audit-since", 0, "audit packets created this long before the run too (0: only this run's)")
-	maxErrors := fs.Int64("max-errors", 0, "exit non-zero when more unexpected errors than this occur")
-	sweepLevels := fs.String("sweep", "", "run the mix once per concurrency level (e.g. 16,32,64,128), -duration each, and print opens/s and p99 against them")
-	chart := fs.String("chart", "", "with -sweep: write a PNG of opens/s and p99 open against concurrency here")
-	if err := fs.Parse(args); err != nil {
+	o, err := parseFestival(args)
+	if err != nil {
 		return err
 	}
-
-	st, stErr := localset.LoadState(*dataDir)
-	explicitLocal := isSet(fs, "localset")
-	if stErr != nil && (explicitLocal || cfg.Gateway == "") {
-		if errors.Is(stErr, localset.ErrNoState) {
-			return fmt.Errorf("%w: start the local SET first with `make up` in another terminal", stErr)
+	t, err := o.target()
+	if err != nil {
+		return err
+	}
+	cfg := t.cfg
+	tty := isTerminal(os.Stderr)
+	cfg.Progress = func(p loadgen.Progress) { printProgress(os.Stderr, p, tty) }
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fmt.Fprintf(os.Stderr, "rpbench: %s, %d workers, %d groups × %d members, %d hot packets × %d members (%.0f%% of taps), history %.0f%%, limits %d shares / %d cents\n",
+		cfg.Gateway, cfg.Concurrency, cfg.Groups, cfg.Members, cfg.HotPackets, cfg.HotMembers, cfg.HotShare*100, cfg.HistoryShare*100, cfg.MaxCount, cfg.MaxTotalCents)
+	if o.sweepLevels != "" {
+		return o.sweep(ctx, cfg)
+	}
+	procs := componentProcs(t.state)
+	cpu0 := procs.Sample()
+	res, err := loadgen.Run(ctx, cfg)
+	cpu1 := procs.Sample()
+	if tty {
+		fmt.Fprintln(os.Stderr)
+	}
+	if err != nil {
+		return err
+	}
+	printReport(os.Stdout, res)
+	printComponentCPU(os.Stdout, procs, cpu0, cpu1, res)
+	failed := len(res.Misrouted) > 0 || res.Errors > o.maxErrors
+	if o.audit {
+		rep, err := o.auditRun(t, res)
+		if err != nil {
+			return err
 		}
-		return stErr
+		printAudit(os.Stdout, rep)
+		failed = failed || !rep.OK()
+	}
+	if failed {
+		return errFailed
+	}
+	return nil
+}
+
+// festivalOpts is rpbench's command line.
+type festivalOpts struct {
+	cfg                                     loadgen.Config
+	cells                                   cellFlags
+	dataDir, walletDSN, routingFile, shards string
+	explicitLocal                           bool // -localset was given
+	audit                                   bool
+	auditTimeout, auditSince                time.Duration
+	maxErrors                               int64
+	sweepLevels, chart                      string
+}
+
+func parseFestival(args []string) (festivalOpts, error) {
+	var o festivalOpts
+	fs := flag.NewFlagSet("rpbench", flag.ContinueOnError)
+	fs.StringVar(&o.dataDir, "localset", ".localset", "data dir of a local SET (`localset up`): gateway URL, cell DSNs, layout and routing come from its state.json")
+	fs.StringVar(&o.cfg.Gateway, "gateway", "", "gateway base URL (default: the local SET's)")
+	fs.Var(&o.cells, "cell", "CELL=DSN of a cell's MariaDB for the audit, repeatable (default: the local SET's cells)")
+	fs.StringVar(&o.walletDSN, "wallet-dsn", "", "DSN of the wallet ledger when the servers run with -wallet-dsn (default: each cell's own database)")
+	fs.StringVar(&o.routingFile, "routing-file", "", "routing.json for the ownership checks (default: the local SET's)")
+	fs.StringVar(&o.shards, "shards", "", "shard layout DATABASESxTABLES of the cells (default: the local SET's, else 100x10)")
+	fs.DurationVar(&o.cfg.Duration, "duration", 30*time.Second, "how long to run (0: until -opens)")
+	fs.Int64Var(&o.cfg.Opens, "opens", 0, "stop after this many paid shares (0: until -duration)")
+	fs.IntVar(&o.cfg.Concurrency, "concurrency", 64, "members tapping at once")
+	fs.IntVar(&o.cfg.Groups, "groups", 200, "ordinary groups")
+	fs.IntVar(&o.cfg.Members, "members", 50, "members per ordinary group")
+	fs.IntVar(&o.cfg.HotPackets, "hot-packets", 4, "hot packets live at once")
+	fs.IntVar(&o.cfg.HotMembers, "hot-members", 500, "members of each hot packet's group")
+	fs.Float64Var(&o.cfg.HotShare, "hot-share", 0.3, "fraction of taps aimed at the hot packets (negative: none)")
+	fs.Float64Var(&o.cfg.HistoryShare, "history-share", 0.02, "fraction of iterations that read a user's history (negative: none)")
+	fs.IntVar(&o.cfg.MaxCount, "max-count", 0, "the set's most shares per packet (default: the local SET's, else 100)")
+	fs.Int64Var(&o.cfg.MaxTotalCents, "max-total-cents", 0, "the set's largest packet (default: the local SET's, else 20000)")
+	fs.Uint64Var(&o.cfg.Seed, "seed", 0, "random seed (0: from the clock)")
+	fs.IntVar(&o.cfg.KeepShares, "check-shares", 200_000, "paid shares the audit checks against receive records one by one")
+	fs.BoolVar(&o.audit, "audit", true, "audit every cell's database and ledger after the run")
+	fs.DurationVar(&o.auditTimeout, "audit-drain-timeout", time.Minute, "how long the audit waits for outboxes to drain")
+	fs.DurationVar(&o.auditSince, "audit-since", 0, "audit packets created this long before the run too (0: only this run's)")
+	fs.Int64Var(&o.maxErrors, "max-errors", 0, "exit non-zero when more unexpected errors than this occur")
+	fs.StringVar(&o.sweepLevels, "sweep", "", "run the mix once per concurrency level (e.g. 16,32,64,128), -duration each, and print opens/s and p99 against them")
+	fs.StringVar(&o.chart, "chart", "", "with -sweep: write a PNG of opens/s and p99 open against concurrency here")
+	if err := fs.Parse(args); err != nil {
+		return festivalOpts{}, err
+	}
+	o.explicitLocal = isSet(fs, "localset")
+	return o, nil
+}
+
+// festivalTarget is the SET a run drives and audits: from the flags, filled in from the local
+// SET's state where they leave something out.
+type festivalTarget struct {
+	cfg    loadgen.Config
+	cells  []loadgen.CellDB
+	layout shard.Layout
+	table  *routing.Table
+	state  *localset.State // nil without a local SET
+}
+
+func (o festivalOpts) target() (festivalTarget, error) {
+	cfg, cells, routingFile := o.cfg, slices.Clone([]loadgen.CellDB(o.cells)), o.routingFile
+	st, stErr := localset.LoadState(o.dataDir)
+	if stErr != nil && (o.explicitLocal || cfg.Gateway == "") {
+		if errors.Is(stErr, localset.ErrNoState) {
+			return festivalTarget{}, fmt.Errorf("%w: start the local SET first with `make up` in another terminal", stErr)
+		}
+		return festivalTarget{}, stErr
 	}
 	layout := shard.Default
 	var table *routing.Table
@@ -123,8 +194,8 @@ func festival(args []string) error {
 				cells = append(cells, loadgen.CellDB{Name: c.Name, DSN: c.DSN()})
 			}
 		}
-		if *routingFile == "" {
-			*routingFile = st.RoutingPath()
+		if routingFile == "" {
+			routingFile = st.RoutingPath()
 		}
 		layout = st.Layout.Shard()
 		if cfg.MaxCount == 0 {
@@ -137,87 +208,61 @@ func festival(args []string) error {
 	// Without a SET the load would spin on refused connections for the whole run and then
 	// fail the audit; one probe says what is wrong instead.
 	if err := checkGateway(strings.TrimRight(cfg.Gateway, "/")); err != nil {
-		return err
+		return festivalTarget{}, err
 	}
-	if *shards != "" {
-		if _, err := fmt.Sscanf(*shards, "%dx%d", &layout.Databases, &layout.TablesPerDB); err != nil {
-			return fmt.Errorf("-shards %q: want DATABASESxTABLES: %w", *shards, err)
+	if o.shards != "" {
+		if _, err := fmt.Sscanf(o.shards, "%dx%d", &layout.Databases, &layout.TablesPerDB); err != nil {
+			return festivalTarget{}, fmt.Errorf("-shards %q: want DATABASESxTABLES: %w", o.shards, err)
 		}
 	}
-	if *routingFile != "" {
-		t, err := routing.Load(*routingFile)
+	if routingFile != "" {
+		t, err := routing.Load(routingFile)
 		if err != nil {
-			return err
+			return festivalTarget{}, err
 		}
 		table = t
 	}
 	cfg.Routing = table
 	for i := range cells {
-		cells[i].WalletDSN = *walletDSN
+		cells[i].WalletDSN = o.walletDSN
 	}
 	cfg.Gateway = strings.TrimRight(cfg.Gateway, "/")
-	cfg = cfg.WithDefaults()
-	procs := componentProcs(st)
+	return festivalTarget{cfg: cfg.WithDefaults(), cells: cells, layout: layout, table: table, state: st}, nil
+}
 
-	tty := isTerminal(os.Stderr)
-	cfg.Progress = func(p loadgen.Progress) { printProgress(os.Stderr, p, tty) }
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	fmt.Fprintf(os.Stderr, "rpbench: %s, %d workers, %d groups × %d members, %d hot packets × %d members (%.0f%% of taps), history %.0f%%, limits %d shares / %d cents\n",
-		cfg.Gateway, cfg.Concurrency, cfg.Groups, cfg.Members, cfg.HotPackets, cfg.HotMembers, cfg.HotShare*100, cfg.HistoryShare*100, cfg.MaxCount, cfg.MaxTotalCents)
-	if *sweepLevels != "" {
-		levels, err := parseLevels(*sweepLevels)
-		if err != nil {
-			return err
-		}
-		all, err := sweep(ctx, cfg, levels, *chart, os.Stdout)
-		if err != nil {
-			return err
-		}
-		for _, r := range all {
-			if r.Errors > *maxErrors || len(r.Misrouted) > 0 {
-				return errFailed
-			}
-		}
-		return nil
-	}
-	cpu0 := procs.Sample()
-	res, err := loadgen.Run(ctx, cfg)
-	cpu1 := procs.Sample()
-	if tty {
-		fmt.Fprintln(os.Stderr)
-	}
+// sweep runs the mix once per -sweep level.
+func (o festivalOpts) sweep(ctx context.Context, cfg loadgen.Config) error {
+	levels, err := parseLevels(o.sweepLevels)
 	if err != nil {
 		return err
 	}
-	printReport(os.Stdout, res)
-	printComponentCPU(os.Stdout, procs, cpu0, cpu1, res)
-	failed := len(res.Misrouted) > 0 || res.Errors > *maxErrors
-
-	if *audit {
-		if len(cells) == 0 {
-			return errors.New("audit: no cell databases (use -localset or -cell NAME=DSN, or -audit=false)")
-		}
-		fmt.Fprintln(os.Stderr, "rpbench: auditing (waiting for every outbox to drain)…")
-		actx, cancel := context.WithTimeout(context.Background(), *auditTimeout+10*time.Minute)
-		defer cancel()
-		rep, err := loadgen.Audit(actx, loadgen.AuditConfig{
-			Cells: cells, Layout: layout, Routing: table, DrainTimeout: *auditTimeout,
-			From: res.Started.Add(-2*time.Second - *auditSince), To: time.Now().Add(time.Second),
-			Created: res.Created, Shares: res.Shares,
-			CellSchema:   stOr(st, func(s *localset.State) string { return s.CellSchema }),
-			WalletSchema: stOr(st, func(s *localset.State) string { return s.WalletSchema }),
-		})
-		if err != nil {
-			return err
-		}
-		printAudit(os.Stdout, rep)
-		failed = failed || !rep.OK()
+	all, err := sweep(ctx, cfg, levels, o.chart, os.Stdout)
+	if err != nil {
+		return err
 	}
-	if failed {
-		return errFailed
+	for _, r := range all {
+		if r.Errors > o.maxErrors || len(r.Misrouted) > 0 {
+			return errFailed
+		}
 	}
 	return nil
+}
+
+// auditRun checks docs/design.md §4 on every cell after the run.
+func (o festivalOpts) auditRun(t festivalTarget, res *loadgen.Result) (*loadgen.AuditReport, error) {
+	if len(t.cells) == 0 {
+		return nil, errors.New("audit: no cell databases (use -localset or -cell NAME=DSN, or -audit=false)")
+	}
+	fmt.Fprintln(os.Stderr, "rpbench: auditing (waiting for every outbox to drain)…")
+	actx, cancel := context.WithTimeout(context.Background(), o.auditTimeout+10*time.Minute)
+	defer cancel()
+	return loadgen.Audit(actx, loadgen.AuditConfig{
+		Cells: t.cells, Layout: t.layout, Routing: t.table, DrainTimeout: o.auditTimeout,
+		From: res.Started.Add(-2*time.Second - o.auditSince), To: time.Now().Add(time.Second),
+		Created: res.Created, Shares: res.Shares,
+		CellSchema:   stOr(t.state, func(s *localset.State) string { return s.CellSchema }),
+		WalletSchema: stOr(t.state, func(s *localset.State) string { return s.WalletSchema }),
+	})
 }
 
 // checkGateway probes the gateway's readiness once.
