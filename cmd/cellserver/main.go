@@ -248,77 +248,148 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	defer db.Close()
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancelStart()
-	if err := waitDB(startCtx, db, log); err != nil {
+	if err := prepareControl(startCtx, db, cfg, layout, log); err != nil {
 		return err
 	}
-	if err := control.EnsureSchema(startCtx, db, cfg.ControlSchema); err != nil {
-		return fmt.Errorf("control schema: %w", err)
-	}
-	// Before any table is created or read: with another layout this server would create
-	// empty tables and look for the cell's packets in them.
-	if _, err := control.CheckLayout(startCtx, db, cfg.ControlSchema, layout, cfg.ServerName); err != nil {
-		return fmt.Errorf("shard layout: %w", err)
-	}
-
 	var watcher *routing.Watcher
-	var routes func() *routing.Table
-	var confirmed func() time.Time
 	if cfg.RoutingFile != "" {
 		if watcher, err = routing.NewWatcher(cfg.RoutingFile, cfg.RoutingPoll, log); err != nil {
 			return fmt.Errorf("routing: %w", err)
 		}
+	}
+	c, closeCell, err := assemble(ctx, startCtx, cfg, layout, db, watcher, reg, log)
+	defer closeCell()
+	if err != nil {
+		return err
+	}
+	api, err := newAPI(cfg, c, db, reg, log)
+	if err != nil {
+		return err
+	}
+	bg := c.startBackground(cfg, db, watcher, log)
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		bg.abort()
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("cellserver serving", "addr", ln.Addr().String(), "cell", cfg.Cell, "server", cfg.ServerName, "worker", c.alloc.Worker())
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		bg.abort()
+		return fmt.Errorf("serve: %w", err)
+	}
+	c.drain(cfg, srv, bg, log)
+	return nil
+}
+
+// prepareControl waits for the database and checks the control schema before anything else
+// reads or creates a table.
+func prepareControl(ctx context.Context, db *sql.DB, cfg Config, layout shard.Layout, log *slog.Logger) error {
+	if err := waitDB(ctx, db, log); err != nil {
+		return err
+	}
+	if err := control.EnsureSchema(ctx, db, cfg.ControlSchema); err != nil {
+		return fmt.Errorf("control schema: %w", err)
+	}
+	// Before any table is created or read: with another layout this server would create
+	// empty tables and look for the cell's packets in them.
+	if _, err := control.CheckLayout(ctx, db, cfg.ControlSchema, layout, cfg.ServerName); err != nil {
+		return fmt.Errorf("shard layout: %w", err)
+	}
+	return nil
+}
+
+// cell is the data plane of this server, wired together.
+type cell struct {
+	brk       *breaker.Breaker
+	st        *store.Store
+	ledger    *wallet.Ledger
+	alloc     *idalloc.Allocator
+	svc       *packet.Service
+	q         *queue.Queue
+	relay     *wallet.Relay
+	pingCache func() error
+	// routes is the routing table in force (nil without -routing-file): served to gateways.
+	routes   func() *routing.Table
+	draining atomic.Bool // readiness fails from the first moment of a drain
+}
+
+// assemble builds the data plane on db: breaker, store (with its schema), wallet ledger, ID
+// allocator, guard and grab cache, packet service, queue and outbox relay. The returned close
+// releases what it opened, in reverse order; it is safe to call after an error.
+func assemble(ctx, startCtx context.Context, cfg Config, layout shard.Layout, db *sql.DB, watcher *routing.Watcher, reg *prometheus.Registry, log *slog.Logger) (*cell, func(), error) {
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	var routes func() *routing.Table
+	var confirmed func() time.Time
+	if watcher != nil {
 		routes, confirmed = watcher.Current, watcher.Confirmed
 	}
-	brk, err := breaker.New(breaker.Config{Layout: layout, DB: db, Schema: cfg.ControlSchema, Server: cfg.ServerName, Registerer: reg, Logger: log})
+	c := &cell{routes: routes}
+	var err error
+	c.brk, err = breaker.New(breaker.Config{Layout: layout, DB: db, Schema: cfg.ControlSchema, Server: cfg.ServerName, Registerer: reg, Logger: log})
 	if err != nil {
-		return err
+		return nil, closeAll, err
 	}
-	st, err := store.New(db, store.Config{Layout: layout, CellSchema: cfg.CellSchema, Retention: cfg.Retention, Observer: brk, Registerer: reg})
+	c.st, err = store.New(db, store.Config{Layout: layout, CellSchema: cfg.CellSchema, Retention: cfg.Retention, Observer: c.brk, Registerer: reg})
 	if err != nil {
-		return err
+		return nil, closeAll, err
 	}
 	// A first start of the full 100×10 layout creates ~6,000 tables (~25 s on a 2-core
 	// test box); later starts only check them.
 	schemaCtx, cancelSchema := context.WithTimeout(ctx, 10*time.Minute)
-	err = st.EnsureSchema(schemaCtx, time.Now())
+	err = c.st.EnsureSchema(schemaCtx, time.Now())
 	cancelSchema()
 	if err != nil {
-		return err
+		return nil, closeAll, err
 	}
 	walletDB := db
 	if cfg.WalletDSN != "" {
 		if walletDB, err = store.OpenDB(cfg.WalletDSN, 16); err != nil {
-			return fmt.Errorf("wallet db: %w", err)
+			return nil, closeAll, fmt.Errorf("wallet db: %w", err)
 		}
-		defer walletDB.Close()
+		closers = append(closers, func() { walletDB.Close() })
 	}
-	ledger, err := wallet.NewLedger(walletDB, cfg.WalletSchema)
-	if err != nil {
-		return err
+	if c.ledger, err = wallet.NewLedger(walletDB, cfg.WalletSchema); err != nil {
+		return nil, closeAll, err
 	}
-	if err := ledger.EnsureSchema(startCtx); err != nil {
-		return err
+	if err := c.ledger.EnsureSchema(startCtx); err != nil {
+		return nil, closeAll, err
 	}
-	alloc, err := idalloc.NewAllocator(startCtx, idalloc.AllocatorConfig{DB: db, Control: cfg.ControlSchema, Server: cfg.ServerName,
-		Region: cfg.Region, Layout: layout, SlotCount: cfg.Slots, Cell: cfg.Cell, Routing: routes, RoutingConfirmed: confirmed, Breaker: brk,
+	c.alloc, err = idalloc.NewAllocator(startCtx, idalloc.AllocatorConfig{DB: db, Control: cfg.ControlSchema, Server: cfg.ServerName,
+		Region: cfg.Region, Layout: layout, SlotCount: cfg.Slots, Cell: cfg.Cell, Routing: routes, RoutingConfirmed: confirmed, Breaker: c.brk,
 		Registerer: reg, Logger: log})
 	if err != nil {
-		return fmt.Errorf("id allocator: %w", err)
+		return nil, closeAll, fmt.Errorf("id allocator: %w", err)
 	}
-	defer func() {
+	closers = append(closers, func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := alloc.Close(cctx); err != nil {
+		if err := c.alloc.Close(cctx); err != nil {
 			log.Warn("release id lease", "err", err)
 		}
-	}()
+	})
 
 	g, cache, pingCache, closeGuard, err := newGuard(cfg, reg, log)
 	if err != nil {
-		return err
+		return nil, closeAll, err
 	}
-	defer closeGuard()
-	cacheReady := sustained(pingCache, memcachedGrace, time.Now)
+	closers = append(closers, closeGuard)
+	c.pingCache = sustained(pingCache, memcachedGrace, time.Now)
 	limits := packet.DefaultLimits
 	limits.MaxTotalCents, limits.MaxCount = cfg.MaxTotalCents, cfg.MaxCount
 	pcfg := packet.Config{Limits: limits, Expiry: cfg.Expiry, Cache: cache, Log: log, Region: cfg.Region}
@@ -326,36 +397,38 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 		pcfg.Owns = func(id int64) error { return watcher.Current().CheckOwner(cfg.Cell, id) }
 		pcfg.Home = func(key string, now time.Time) error { return watcher.Current().CheckHome(key, cfg.Cell, now) }
 	}
-	svc := packet.New(st, alloc, pcfg)
-	for _, c := range svc.Collectors() {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("register packet metrics: %w", err)
+	c.svc = packet.New(c.st, c.alloc, pcfg)
+	for _, col := range c.svc.Collectors() {
+		if err := reg.Register(col); err != nil {
+			return nil, closeAll, fmt.Errorf("register packet metrics: %w", err)
 		}
 	}
-	q, err := queue.New(svc, queue.Config{Workers: cfg.QueueWorkers, Depth: cfg.QueueDepth, BatchMax: cfg.BatchMax, Guard: g, Registerer: reg})
-	if err != nil {
-		return err
+	if c.q, err = queue.New(c.svc, queue.Config{Workers: cfg.QueueWorkers, Depth: cfg.QueueDepth, BatchMax: cfg.BatchMax, Guard: g, Registerer: reg}); err != nil {
+		return nil, closeAll, err
 	}
-	relay, err := wallet.NewRelay(st, ledger, st, wallet.RelayConfig{Log: log, Registerer: reg})
-	if err != nil {
-		return err
+	if c.relay, err = wallet.NewRelay(c.st, c.ledger, c.st, wallet.RelayConfig{Log: log, Registerer: reg}); err != nil {
+		return nil, closeAll, err
 	}
 	// A packet waits Expiry for payment and is then open for Expiry again.
-	if err := registerStatusGauges(reg, st, watcher, 2*cfg.Expiry); err != nil {
-		return err
+	if err := registerStatusGauges(reg, c.st, watcher, 2*cfg.Expiry); err != nil {
+		return nil, closeAll, err
 	}
+	return c, closeAll, nil
+}
 
-	var draining atomic.Bool
-	apiCfg := httpapi.Config{Service: svc, Queue: q, Registerer: reg, Gatherer: reg, Log: log, Routing: routes,
+// newAPI is the HTTP API over the cell: ready while not draining and while the database (and,
+// with -ready-memcached, memcached) answers; /v1 signed when a key is configured.
+func newAPI(cfg Config, c *cell, db *sql.DB, reg *prometheus.Registry, log *slog.Logger) (*httpapi.API, error) {
+	apiCfg := httpapi.Config{Service: c.svc, Queue: c.q, Registerer: reg, Gatherer: reg, Log: log, Routing: c.routes,
 		Ready: func(ctx context.Context) error {
-			if draining.Load() {
+			if c.draining.Load() {
 				return errors.New("draining")
 			}
 			if err := db.PingContext(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)
 			}
 			if cfg.ReadyMemcached {
-				if err := cacheReady(); err != nil {
+				if err := c.pingCache(); err != nil {
 					return fmt.Errorf("memcached %s: %w", cfg.Memcached, err)
 				}
 			}
@@ -364,7 +437,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 	if cfg.SigningKeyFile != "" {
 		key, err := signing.LoadKey(cfg.SigningKeyFile)
 		if err != nil {
-			return fmt.Errorf("signing key: %w", err)
+			return nil, fmt.Errorf("signing key: %w", err)
 		}
 		// The verifier answers only to this server's own authority, so a request signed for a
 		// sibling server of the cell is refused here even though its ID is not in this
@@ -374,84 +447,79 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready chan<- string)
 			Help: "Signed-request refusals per reason; wrong_server is a replay from a sibling server or a caller using an address missing from -authority.",
 		}, []string{"reason"})
 		if err := reg.Register(refused); err != nil {
-			return fmt.Errorf("register signing metrics: %w", err)
+			return nil, fmt.Errorf("register signing metrics: %w", err)
 		}
 		apiCfg.V1Middleware = signing.NewVerifier(key, cfg.SigningWindow, signing.WithAuthorities(cfg.Authorities...),
 			signing.WithOnReject(func(reason string) { refused.WithLabelValues(reason).Inc() })).Middleware
 	}
-	api, err := httpapi.New(apiCfg)
-	if err != nil {
-		return err
-	}
+	return httpapi.New(apiCfg)
+}
 
-	bg, stopBG := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	spawn := func(f func(context.Context)) { wg.Add(1); go func() { defer wg.Done(); f(bg) }() }
+// background is the server's loops: routing reload and epoch reports, breaker, sweeper,
+// table maintenance, reconciliation, and the outbox relay, which stops last.
+type background struct {
+	stopLoops func()
+	wg        sync.WaitGroup
+	stopRelay func()
+	relayDone chan struct{}
+}
+
+// abort stops every loop without waiting: the server did not start serving.
+func (b *background) abort() {
+	b.stopLoops()
+	b.stopRelay()
+}
+
+func (c *cell) startBackground(cfg Config, db *sql.DB, watcher *routing.Watcher, log *slog.Logger) *background {
+	b := &background{relayDone: make(chan struct{})}
+	ctx, stop := context.WithCancel(context.Background())
+	b.stopLoops = stop
+	spawn := func(f func(context.Context)) { b.wg.Add(1); go func() { defer b.wg.Done(); f(ctx) }() }
 	if watcher != nil {
 		spawn(watcher.Run)
 		spawn(func(ctx context.Context) { reportEpochs(ctx, db, cfg.ControlSchema, cfg.ServerName, watcher, log) })
 		spawn(func(ctx context.Context) { followPublished(ctx, db, cfg.ControlSchema, watcher, cfg.RoutingPoll, log) })
 	}
-	spawn(brk.Run)
-	spawn(func(ctx context.Context) { svc.RunSweeper(ctx, cfg.SweepEvery) })
-	spawn(func(ctx context.Context) { st.Maintain(ctx, time.Hour, time.Now, log) })
+	spawn(c.brk.Run)
+	spawn(func(ctx context.Context) { c.svc.RunSweeper(ctx, cfg.SweepEvery) })
+	spawn(func(ctx context.Context) { c.st.Maintain(ctx, time.Hour, time.Now, log) })
 	if cfg.ReconcileEvery > 0 {
 		spawn(func(ctx context.Context) {
 			// The packet service waits Expiry for payment and then keeps a packet open for
 			// Expiry again.
-			reconcileLoop(ctx, st, ledger, cfg.ReconcileEvery, wallet.ReconcileWindow(cfg.Expiry, cfg.Expiry), log)
+			reconcileLoop(ctx, c.st, c.ledger, cfg.ReconcileEvery, wallet.ReconcileWindow(cfg.Expiry, cfg.Expiry), log)
 		})
 	}
 	relayCtx, stopRelay := context.WithCancel(context.Background())
-	relayDone := make(chan struct{})
-	go func() { defer close(relayDone); relay.Run(relayCtx) }()
+	b.stopRelay = stopRelay
+	go func() { defer close(b.relayDone); c.relay.Run(relayCtx) }()
+	return b
+}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		stopBG()
-		stopRelay()
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("cellserver serving", "addr", ln.Addr().String(), "cell", cfg.Cell, "server", cfg.ServerName, "worker", alloc.Worker())
-	if ready != nil {
-		ready <- ln.Addr().String()
-	}
-
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
-		stopBG()
-		stopRelay()
-		return fmt.Errorf("serve: %w", err)
-	}
-
-	// Drain: stop being ready, finish in-flight requests, commit what is queued, relay.
+// drain stops being ready, finishes in-flight requests, commits what is queued, stops the
+// loops, relays the outbox and publishes the last error counts, within -drain-timeout.
+func (c *cell) drain(cfg Config, srv *http.Server, bg *background, log *slog.Logger) {
 	log.Info("draining")
-	draining.Store(true)
+	c.draining.Store(true)
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
 	if err := srv.Shutdown(dctx); err != nil {
 		log.Warn("http shutdown", "err", err)
 	}
-	if err := q.Close(dctx); err != nil {
+	if err := c.q.Close(dctx); err != nil {
 		log.Warn("queue drain", "err", err)
 	}
-	stopBG()
-	wg.Wait()
-	stopRelay()
-	<-relayDone
-	if err := relay.Drain(dctx); err != nil {
+	bg.stopLoops()
+	bg.wg.Wait()
+	bg.stopRelay()
+	<-bg.relayDone
+	if err := c.relay.Drain(dctx); err != nil {
 		log.Warn("outbox drain incomplete; the next server relays the rest", "err", err)
 	}
-	if err := brk.Publish(dctx); err != nil {
+	if err := c.brk.Publish(dctx); err != nil {
 		log.Warn("publish error counts", "err", err)
 	}
 	log.Info("drained")
-	return nil
 }
 
 // reconcileLoop repairs drift between the cell's records and the ledger every interval.
