@@ -8,11 +8,13 @@ import (
 
 // Eventually polls cond until it returns nil, failing tb with what and cond's last error once
 // within has passed. It is the tests' one way to wait: no sleep stands in for
-// synchronisation. The poll interval is a thousandth of within (5 ms to 100 ms), so a
-// short wait reacts quickly and a long one does not hammer an API server.
+// synchronisation. The poll interval is within/300, from 5 ms to 100 ms: a short wait reacts
+// quickly, and a long one (an operator's reconcile, often with a condition that touches an
+// object to prompt it) polls no faster than every 100 ms, or its own writes would keep the
+// reconciler's status updates conflicting.
 func Eventually(tb testing.TB, within time.Duration, what string, cond func() error) {
 	tb.Helper()
-	every := min(max(within/1000, 5*time.Millisecond), 100*time.Millisecond)
+	every := min(max(within/300, 5*time.Millisecond), 100*time.Millisecond)
 	deadline := time.Now().Add(within)
 	for {
 		err := cond()
