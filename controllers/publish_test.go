@@ -14,6 +14,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // TestRoutingTablePublishedInEveryCell: the table the operator publishes in the ConfigMap is
@@ -38,7 +39,7 @@ func TestRoutingTablePublishedInEveryCell(t *testing.T) {
 
 	inEveryCell := func(want int64) {
 		t.Helper()
-		eventually(t, fmt.Sprintf("epoch %d published in every cell", want), func() error {
+		testenv.Eventually(t, 30*time.Second, fmt.Sprintf("epoch %d published in every cell", want), func() error {
 			cm, err := routingTable(ctx, c, set)
 			if err != nil {
 				return err

@@ -37,6 +37,7 @@ import (
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/controllers"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
+	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
 // Issue 14 §2: every provisioning failure is a condition with a reason, rolled up to the set.
@@ -125,7 +126,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 		}
 	}
 	// The policy is loaded asynchronously: wait until it refuses.
-	eventually(t, "the admission policy refuses statefulsets", func() error {
+	testenv.Eventually(t, 30*time.Second, "the admission policy refuses statefulsets", func() error {
 		probe := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "refused"}, Spec: appsv1.StatefulSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"a": "b"}},
 			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"a": "b"}}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "i"}}}},
@@ -146,7 +147,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 		}
 		key := client.ObjectKeyFromObject(set)
 		cellName := set.CellName(0)
-		eventually(t, "the cell names the refused StatefulSet and the API error", func() error {
+		testenv.Eventually(t, 30*time.Second, "the cell names the refused StatefulSet and the API error", func() error {
 			for _, typ := range []string{rpv1.CellProvisioned, rpv1.CellAvailable} {
 				cond, err := cellCondition(ctx, c, set.Namespace, cellName, typ)
 				if err != nil {
@@ -160,7 +161,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, "the set rolls it up", func() error {
+		testenv.Eventually(t, 30*time.Second, "the set rolls it up", func() error {
 			d := setCondition(t, c, key, rpv1.SetDegraded)
 			if d.Status != metav1.ConditionTrue || d.Reason != rpv1.ReasonProvisioningFailed || !strings.Contains(d.Message, cellName) || !strings.Contains(d.Message, "not allowed") {
 				return fmt.Errorf("Degraded %s/%s %q", d.Status, d.Reason, d.Message)
@@ -180,7 +181,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 		}
 		key := client.ObjectKeyFromObject(set)
 		var cell rpv1.RedPacketCell
-		eventually(t, "cell and children", func() error {
+		testenv.Eventually(t, 30*time.Second, "cell and children", func() error {
 			cells, err := listCells(ctx, c, set)
 			if err != nil || len(cells) != 1 {
 				return fmt.Errorf("%d cells, %v", len(cells), err)
@@ -190,7 +191,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 		})
 		// What the deployment controller writes when Pod Security refuses every pod.
 		const refusal = `pods "forbidden-cell-0-server-7d9f" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true`
-		eventually(t, "ReplicaFailure written", func() error {
+		testenv.Eventually(t, 30*time.Second, "ReplicaFailure written", func() error {
 			dep := &appsv1.Deployment{}
 			if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: cell.ServerName()}, dep); err != nil {
 				return err
@@ -199,7 +200,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 				Reason: "FailedCreate", Message: refusal, LastUpdateTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
 			return c.Status().Update(ctx, dep)
 		})
-		eventually(t, "the cell says its servers' pods cannot be created", func() error {
+		testenv.Eventually(t, 30*time.Second, "the cell says its servers' pods cannot be created", func() error {
 			for _, typ := range []string{rpv1.CellServersReady, rpv1.CellAvailable} {
 				cond, err := cellCondition(ctx, c, set.Namespace, cell.Name, typ)
 				if err != nil {
@@ -211,7 +212,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, "the set is degraded and not up to date", func() error {
+		testenv.Eventually(t, 30*time.Second, "the set is degraded and not up to date", func() error {
 			d := setCondition(t, c, key, rpv1.SetDegraded)
 			p := setCondition(t, c, key, rpv1.SetProgressing)
 			if d.Status != metav1.ConditionTrue || d.Reason != rpv1.ReasonProvisioningFailed || !strings.Contains(d.Message, "PodSecurity") {
@@ -223,7 +224,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 			return nil
 		})
 		// The same for the database's StatefulSet.
-		eventually(t, "ReplicaFailure on the database", func() error {
+		testenv.Eventually(t, 30*time.Second, "ReplicaFailure on the database", func() error {
 			sts := &appsv1.StatefulSet{}
 			if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: cell.MySQLName()}, sts); err != nil {
 				return err
@@ -232,7 +233,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 			sts.Status.Conditions = []appsv1.StatefulSetCondition{{Type: "ReplicaFailure", Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: "exceeded quota: pods", LastTransitionTime: metav1.Now()}}
 			return c.Status().Update(ctx, sts)
 		})
-		eventually(t, "the cell says its database's pods cannot be created", func() error {
+		testenv.Eventually(t, 30*time.Second, "the cell says its database's pods cannot be created", func() error {
 			cond, err := cellCondition(ctx, c, set.Namespace, cell.Name, rpv1.CellDatabaseReady)
 			if err != nil {
 				return err
@@ -278,7 +279,7 @@ func TestEventsPerCell(t *testing.T) {
 	if err := c.Create(ctx, set); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "one CellCreated event per cell", func() error {
+	testenv.Eventually(t, 30*time.Second, "one CellCreated event per cell", func() error {
 		got, err := setEvents(ctx, c, set, "CellCreated")
 		if err != nil {
 			return err
@@ -310,7 +311,7 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := client.ObjectKeyFromObject(set)
-	eventually(t, "two cells, no never-routed proof on either (epoch 1 is in force)", func() error {
+	testenv.Eventually(t, 30*time.Second, "two cells, no never-routed proof on either (epoch 1 is in force)", func() error {
 		cells, err := listCells(ctx, c, set)
 		if err != nil || len(cells) != 2 {
 			return fmt.Errorf("%d cells, %v", len(cells), err)
@@ -325,7 +326,7 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 
 	scale(t, ctx, c, set, 3)
 	newCell := set.CellName(2)
-	eventually(t, "the new cell exists for the pending epoch, marked never-routed", func() error {
+	testenv.Eventually(t, 30*time.Second, "the new cell exists for the pending epoch, marked never-routed", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: newCell}, cell); err != nil {
 			return err
@@ -337,7 +338,7 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 	})
 
 	scale(t, ctx, c, set, 2) // cancelled 10 minutes before the epoch would take effect
-	eventually(t, "the cancelled cell is deleted", func() error {
+	testenv.Eventually(t, 30*time.Second, "the cancelled cell is deleted", func() error {
 		err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: newCell}, &rpv1.RedPacketCell{})
 		if !apierrors.IsNotFound(err) {
 			return fmt.Errorf("cell %s still there: %v", newCell, err)
@@ -356,12 +357,12 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 	// Now a scale-out that takes effect: the proof goes as the epoch commits, and the cell
 	// is held (its database cannot say it is empty) although the scale-out is then undone.
 	scale(t, ctx, c, set, 3)
-	eventually(t, "the new cell exists again", func() error {
+	testenv.Eventually(t, 30*time.Second, "the new cell exists again", func() error {
 		return c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: newCell}, &rpv1.RedPacketCell{})
 	})
 	skew.Store(int64(11 * time.Minute))
 	touch(t, ctx, c, newCell)
-	eventually(t, "the proof is taken off once the epoch is in force", func() error {
+	testenv.Eventually(t, 30*time.Second, "the proof is taken off once the epoch is in force", func() error {
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: newCell}, cell); err != nil {
 			return err
@@ -377,7 +378,7 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 	})
 	before := getSet(t, c, key).Status.Routing.CurrentEpoch
 	scale(t, ctx, c, set, 2)
-	eventually(t, "the scale-back epoch is planned", func() error {
+	testenv.Eventually(t, 30*time.Second, "the scale-back epoch is planned", func() error {
 		if n := getSet(t, c, key).Status.Routing.CurrentEpoch; n <= before {
 			return fmt.Errorf("current epoch %d", n)
 		}
@@ -386,7 +387,7 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 	// Past the scale-back epoch: the cell owns no slot, but an epoch that was in force names
 	// it and its database never answers, so nothing can show it empty: it stays, draining.
 	skew.Store(int64(11*time.Minute + 30*time.Minute))
-	eventually(t, "the routed cell is kept, draining", func() error {
+	testenv.Eventually(t, 30*time.Second, "the routed cell is kept, draining", func() error {
 		touch(t, ctx, c, newCell)
 		cell := &rpv1.RedPacketCell{}
 		if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: newCell}, cell); err != nil {
@@ -477,8 +478,8 @@ func TestBadStoredValueDoesNotStallOtherSets(t *testing.T) {
 	if err := unstructured.SetNestedField(bad.Object, "abc", "spec", "rebalanceDelay"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the set with rebalanceDelay abc stored", func() error { return c.Create(ctx, bad.DeepCopy()) })
-	eventually(t, "the CRD's rule restored", func() error {
+	testenv.Eventually(t, 30*time.Second, "the set with rebalanceDelay abc stored", func() error { return c.Create(ctx, bad.DeepCopy()) })
+	testenv.Eventually(t, 30*time.Second, "the CRD's rule restored", func() error {
 		cur := &apiextensionsv1.CustomResourceDefinition{}
 		if err := crds.Get(ctx, crdKey, cur); err != nil {
 			return err
@@ -500,7 +501,7 @@ func TestBadStoredValueDoesNotStallOtherSets(t *testing.T) {
 	if err := c.Create(ctx, good); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the good set is reconciled", func() error {
+	testenv.Eventually(t, 30*time.Second, "the good set is reconciled", func() error {
 		cells, err := listCells(ctx, c, good)
 		if err != nil || len(cells) != 2 {
 			return fmt.Errorf("%d cells, %v", len(cells), err)
@@ -510,7 +511,7 @@ func TestBadStoredValueDoesNotStallOtherSets(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, "the bad set gets a condition naming the field", func() error {
+	testenv.Eventually(t, 30*time.Second, "the bad set gets a condition naming the field", func() error {
 		d := setCondition(t, c, types.NamespacedName{Namespace: "default", Name: "bad"}, rpv1.SetDegraded)
 		if d.Status != metav1.ConditionTrue || d.Reason != rpv1.ReasonInvalidSpec || !strings.Contains(d.Message, `spec.rebalanceDelay: "abc" is not a duration`) {
 			return fmt.Errorf("Degraded %s/%s %q", d.Status, d.Reason, d.Message)
@@ -526,7 +527,7 @@ func TestBadStoredValueDoesNotStallOtherSets(t *testing.T) {
 	if v, _, _ := unstructured.NestedString(stored.Object, "spec", "rebalanceDelay"); v != "abc" {
 		t.Errorf("stored rebalanceDelay became %q", v)
 	}
-	eventually(t, "ready: every informer lists", func() error { return readyz(mgr, health) })
+	testenv.Eventually(t, 30*time.Second, "ready: every informer lists", func() error { return readyz(mgr, health) })
 }
 
 // TestReadyzReflectsAManagerThatCannotList: with a cache (the manager's, configured as the
@@ -551,7 +552,7 @@ func TestReadyzReflectsAManagerThatCannotList(t *testing.T) {
 	go func() { _ = cc.Start(ctx) }()
 	check := health.Checker(cc)
 	req, _ := http.NewRequest(http.MethodGet, "/readyz", nil)
-	eventually(t, "unready naming the failed list", func() error {
+	testenv.Eventually(t, 30*time.Second, "unready naming the failed list", func() error {
 		err := check(req)
 		if err == nil {
 			return errors.New("ready although nothing can be listed")

@@ -26,7 +26,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 
 	"github.com/go-sql-driver/mysql"
@@ -37,7 +36,6 @@ type Connector struct {
 	addrs []string
 	log   *slog.Logger
 
-	mu         sync.Mutex
 	connectors map[string]driver.Connector
 	primary    atomic.Pointer[string]
 }
