@@ -39,6 +39,9 @@ type Instance struct {
 	// UnreachableSince is when the gatherer first failed to reach it (zero while reachable).
 	UnreachableSince time.Time
 	Err              string // why it is unreachable
+	// StalledSince is when what it holds (Received) last changed, as the gatherer saw it
+	// across observations; zero when it changed in this one or the gatherer cannot tell.
+	StalledSince time.Time
 
 	ReadOnly        bool // @@read_only
 	SemiSyncPrimary bool // @@rpl_semi_sync_master_enabled
@@ -54,7 +57,7 @@ type Instance struct {
 // Replication is a replica's view of its source.
 type Replication struct {
 	SourceAddr string
-	IORunning  bool // Slave_IO_Running is Yes or Connecting
+	IORunning  bool // Slave_IO_Running is anything but No: Yes, Connecting, Preparing
 	SQLRunning bool
 	// IOPos is Gtid_IO_Pos: the last GTID received into the relay log (acknowledged to a
 	// semi-sync primary), which the SQL thread may not have applied yet.
@@ -159,6 +162,9 @@ type Policy struct {
 	// DegradeAfter is how long no replica may be able to replicate (every other instance
 	// refused or unreachable this long) before the primary stops waiting for one. Default 15 s.
 	DegradeAfter time.Duration
+	// StallAfter is how long a replica may stay behind its primary without receiving anything
+	// before its replication is restarted. Default 15 s.
+	StallAfter time.Duration
 }
 
 func (p Policy) withDefaults() Policy {
@@ -167,6 +173,9 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.DegradeAfter <= 0 {
 		p.DegradeAfter = 15 * time.Second
+	}
+	if p.StallAfter <= 0 {
+		p.StallAfter = 15 * time.Second
 	}
 	return p
 }
@@ -194,7 +203,7 @@ const (
 	OpFence     Op = "Fence"     // read_only=1, semi-sync primary off
 	OpSemiSync  Op = "SemiSync"  // set the primary's semi-sync wait to On
 	OpOpen      Op = "Open"      // drop replication settings, read_only=0
-	OpRepoint   Op = "Repoint"   // replicate from the primary with MASTER_USE_GTID=slave_pos
+	OpRepoint   Op = "Repoint"   // replicate from the primary with MASTER_USE_GTID=slave_pos (Reason "stalled": restart a stalled one)
 	OpFailover  Op = "Failover"  // drain the replicas, choose, promote (Manager.failover)
 	OpCaughtUp  Op = "CaughtUp"  // clear History.SemiSyncOff: a replica holds all the primary did alone
 )
@@ -204,7 +213,7 @@ type Step struct {
 	Op       Op
 	Instance int
 	On       bool   // OpSemiSync
-	Reason   string // OpRefuse, OpFence
+	Reason   string // OpRefuse, OpFence, OpRepoint of a stalled replica
 }
 
 func (s Step) String() string {
@@ -213,6 +222,10 @@ func (s Step) String() string {
 		return fmt.Sprintf("%s(%d, on=%v)", s.Op, s.Instance, s.On)
 	case OpRefuse, OpFence:
 		return fmt.Sprintf("%s(%d: %s)", s.Op, s.Instance, s.Reason)
+	case OpRepoint:
+		if s.Reason != "" {
+			return fmt.Sprintf("%s(%d: %s)", s.Op, s.Instance, s.Reason)
+		}
 	}
 	return fmt.Sprintf("%s(%d)", s.Op, s.Instance)
 }
@@ -290,6 +303,14 @@ func Decide(o Observation, pol Policy) Decision {
 		if r := in.Replication; r == nil || r.SourceAddr != p.Addr || !r.IORunning || !r.SQLRunning {
 			repoints = append(repoints, Step{Op: OpRepoint, Instance: in.Index})
 			missing = append(missing, fmt.Sprintf("instance %d not replicating from the primary yet", in.Index))
+		} else if stalled(in, p, o.Now, pol) {
+			// Connected but receiving nothing while behind: the primary's commits wait for an
+			// acknowledgement that never comes. Seen on MariaDB 10.11 after a replica was
+			// repointed while its IO thread was still starting: the primary's dump thread for
+			// it hung, and every reconnect got nothing.
+			why := fmt.Sprintf("stalled at %s for %s while the primary is at %s", in.Received(), o.Now.Sub(in.StalledSince).Round(time.Second), p.CurrentPos)
+			repoints = append(repoints, Step{Op: OpRepoint, Instance: in.Index, Reason: why})
+			missing = append(missing, fmt.Sprintf("instance %d %s", in.Index, why))
 		}
 	}
 	d.Steps = append(d.Steps, fences...)
@@ -329,6 +350,11 @@ func Decide(o Observation, pol Policy) Decision {
 		d.Message = fmt.Sprintf("primary %d writable, %d replicas replicating semi-synchronously", t.Primary, len(o.Instances)-1)
 	}
 	return d
+}
+
+// stalled: in has received nothing for StallAfter while it lacks some of what p holds.
+func stalled(in, p Instance, now time.Time, pol Policy) bool {
+	return !in.StalledSince.IsZero() && now.Sub(in.StalledSince) >= pol.StallAfter && !in.Received().Covers(p.CurrentPos)
 }
 
 // caughtUpReplica is a replica replicating from p, neither refused nor errant, that holds

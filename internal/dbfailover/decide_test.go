@@ -150,6 +150,14 @@ func TestDecide(t *testing.T) {
 			insts: []Instance{primary(0, "0-1-90"), replica(1, 0, "0-2-91", "0-1-90", "0-1-90,0-2-91")}, steps: []Op{OpRefuse, OpSemiSync}},
 		{name: "a replica of another source never counts as caught up", hist: alone(term1()), reason: ReasonConfiguring, ready: true,
 			insts: []Instance{primary(0, "0-1-90"), replica(1, 2, "0-1-90", "0-1-90", "0-1-90"), down(2, t0)}, steps: []Op{OpRepoint}},
+		{name: "replica behind and receiving nothing for StallAfter: restarted", hist: term1(), now: t0.Add(20 * time.Second), reason: ReasonConfiguring, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), stalledAt(replica(1, 0, "0-1-60", "0-1-60", "0-1-60"), t0)}, steps: []Op{OpRepoint}, inMessage: "stalled"},
+		{name: "replica behind but received something since: left alone", hist: term1(), now: t0.Add(20 * time.Second), reason: ReasonHealthy, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), replica(1, 0, "0-1-60", "0-1-60", "0-1-60")}},
+		{name: "replica behind, unchanged for less than StallAfter: left alone", hist: term1(), now: t0.Add(5 * time.Second), reason: ReasonHealthy, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), stalledAt(replica(1, 0, "0-1-60", "0-1-60", "0-1-60"), t0)}},
+		{name: "idle replica holding everything is not stalled", hist: term1(), now: t0.Add(time.Hour), reason: ReasonHealthy, ready: true,
+			insts: []Instance{primary(0, "0-1-90"), stalledAt(replica(1, 0, "0-1-90", "0-1-90", "0-1-90"), t0)}},
 	} {
 		now := tc.now
 		if now.IsZero() {
@@ -261,6 +269,8 @@ func withReadOnly(in Instance, readOnly, semiSync bool) Instance {
 	in.ReadOnly, in.SemiSyncPrimary = readOnly, semiSync
 	return in
 }
+
+func stalledAt(in Instance, since time.Time) Instance { in.StalledSince = since; return in }
 
 func unwired(in Instance) Instance { in.Replication = nil; return in }
 

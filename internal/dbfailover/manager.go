@@ -41,7 +41,7 @@ type HistoryStore interface {
 
 // Event is something a person should see (a Kubernetes event, a log line locally).
 type Event struct {
-	Reason  string // Failover, Refused, Fenced, SemiSyncOff, SemiSyncOn, CaughtUp
+	Reason  string // Failover, Refused, Fenced, SemiSyncOff, SemiSyncOn, CaughtUp, ReplicationRestarted
 	Message string
 	Warning bool
 }
@@ -61,7 +61,14 @@ type Manager struct {
 	mu        sync.Mutex
 	dbs       map[string]*sql.DB
 	downSince map[int]time.Time
+	progress  map[int]progress
 	last      Decision
+}
+
+// progress is what an instance held when the gatherer last saw it change.
+type progress struct {
+	received string
+	since    time.Time
 }
 
 // Reconcile gathers every instance, decides, and applies the steps, then gathers and decides
@@ -135,11 +142,21 @@ func (m *Manager) observeAll(ctx context.Context) []Instance {
 		m.downSince = map[int]time.Time{}
 	}
 	now := m.now()
+	if m.progress == nil {
+		m.progress = map[int]progress{}
+	}
 	for i := range out {
 		if out[i].Reachable {
 			delete(m.downSince, i)
+			got := out[i].Received().String()
+			if pr, ok := m.progress[i]; ok && pr.received == got {
+				out[i].StalledSince = pr.since
+			} else {
+				m.progress[i] = progress{received: got, since: now}
+			}
 			continue
 		}
+		delete(m.progress, i)
 		if _, ok := m.downSince[i]; !ok {
 			m.downSince[i] = now
 		}
@@ -220,6 +237,13 @@ func (m *Manager) step(ctx context.Context, s Step, ep Endpoint, d Decision, ins
 		return open(ctx, db)
 	case OpRepoint:
 		src := m.Cell.Instances[d.Primary].Addr
+		if s.Reason != "" {
+			m.event(Event{Reason: "ReplicationRestarted", Warning: true, Message: fmt.Sprintf("replica %d (%s) restarted: %s", s.Instance, ep.Addr, s.Reason)})
+			if err := killDumps(ctx, m.db(src)); err != nil {
+				return err
+			}
+			delete(m.progress, s.Instance) // a fresh StallAfter for the restarted replica
+		}
 		return repoint(ctx, db, src, m.Cell.ReplUser, m.Cell.ReplPassword)
 	case OpFailover:
 		return m.failover(ctx, insts, h)

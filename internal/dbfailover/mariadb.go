@@ -68,7 +68,9 @@ func slaveStatus(ctx context.Context, db *sql.DB) (*Replication, error) {
 	}
 	r := &Replication{
 		SourceAddr: net.JoinHostPort(f["Master_Host"], f["Master_Port"]),
-		IORunning:  f["Slave_IO_Running"] == "Yes" || f["Slave_IO_Running"] == "Connecting",
+		// "Preparing" (10.11: connected, asking for the dump) is running too: repointing a
+		// replica in that state is what left a primary's dump thread hung.
+		IORunning:  f["Slave_IO_Running"] != "" && f["Slave_IO_Running"] != "No",
 		SQLRunning: f["Slave_SQL_Running"] == "Yes",
 	}
 	if r.IOPos, err = ParsePosition(f["Gtid_IO_Pos"]); err != nil {
@@ -188,6 +190,30 @@ func repoint(ctx context.Context, db *sql.DB, src, user, password string) error 
 		}
 	}
 	return nil
+}
+
+// killDumps ends the primary's binlog dump threads, so a replica that reconnects gets a fresh
+// one instead of waiting behind a hung one. Every replica reconnects within
+// MASTER_CONNECT_RETRY (1 s); only a stalled replica's restart calls it.
+func killDumps(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, "SELECT id FROM information_schema.PROCESSLIST WHERE command LIKE 'Binlog Dump%'")
+	if err != nil {
+		return fmt.Errorf("list binlog dump threads: %w", err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	for _, id := range ids {
+		_, _ = db.ExecContext(ctx, fmt.Sprintf("KILL %d", id)) // gone meanwhile: fine
+	}
+	return rows.Err()
 }
 
 // stopReceiving stops a replica's IO thread so it takes nothing more from the lost primary,
