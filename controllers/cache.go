@@ -26,5 +26,6 @@ func CacheByObject() map[client.Object]cache.ByObject {
 		&appsv1.Deployment{}:            own,
 		&appsv1.StatefulSet{}:           own,
 		&policyv1.PodDisruptionBudget{}: own,
+		&corev1.Pod{}:                   own,
 	}
 }

@@ -20,6 +20,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -49,6 +50,7 @@ type CellReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=statefulsets;deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services;configmaps;secrets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 
 // SetupWithManager registers the reconciler and the children it owns.
 func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -69,11 +71,23 @@ func (r *CellReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Secret{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		// Pods belong to ReplicaSets and the StatefulSet, not to the cell: map them by label, so
+		// a pod that starts crash-looping shows on its cell without waiting for a resync.
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToCell)).
 		Named("redpacketcell").
 		// Cells are independent: one cell's slow database must hold one worker, not the
 		// queue (a key is never reconciled by two workers at once).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workersOr(r.Workers, defaultCellWorkers)}).
 		Complete(r)
+}
+
+// podToCell is the cell a pod of the operator's belongs to, by its cell label.
+func podToCell(_ context.Context, o client.Object) []reconcile.Request {
+	cell := o.GetLabels()[rpv1.LabelCell]
+	if cell == "" || o.GetLabels()[rpv1.LabelManagedBy] != rpv1.ManagedByOperator {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: cell}}}
 }
 
 // Reconcile applies the cell's children in dependency order, then reports conditions. The
@@ -154,7 +168,7 @@ func (r *CellReconciler) reconcile(ctx context.Context, cell *rpv1.RedPacketCell
 		}
 	}
 	var err error
-	if obs.mysql, obs.servers, err = r.observe(ctx, cell); err != nil {
+	if obs.mysql, obs.servers, obs.pods, err = r.observe(ctx, cell); err != nil {
 		setProvisionFailed(cell, rpv1.ReasonApplyFailed, fmt.Sprintf("observe children: %v", err))
 		return ctrl.Result{}, false, errors.Join(applyErr, fmt.Errorf("observe: %w", err))
 	}
@@ -272,28 +286,34 @@ func randomPassword() (string, error) {
 type cellObservation struct {
 	mysql   *appsv1.StatefulSet // nil: not found
 	servers *appsv1.Deployment  // nil: not found
+	pods    []corev1.Pod        // the cell's pods (database and servers)
 	// applyFailed is the phase and API error of a child that could not be written ("" when
 	// every child was).
 	applyFailed string
 }
 
-func (r *CellReconciler) observe(ctx context.Context, cell *rpv1.RedPacketCell) (*appsv1.StatefulSet, *appsv1.Deployment, error) {
+func (r *CellReconciler) observe(ctx context.Context, cell *rpv1.RedPacketCell) (*appsv1.StatefulSet, *appsv1.Deployment, []corev1.Pod, error) {
 	var mysql *appsv1.StatefulSet
 	sts := &appsv1.StatefulSet{}
 	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.MySQLName()}, sts); {
 	case err == nil:
 		mysql = sts
 	case !apierrors.IsNotFound(err):
-		return nil, nil, fmt.Errorf("get StatefulSet %s/%s: %w", cell.Namespace, cell.MySQLName(), err)
+		return nil, nil, nil, fmt.Errorf("get StatefulSet %s/%s: %w", cell.Namespace, cell.MySQLName(), err)
 	}
+	var servers *appsv1.Deployment
 	dep := &appsv1.Deployment{}
 	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: cell.Namespace, Name: cell.ServerName()}, dep); {
 	case err == nil:
-		return mysql, dep, nil
+		servers = dep
 	case !apierrors.IsNotFound(err):
-		return nil, nil, fmt.Errorf("get Deployment %s/%s: %w", cell.Namespace, cell.ServerName(), err)
+		return nil, nil, nil, fmt.Errorf("get Deployment %s/%s: %w", cell.Namespace, cell.ServerName(), err)
 	}
-	return mysql, nil, nil
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(cell.Namespace), client.MatchingLabels{rpv1.LabelCell: cell.Name, rpv1.LabelManagedBy: rpv1.ManagedByOperator}); err != nil {
+		return nil, nil, nil, fmt.Errorf("list pods of cell %s/%s: %w", cell.Namespace, cell.Name, err)
+	}
+	return mysql, servers, pods.Items, nil
 }
 
 // decideCellStatus derives the cell's conditions from its children. It is pure. A pod is
@@ -320,6 +340,9 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 	case podsNotCreated(obs.mysql.Status.Conditions) != "":
 		st.ReadyDatabases = obs.mysql.Status.ReadyReplicas
 		dbReason, dbMsg = rpv1.ReasonPodsNotCreated, fmt.Sprintf("StatefulSet %s/%s cannot create its pods: %s", obs.mysql.Namespace, obs.mysql.Name, podsNotCreated(obs.mysql.Status.Conditions))
+	case obs.mysql.Status.ReadyReplicas < 1 && podTrouble(obs.pods, rpv1.ComponentMySQL) != "":
+		st.ReadyDatabases = 0
+		dbReason, dbMsg = rpv1.ReasonPodsFailing, fmt.Sprintf("StatefulSet %s/%s: %s", obs.mysql.Namespace, obs.mysql.Name, trimMessage(podTrouble(obs.pods, rpv1.ComponentMySQL), 400))
 	case obs.mysql.Status.ReadyReplicas < 1:
 		st.ReadyDatabases = 0
 		dbReason, dbMsg = rpv1.ReasonDatabaseNotReady, fmt.Sprintf("primary %s is not ready", cell.MySQLPodName(0))
@@ -349,6 +372,8 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 			set(rpv1.CellServersReady, true, rpv1.ReasonReady, fmt.Sprintf("%d/%d servers ready", st.ReadyServers, want))
 		case podsNotCreated(obs.servers.Status.Conditions) != "":
 			srvReason, srvMsg = rpv1.ReasonPodsNotCreated, fmt.Sprintf("Deployment %s cannot create its pods (%d/%d servers ready): %s", name, st.ReadyServers, want, podsNotCreated(obs.servers.Status.Conditions))
+		case podTrouble(obs.pods, rpv1.ComponentServer) != "":
+			srvReason, srvMsg = rpv1.ReasonPodsFailing, fmt.Sprintf("Deployment %s (%d/%d servers ready): %s", name, st.ReadyServers, want, trimMessage(podTrouble(obs.pods, rpv1.ComponentServer), 400))
 		case rolloutStuck(obs.servers.Status.Conditions) != "":
 			srvReason, srvMsg = rpv1.ReasonRolloutStuck, fmt.Sprintf("Deployment %s is past its progress deadline (%d/%d servers ready): %s", name, st.ReadyServers, want, rolloutStuck(obs.servers.Status.Conditions))
 		default:
@@ -373,9 +398,9 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 	switch {
 	case obs.applyFailed != "":
 		set(rpv1.CellAvailable, false, rpv1.ReasonApplyFailed, obs.applyFailed)
-	case dbReason == rpv1.ReasonPodsNotCreated:
+	case dbReason == rpv1.ReasonPodsNotCreated, dbReason == rpv1.ReasonPodsFailing:
 		set(rpv1.CellAvailable, false, dbReason, dbMsg)
-	case srvReason == rpv1.ReasonPodsNotCreated, srvReason == rpv1.ReasonRolloutStuck:
+	case srvReason == rpv1.ReasonPodsNotCreated, srvReason == rpv1.ReasonRolloutStuck, srvReason == rpv1.ReasonPodsFailing:
 		set(rpv1.CellAvailable, false, srvReason, srvMsg)
 	case dbReady && serversReady:
 		set(rpv1.CellAvailable, true, rpv1.ReasonReady, "database and servers ready")

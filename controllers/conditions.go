@@ -24,9 +24,9 @@ type cellRollup struct {
 }
 
 // provisioningFailures are the cell reasons that waiting does not cure: a child the API server
-// refused, pods a workload controller cannot create, a rollout past its deadline, a stored
-// value the operator cannot use.
-var provisioningFailures = []string{rpv1.ReasonApplyFailed, rpv1.ReasonPodsNotCreated, rpv1.ReasonRolloutStuck, rpv1.ReasonInvalidSpec}
+// refused, pods a workload controller cannot create, pods that cannot start, a rollout past its
+// deadline, a stored value the operator cannot use.
+var provisioningFailures = []string{rpv1.ReasonApplyFailed, rpv1.ReasonPodsNotCreated, rpv1.ReasonRolloutStuck, rpv1.ReasonPodsFailing, rpv1.ReasonInvalidSpec}
 
 // cellFailure is why a cell cannot be provisioned, "" when it can.
 func cellFailure(c *rpv1.RedPacketCell) string {

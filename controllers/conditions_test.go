@@ -66,6 +66,12 @@ func TestDecideCellStatusFailures(t *testing.T) {
 		{"database pods forbidden", cellObservation{mysql: stsForbidden, servers: readyDep(0)}, rpv1.ReasonPodsNotCreated, rpv1.ReasonServersNotReady, rpv1.ReasonPodsNotCreated, metav1.ConditionTrue, "StatefulSet ns/rp-cell-0-mysql cannot create its pods: FailedCreate: pods forbidden by quota", true},
 		{"rollout past its deadline", cellObservation{mysql: readySts(1), servers: readyDep(3, pastDeadline)}, rpv1.ReasonReady, rpv1.ReasonRolloutStuck, rpv1.ReasonRolloutStuck, metav1.ConditionTrue, "ProgressDeadlineExceeded", true},
 		{"ready despite an old failure condition", cellObservation{mysql: readySts(1), servers: readyDep(6, forbiddenPods)}, rpv1.ReasonReady, rpv1.ReasonReady, rpv1.ReasonReady, metav1.ConditionTrue, "", true},
+		{"database pod crash-looping", cellObservation{mysql: readySts(0), servers: readyDep(0), pods: []corev1.Pod{crashing("rp-cell-0-mysql-0", rpv1.ComponentMySQL)}},
+			rpv1.ReasonPodsFailing, rpv1.ReasonServersNotReady, rpv1.ReasonPodsFailing, metav1.ConditionTrue, "StatefulSet ns/rp-cell-0-mysql: pod rp-cell-0-mysql-0 container c: CrashLoopBackOff", true},
+		{"server pod unschedulable", cellObservation{mysql: readySts(1), servers: readyDep(5), pods: []corev1.Pod{unschedulable("rp-cell-0-server-a", rpv1.ComponentServer)}},
+			rpv1.ReasonReady, rpv1.ReasonPodsFailing, rpv1.ReasonPodsFailing, metav1.ConditionTrue, "pod rp-cell-0-server-a is unschedulable: 0/1 nodes", true},
+		{"a ready database ignores a crashing replica pod", cellObservation{mysql: readySts(1), servers: readyDep(6), pods: []corev1.Pod{crashing("rp-cell-0-mysql-1", rpv1.ComponentMySQL)}},
+			rpv1.ReasonReady, rpv1.ReasonReady, rpv1.ReasonReady, metav1.ConditionTrue, "", true},
 		{"a child refused", cellObservation{applyFailed: `mysql statefulset: apply StatefulSet ns/rp-cell-0-mysql: StatefulSet.apps "rp-cell-0-mysql" is invalid`},
 			rpv1.ReasonDatabaseMissing, rpv1.ReasonServersMissing, rpv1.ReasonApplyFailed, metav1.ConditionFalse, "apply StatefulSet ns/rp-cell-0-mysql: StatefulSet.apps \"rp-cell-0-mysql\" is invalid", false},
 	}
@@ -101,6 +107,48 @@ func TestDecideCellStatusFailures(t *testing.T) {
 				t.Errorf("observedGeneration %d", cell.Status.ObservedGeneration)
 			}
 		})
+	}
+}
+
+func crashing(name, component string) corev1.Pod {
+	return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{rpv1.LabelComponent: component}},
+		Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c", RestartCount: 4,
+			State:                corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: "back-off 40s"}},
+			LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Error", ExitCode: 1}}}}}}
+}
+
+func unschedulable(name, component string) corev1.Pod {
+	return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{rpv1.LabelComponent: component}},
+		Status: corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+			Reason: corev1.PodReasonUnschedulable, Message: "0/1 nodes are available: 1 Insufficient memory."}}}}
+}
+
+// TestPodTrouble: only what waiting does not cure counts, ready and deleting pods never, and
+// the account is stable (by pod name) with a count of the rest.
+func TestPodTrouble(t *testing.T) {
+	ready := crashing("a-ready", rpv1.ComponentServer)
+	ready.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	starting := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "a-starting", Labels: map[string]string{rpv1.LabelComponent: rpv1.ComponentServer}},
+		Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "c", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}}}}
+	deleting := crashing("a-deleting", rpv1.ComponentServer)
+	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	pull := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "b-pull", Labels: map[string]string{rpv1.LabelComponent: rpv1.ComponentServer}},
+		Status: corev1.PodStatus{InitContainerStatuses: []corev1.ContainerStatus{{Name: "init", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "no such image"}}}}}}
+	for _, tc := range []struct {
+		name string
+		pods []corev1.Pod
+		want string
+	}{
+		{"none", nil, ""},
+		{"ready, starting and deleting pods are fine", []corev1.Pod{ready, starting, deleting}, ""},
+		{"another component's trouble is not this one's", []corev1.Pod{crashing("m", rpv1.ComponentMySQL)}, ""},
+		{"an init container that cannot pull", []corev1.Pod{starting, pull}, "pod b-pull container init: ImagePullBackOff: no such image"},
+		{"first by name, with the count of the rest", []corev1.Pod{pull, crashing("a-crash", rpv1.ComponentServer)},
+			"pod a-crash container c: CrashLoopBackOff: back-off 40s (last exit: Error, code 1, 4 restarts) (and 1 more)"},
+	} {
+		if got := podTrouble(tc.pods, rpv1.ComponentServer); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
 

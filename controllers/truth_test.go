@@ -98,6 +98,7 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 	ctx := context.Background()
 	createNamespace(t, c, "refused")
 	createNamespace(t, c, "forbidden-pods")
+	createNamespace(t, c, "crashing-pods")
 	// The API server's own CEL admission: no StatefulSet in namespace "refused".
 	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "no-statefulsets"},
@@ -240,6 +241,65 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 			}
 			if cond.Reason != rpv1.ReasonPodsNotCreated || !strings.Contains(cond.Message, "StatefulSet forbidden-pods/"+cell.MySQLName()) || !strings.Contains(cond.Message, "exceeded quota") {
 				return fmt.Errorf("DatabaseReady %s/%s %q", cond.Status, cond.Reason, cond.Message)
+			}
+			return nil
+		})
+	})
+
+	// A StatefulSet has no progress deadline: without looking at its pods, a database that
+	// crash-loops reads "primary not ready" for ever.
+	t.Run("pods that cannot start", func(t *testing.T) {
+		set := truthSet("crashing", "crashing-pods", 1)
+		if err := c.Create(ctx, set); err != nil {
+			t.Fatal(err)
+		}
+		key := client.ObjectKeyFromObject(set)
+		var cell rpv1.RedPacketCell
+		testenv.Eventually(t, 30*time.Second, "cell and children", func() error {
+			cells, err := listCells(ctx, c, set)
+			if err != nil || len(cells) != 1 {
+				return fmt.Errorf("%d cells, %v", len(cells), err)
+			}
+			cell = cells[0]
+			return c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: cell.MySQLName()}, &appsv1.StatefulSet{})
+		})
+		// What the StatefulSet controller and a kubelet would leave: the primary's pod, with
+		// the cell's labels, its database container crash-looping after an OOM kill.
+		sts := &appsv1.StatefulSet{}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: cell.MySQLName()}, sts); err != nil {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: set.Namespace, Name: cell.MySQLPodName(0), Labels: sts.Spec.Template.Labels},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "mysql", Image: "mariadb"}}}}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "mysql", RestartCount: 7,
+				State:                corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: "back-off 5m0s restarting failed container"}},
+				LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "OOMKilled", ExitCode: 137}}}}}
+		if err := c.Status().Update(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, 30*time.Second, "the cell names the pod, the container and the kubelet's reason", func() error {
+			for _, typ := range []string{rpv1.CellDatabaseReady, rpv1.CellAvailable} {
+				cond, err := cellCondition(ctx, c, set.Namespace, cell.Name, typ)
+				if err != nil {
+					return err
+				}
+				for _, want := range []string{cell.MySQLPodName(0), "container mysql", "CrashLoopBackOff", "OOMKilled"} {
+					if cond.Status != metav1.ConditionFalse || cond.Reason != rpv1.ReasonPodsFailing || !strings.Contains(cond.Message, want) {
+						return fmt.Errorf("%s %s/%s %q (want %q)", typ, cond.Status, cond.Reason, cond.Message, want)
+					}
+				}
+			}
+			return nil
+		})
+		testenv.Eventually(t, 30*time.Second, "the set is degraded", func() error {
+			d := setCondition(t, c, key, rpv1.SetDegraded)
+			if d.Status != metav1.ConditionTrue || d.Reason != rpv1.ReasonProvisioningFailed || !strings.Contains(d.Message, "CrashLoopBackOff") {
+				return fmt.Errorf("Degraded %s/%s %q", d.Status, d.Reason, d.Message)
 			}
 			return nil
 		})

@@ -80,10 +80,13 @@ const (
 	// Provisioning failures (issue 14): a child the API server refused, pods a workload's
 	// controller cannot create, a rollout past its deadline. Rolled up to the set as
 	// ProvisioningFailed.
-	ReasonApplied            = "Applied"
-	ReasonApplyFailed        = "ApplyFailed"
-	ReasonPodsNotCreated     = "PodsNotCreated"
-	ReasonRolloutStuck       = "RolloutStuck"
+	ReasonApplied        = "Applied"
+	ReasonApplyFailed    = "ApplyFailed"
+	ReasonPodsNotCreated = "PodsNotCreated"
+	ReasonRolloutStuck   = "RolloutStuck"
+	// PodsFailing: pods exist but will not become ready by waiting (unschedulable, crash loop,
+	// image pull failure), named with the kubelet's reason.
+	ReasonPodsFailing        = "PodsFailing"
 	ReasonProvisioningFailed = "ProvisioningFailed"
 	// RoutingPublished: the routing ConfigMap could not be read at all (not merely unparsable).
 	ReasonRoutingUnreadable = "RoutingUnreadable"
