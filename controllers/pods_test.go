@@ -310,7 +310,7 @@ func probeBudget(p *corev1.Probe) time.Duration {
 }
 
 // TestManagerCachesOnlyItsOwnObjects: the manager's informers hold the objects it labelled,
-// not every Secret (or ConfigMap) in the cluster.
+// not every Secret (or ConfigMap, or Pod) in the cluster.
 func TestManagerCachesOnlyItsOwnObjects(t *testing.T) {
 	env := startEnv(t)
 	c := env.Client
@@ -319,6 +319,7 @@ func TestManagerCachesOnlyItsOwnObjects(t *testing.T) {
 	foreign := []client.Object{
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses-token", Namespace: "default"}, StringData: map[string]string{"token": "not-yours"}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses-config", Namespace: "default"}, Data: map[string]string{"k": "v"}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses-pod", Namespace: "default"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}},
 	}
 	for _, o := range foreign {
 		if err := c.Create(ctx, o); err != nil {
@@ -329,6 +330,8 @@ func TestManagerCachesOnlyItsOwnObjects(t *testing.T) {
 	ours := []client.Object{
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ours", Namespace: "default", Labels: map[string]string{rpv1.LabelManagedBy: rpv1.ManagedByOperator}}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "ours", Namespace: "default", Labels: map[string]string{rpv1.LabelManagedBy: rpv1.ManagedByOperator}}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ours", Namespace: "default", Labels: map[string]string{rpv1.LabelManagedBy: rpv1.ManagedByOperator}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}},
 	}
 	for _, o := range ours {
 		if err := c.Create(ctx, o); err != nil {
@@ -398,10 +401,13 @@ func TestOperatorRunsWithItsOwnRole(t *testing.T) {
 		return nil
 	})
 
-	// Things the operator never does: it reads no pods or nodes, changes no RBAC, deletes
-	// children only through the garbage collector and writes them only by apply (patch).
+	// Things the operator never does: it reads pods (to name those that cannot start) but
+	// never changes or enters one, reads no nodes, changes no RBAC, deletes children only
+	// through the garbage collector and writes them only by apply (patch).
 	for _, a := range []authzv1.ResourceAttributes{
-		{Verb: "get", Resource: "pods"},
+		{Verb: "delete", Resource: "pods"},
+		{Verb: "patch", Resource: "pods"},
+		{Verb: "create", Resource: "pods"},
 		{Verb: "list", Resource: "nodes"},
 		{Verb: "create", Resource: "pods", Subresource: "exec"},
 		{Verb: "delete", Resource: "secrets"},

@@ -137,17 +137,42 @@ func deleteSet(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedPack
 		"services": &corev1.ServiceList{}, "configmaps": &corev1.ConfigMapList{}, "secrets": &corev1.SecretList{},
 		"pdbs": &policyv1.PodDisruptionBudgetList{}, "pods": &corev1.PodList{},
 	}
-	poll(t, "every child of the set gone", 5*time.Minute, func() (bool, error) {
+	// What holds the ledger stays (docs/operator.md, deleting a set): each cell's database
+	// volume and the credentials Secret that opens it. Everything else goes.
+	kept := map[string]bool{}
+	for _, c := range cells.Items {
+		kept[c.MySQLSecretName()] = true
+	}
+	poll(t, "every child of the set gone but the volumes' credentials", 5*time.Minute, func() (bool, error) {
 		for kind, l := range lists {
 			if err := cl.c.List(ctx, l, client.InNamespace(set.Namespace), sel); err != nil {
 				return false, err
 			}
-			if n := meta.LenList(l); n > 0 {
+			n := meta.LenList(l)
+			if sl, ok := l.(*corev1.SecretList); ok {
+				n = 0
+				for _, s := range sl.Items {
+					if !kept[s.Name] {
+						n++
+					}
+				}
+			}
+			if n > 0 {
 				return false, fmt.Errorf("%d %s left", n, kind)
 			}
 		}
 		return true, nil
 	})
+	for name := range kept {
+		var s corev1.Secret
+		if err := cl.c.Get(ctx, client.ObjectKey{Namespace: set.Namespace, Name: name}, &s); err != nil {
+			t.Errorf("credentials Secret %s of a kept volume: %v", name, err)
+		}
+	}
+	var pvcs corev1.PersistentVolumeClaimList
+	if err := cl.c.List(ctx, &pvcs, client.InNamespace(set.Namespace)); err != nil || len(pvcs.Items) < len(cells.Items) {
+		t.Errorf("database volumes after the delete: %d for %d cells (%v); they hold the ledger and must stay", len(pvcs.Items), len(cells.Items), err)
+	}
 }
 
 func helmUninstall(t *testing.T, ctx context.Context, cl *cluster) {
