@@ -103,12 +103,13 @@ promtool: ## Build promtool from the Prometheus Go module (cached per version ou
 # and a Linux kernel that can run a kubelet; without them it fails saying why.
 NODE_TEST_PKG := ./test/node
 
-# test/node is not part of `make test` yet: every stage up to the pod deletions passed on the
-# last real-node run, the mask lift stage had not yet been seen passing (docs/operator.md, "The
-# real-node test"). Run it with `make node-test`.
+# test/node runs after every other package, not beside them: sharing two cores with the
+# end-to-end suites would make its timings (pods Ready, a failover, a mask's cool-down) a
+# measure of the neighbours.
 .PHONY: test
-test: deps envtest promtool check-generate vet ## Run every test: unit, real MariaDB/memcached, envtest, end to end.
+test: deps envtest promtool check-generate vet ## Run every test: unit, real MariaDB/memcached, envtest, end to end, real node.
 	KUBEBUILDER_ASSETS="$$(hack/build-envtest.sh)" $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/test/node$$')
+	$(MAKE) node-test
 
 ##@ Real node
 
