@@ -75,3 +75,49 @@ func TestOneDownCellLeavesTheGatewayReady(t *testing.T) {
 	setReady("b", true)
 	testenv.Eventually(t, 5*time.Second, "the gateway to see it", testenv.Holds(func() bool { return h.gw.Ready() == nil && serving("b") == 1 && serving("a") == 0 }))
 }
+
+// TestStartingGatewayWaitsForEveryCell: a gateway that starts before one of its cells is
+// reachable (a new set, cluster DNS not yet serving the cell) stays out of its Service until
+// it has seen that cell serve, so it never answers 503 cell_unavailable for a cell that is up;
+// past the startup grace a cell still down no longer holds it back, and once warm it stays
+// ready with a cell down (TestOneDownCellLeavesTheGatewayReady).
+func TestStartingGatewayWaitsForEveryCell(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+		comes bool // the cell becomes ready during the test
+	}{
+		{"the cell comes up", time.Hour, true},
+		{"the cell stays down past the grace", 300 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			table := twoEpochTable()
+			down := func(c *Config, h *harness) {
+				c.StartupGrace = tc.grace
+				h.cells["c"].ready = map[string]bool{table.Endpoints["c"][0]: false}
+			}
+			h := newHarnessWith(t, table, 1, down, cellsABC()...)
+			start := time.Now()
+			if a := h.do("GET", "/readyz", ""); a.status != http.StatusServiceUnavailable || !strings.Contains(a.raw, "cells c") {
+				t.Fatalf("readyz while cell c was never seen: %d %s, want 503 naming c", a.status, a.raw)
+			}
+			if tc.comes {
+				h.cells["c"].mu.Lock()
+				h.cells["c"].ready = nil
+				h.cells["c"].mu.Unlock()
+			}
+			testenv.Eventually(t, 5*time.Second, "ready", testenv.Holds(func() bool { return h.do("GET", "/readyz", "").status == http.StatusOK }))
+			if !tc.comes && time.Since(start) < tc.grace {
+				t.Errorf("ready after %s, before the grace of %s, with cell c never seen", time.Since(start), tc.grace)
+			}
+			// Warm now: a cell going down later does not take the gateway out.
+			h.cells["a"].mu.Lock()
+			h.cells["a"].ready = map[string]bool{table.Endpoints["a"][0]: false}
+			h.cells["a"].mu.Unlock()
+			testenv.Eventually(t, 5*time.Second, "the gateway to see a down", testenv.Holds(func() bool { return len(h.gw.ReadyServers("a")) == 0 }))
+			if a := h.do("GET", "/readyz", ""); a.status != http.StatusOK {
+				t.Errorf("readyz once warm with cell a down: %d %s", a.status, a.raw)
+			}
+		})
+	}
+}

@@ -92,7 +92,13 @@ type Config struct {
 	Region          int           // the region this gateway serves (ids.Region)
 	HistoryLimit    int           // default page size; default 20
 	MaxHistoryLimit int           // default 100
-	Now             func() time.Time
+	// StartupGrace bounds how long a starting gateway stays unready until it has seen a ready
+	// server in every cell of the epochs in force (default 1m): a gateway that starts beside a
+	// new set, or before cluster DNS has its cells, would otherwise take traffic and answer
+	// 503 cell_unavailable for cells that are up. A cell still down after the grace no longer
+	// holds it back: one cell down must not keep a restarted gateway out of its Service.
+	StartupGrace time.Duration
+	Now          func() time.Time
 }
 
 // Gateway routes requests to cells. Create it with New, serve Handler, and keep Run going.
@@ -104,6 +110,9 @@ type Gateway struct {
 	metrics  *metrics
 	probed   atomic.Bool
 	draining atomic.Bool
+	started  time.Time
+	// warmed: every cell in force has been seen with a ready server, or the grace ran out.
+	warmed atomic.Bool
 }
 
 // Drain makes /readyz fail from now on, so load balancers stop sending new requests before
@@ -130,6 +139,7 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.ProbeFailures = 3
 	}
 	cfg.UpstreamTimeout = orDefault(cfg.UpstreamTimeout, 10*time.Second)
+	cfg.StartupGrace = orDefault(cfg.StartupGrace, time.Minute)
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 1 << 20
 	}
@@ -152,7 +162,7 @@ func New(cfg Config) (*Gateway, error) {
 		}
 		client = &http.Client{Transport: tr, Timeout: cfg.UpstreamTimeout}
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Log, client: client}
+	g := &Gateway{cfg: cfg, log: cfg.Log, client: client, started: cfg.Now()}
 	g.metrics = newMetrics(cfg.Registerer, g)
 	g.ready = &readiness{
 		resolver:     cfg.Resolver,
@@ -196,6 +206,7 @@ func (g *Gateway) Probe(ctx context.Context) {
 	}
 	server, epoch := g.ready.probe(ctx, t)
 	g.probed.Store(true)
+	g.warm(t)
 	o, ok := g.cfg.Routing.(TableOfferer)
 	if !ok || server == "" {
 		return
@@ -227,7 +238,43 @@ func (g *Gateway) Ready() error {
 	if !g.probed.Load() {
 		return errors.New("cell servers not probed yet")
 	}
-	return ReadyFor(t, func(cell string) int { return len(g.ready.Ready(cell)) })
+	if err := ReadyFor(t, func(cell string) int { return len(g.ready.Ready(cell)) }); err != nil {
+		return err
+	}
+	if missing := g.warm(t); len(missing) > 0 {
+		return fmt.Errorf("starting: no ready server seen yet in cells %s (waiting at most %s)", strings.Join(missing, ", "), g.cfg.StartupGrace)
+	}
+	return nil
+}
+
+// warm records, after each probe round and on each readiness check, whether the gateway has
+// seen every cell in force serve (or its startup grace ran out); once it has, it stays warm.
+// It returns the cells still missing while it waits.
+func (g *Gateway) warm(t *routing.Table) []string {
+	if g.warmed.Load() {
+		return nil
+	}
+	missing := WarmingUp(t, g.cfg.Now(), func(cell string) int { return len(g.ready.Ready(cell)) })
+	if len(missing) > 0 && g.cfg.Now().Sub(g.started) < g.cfg.StartupGrace {
+		return missing
+	}
+	if len(missing) > 0 {
+		g.log.Warn("taking traffic after the startup grace with cells still unreachable", "cells", missing, "grace", g.cfg.StartupGrace)
+	}
+	g.warmed.Store(true)
+	return nil
+}
+
+// WarmingUp lists the cells of the epochs in force at now with no ready server: what a
+// starting gateway waits for before it takes traffic.
+func WarmingUp(t *routing.Table, now time.Time, readyServers func(cell string) int) []string {
+	var missing []string
+	for _, cell := range t.CellsBy(now) {
+		if readyServers(cell) == 0 {
+			missing = append(missing, cell)
+		}
+	}
+	return missing
 }
 
 // ReadyFor is the gateway's readiness rule, pure so the control-plane simulation checks the

@@ -198,6 +198,13 @@ var (
 // whose endpoints it fills in.
 func newHarness(t testing.TB, table *routing.Table, serversPerCell int, cells ...*fakeCell) *harness {
 	t.Helper()
+	return newHarnessWith(t, table, serversPerCell, nil, cells...)
+}
+
+// newHarnessWith is newHarness with tune applied to the gateway's Config, and before applies
+// to the harness once its fake servers exist and before the gateway starts.
+func newHarnessWith(t testing.TB, table *routing.Table, serversPerCell int, tune func(*Config, *harness), cells ...*fakeCell) *harness {
+	t.Helper()
 	h := &harness{t: t, path: filepath.Join(t.TempDir(), "routing.json"), cells: map[string]*fakeCell{}, servers: map[string][]*fakeServer{}}
 	table.Endpoints = map[string][]string{}
 	for _, c := range cells {
@@ -216,7 +223,11 @@ func newHarness(t testing.TB, table *routing.Table, serversPerCell int, cells ..
 		t.Fatal(err)
 	}
 	h.reg = prometheus.NewRegistry()
-	h.gw, err = New(Config{Routing: h.watcher, Signer: signing.NewSigner(key), Registerer: h.reg, Log: quiet, ProbeInterval: 10 * time.Millisecond})
+	cfg := Config{Routing: h.watcher, Signer: signing.NewSigner(key), Registerer: h.reg, Log: quiet, ProbeInterval: 10 * time.Millisecond}
+	if tune != nil {
+		tune(&cfg, h)
+	}
+	h.gw, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

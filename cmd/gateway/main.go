@@ -73,6 +73,7 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 		Registerer:      reg,
 		Log:             log,
 		ProbeInterval:   cfg.probeInterval,
+		StartupGrace:    cfg.startupGrace,
 		ProbeFailures:   cfg.probeFailures,
 		UpstreamTimeout: cfg.upstream,
 		Region:          cfg.region,
@@ -100,10 +101,10 @@ func run(ctx context.Context, args []string, listening func(addr string)) error 
 
 // config is the gateway's command line.
 type config struct {
-	listen, routingFile, keyFile, endpoints, namespace string
-	serverPort, region, probeFailures                  int
-	probeInterval, watchInterval, upstream, drainDelay time.Duration
-	logLevel, serverScheme, serverCA, tlsCert, tlsKey  string
+	listen, routingFile, keyFile, endpoints, namespace               string
+	serverPort, region, probeFailures                                int
+	probeInterval, watchInterval, upstream, drainDelay, startupGrace time.Duration
+	logLevel, serverScheme, serverCA, tlsCert, tlsKey                string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -117,6 +118,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.serverPort, "server-port", 8080, "cell server port (dns endpoints; 0 reads SRV records)")
 	fs.IntVar(&c.region, "region", 0, "region this gateway serves; packets of other regions are refused with 421")
 	fs.DurationVar(&c.probeInterval, "probe-interval", time.Second, "how often cell servers' /readyz are probed")
+	fs.DurationVar(&c.startupGrace, "startup-grace", time.Minute, "at start, /readyz waits at most this long for a ready server in every cell in force")
 	fs.IntVar(&c.probeFailures, "probe-failures", 3, "unanswered probes in a row that take a ready server out of rotation (one \"not ready\" answer does at once)")
 	fs.DurationVar(&c.watchInterval, "routing-interval", time.Second, "how often the routing file is checked for changes")
 	fs.DurationVar(&c.upstream, "upstream-timeout", 10*time.Second, "timeout of one call to a cell")
