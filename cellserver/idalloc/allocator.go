@@ -272,6 +272,15 @@ func NewAllocator(ctx context.Context, cfg AllocatorConfig) (*Allocator, error) 
 }
 
 // Worker is the worker number currently leased, or -1 when none is.
+// Masks are the masks in force as last read from the control schema (nil before the first
+// read). The slice is shared: callers must not change it.
+func (a *Allocator) Masks() []control.Mask {
+	if m := a.masks.Load(); m != nil {
+		return m.masks
+	}
+	return nil
+}
+
 func (a *Allocator) Worker() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -180,6 +180,27 @@ func (s *Store) coldTables(t shard.Table) (packets, receipts string) {
 
 func (s *Store) cellTable(name string) string { return s.cell + "." + name }
 
+// ProbeTable reads one row of a logical table's current day tables (packets and receipts)
+// and reports the outcome as a call on that table. A masked table gets no creates, and often
+// no reads, so without a probe nothing would ever show it healthy again and its mask would
+// hold for ever ("silence keeps a mask", docs/designdoc/masking.md); a table still missing or
+// failing reports the error and keeps it.
+func (s *Store) ProbeTable(ctx context.Context, t shard.Table, now time.Time) error {
+	var errs []error
+	for _, kind := range []string{"t", "r"} {
+		var one int
+		err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.layout.Physical(kind, t, now)+" LIMIT 1").Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			err = nil
+		}
+		s.observe(t, err)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("probe %s: %w", s.layout.Physical(kind, t, now), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // observe reports the outcome of a call on a logical table; refusals are successes.
 func (s *Store) observe(t shard.Table, err error) {
 	if err != nil && (IsRefusal(err) || errors.Is(err, context.Canceled)) {

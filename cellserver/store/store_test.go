@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -174,5 +175,39 @@ func TestArchiveMovesSettledOldRowsOnce(t *testing.T) {
 		if err := env.DB.QueryRow("SELECT COUNT(*) FROM "+packets+" WHERE id = ?", id).Scan(&n); err != nil || n != 1 {
 			t.Fatalf("packet %d left its day table (%d, %v)", id, n, err)
 		}
+	}
+}
+
+// TestProbeTableReportsHealthAndFailure: a probe of a logical table whose day tables are
+// there counts a successful call on it (empty tables included), and one whose tables are gone
+// counts a failure, so the operator's lift sees evidence either way.
+func TestProbeTableReportsHealthAndFailure(t *testing.T) {
+	rec := &recorder{ok: map[shard.Table]int{}, errs: map[shard.Table]int{}}
+	env := storetest.New(t, storetest.Options{Observer: rec})
+	ctx := context.Background()
+	now := time.Now()
+	tbl := shard.Table{DB: 0, Table: 1}
+	if err := env.Store.ProbeTable(ctx, tbl, now); err != nil {
+		t.Fatalf("probe of a healthy, empty table: %v", err)
+	}
+	rec.mu.Lock()
+	ok, bad := rec.ok[tbl], rec.errs[tbl]
+	rec.mu.Unlock()
+	if ok != 2 || bad != 0 {
+		t.Fatalf("healthy probe counted %d calls and %d failures, want 2 and 0", ok, bad)
+	}
+	layout := env.Store.Layout()
+	name := layout.Physical("t", tbl, now)
+	if _, err := env.DB.ExecContext(ctx, "RENAME TABLE "+name+" TO "+name+"_gone"); err != nil {
+		t.Fatal(err)
+	}
+	defer env.DB.ExecContext(ctx, "RENAME TABLE "+name+"_gone TO "+name)
+	if err := env.Store.ProbeTable(ctx, tbl, now); err == nil || !strings.Contains(err.Error(), name) {
+		t.Fatalf("probe with %s gone: %v, want an error naming it", name, err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.errs[tbl] != 1 || rec.ok[tbl] != 3 {
+		t.Fatalf("after the failing probe: %d failures, %d calls; want 1 and 3 (the receipts table still answers)", rec.errs[tbl], rec.ok[tbl])
 	}
 }

@@ -481,6 +481,9 @@ func (c *cell) startBackground(cfg Config, db *sql.DB, watcher *routing.Watcher,
 		spawn(func(ctx context.Context) { followPublished(ctx, db, cfg.ControlSchema, watcher, cfg.RoutingPoll, log) })
 	}
 	spawn(c.brk.Run)
+	spawn(func(ctx context.Context) {
+		probeMasked(ctx, c.alloc.Masks, c.st.ProbeTable, c.st.Layout(), maskProbeEvery, log)
+	})
 	spawn(func(ctx context.Context) { c.svc.RunSweeper(ctx, cfg.SweepEvery) })
 	spawn(func(ctx context.Context) { c.st.Maintain(ctx, time.Hour, time.Now, log) })
 	if cfg.ReconcileEvery > 0 {
