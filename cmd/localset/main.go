@@ -197,7 +197,12 @@ func printSummary(w io.Writer, s *localset.SET, manifest string, took time.Durat
 	tw.Flush()
 	fmt.Fprintf(w, "\ngateway: %s\nstate:   %s   routing: %s\n", s.GatewayURL(), filepath.Join(st.Dir(), localset.StateFile), st.RoutingPath())
 	fmt.Fprintf(w, "try:     curl -s -XPOST %s/v1/packets -d '{\"sender\":\"alice\",\"requestId\":\"r-1\",\"totalCents\":1000,\"count\":5,\"kind\":\"random\"}'\n", s.GatewayURL())
-	fmt.Fprintf(w, "load:    go run ./cmd/rpbench -localset %s -duration 30s\n", rel(st.Dir()))
+	if d := rel(st.Dir()); d == ".localset" {
+		fmt.Fprintln(w, "load:    make rpbench   (from a second terminal)")
+	} else {
+		fmt.Fprintf(w, "load:    make rpbench LOCALSET_DATA=%s   (from a second terminal)\n", d)
+	}
+	fmt.Fprintf(w, "log:     %s\n", rel(filepath.Join(st.Dir(), "logs", LogFile)))
 	fmt.Fprintln(w, "Ctrl-C stops everything cleanly; `localset up` again on the same -data keeps the data.")
 }
 
