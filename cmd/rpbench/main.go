@@ -179,7 +179,11 @@ func (o festivalOpts) target() (festivalTarget, error) {
 	st, stErr := localset.LoadState(o.dataDir)
 	if stErr != nil && (o.explicitLocal || cfg.Gateway == "") {
 		if errors.Is(stErr, localset.ErrNoState) {
-			return festivalTarget{}, fmt.Errorf("%w: start the local SET first with `make up` in another terminal", stErr)
+			up := "`make up`"
+			if o.dataDir != ".localset" {
+				up = "`make up LOCALSET_DATA=" + o.dataDir + "`"
+			}
+			return festivalTarget{}, fmt.Errorf("%w in %s: start the local SET first with %s in another terminal, then run rpbench again", localset.ErrNoState, o.dataDir, up)
 		}
 		return festivalTarget{}, stErr
 	}
