@@ -47,11 +47,10 @@ func sweep(ctx context.Context, cfg loadgen.Config, levels []int, chart string, 
 	var pts []sweepPoint
 	var results []*loadgen.Result
 	for _, c := range levels {
-		cfg.Concurrency = c
-		cfg.Progress = nil
+		lc := levelConfig(cfg, c)
 		fmt.Fprintf(os.Stderr, "rpbench: sweep: %d members tapping at once for %s…\n", c, cfg.Duration)
 		c0 := cpustat.Read()
-		res, err := loadgen.Run(ctx, cfg)
+		res, err := loadgen.Run(ctx, lc)
 		if err != nil {
 			return results, fmt.Errorf("sweep at concurrency %d: %w", c, err)
 		}
@@ -72,6 +71,17 @@ func sweep(ctx context.Context, cfg loadgen.Config, levels []int, chart string, 
 	for _, p := range pts {
 		fmt.Fprintf(w, "%12d %10.0f %10s %8d %6.0f\n", p.Concurrency, p.OpensPerSec, ms(p.P99Open), p.Errors, p.MachineCPU*100)
 	}
+	for _, r := range results {
+		for i, e := range r.ErrorSamples {
+			if i == 0 {
+				fmt.Fprintf(w, "first unexpected answers at concurrency %d:\n", r.Config.Concurrency)
+			}
+			if i == 3 {
+				break
+			}
+			fmt.Fprintln(w, "  "+e)
+		}
+	}
 	if chart != "" {
 		if err := sweepPNG(chart, pts); err != nil {
 			return results, fmt.Errorf("chart %s: %w", chart, err)
@@ -79,6 +89,19 @@ func sweep(ctx context.Context, cfg loadgen.Config, levels []int, chart string, 
 		fmt.Fprintln(w, "chart:", chart)
 	}
 	return results, nil
+}
+
+// levelConfig is the run at one concurrency level. Each level gets a run ID of its own: the
+// wrap request IDs and payment txns are built from it, and a level reusing the previous one's
+// would have its wraps answered with the earlier level's packets (idempotent, as they must be)
+// and its pays refused as conflicts — errors of the tool, not of the SET. The packet pool and
+// the HTTP client are sized for the level's concurrency, as a single run at it would be.
+func levelConfig(cfg loadgen.Config, concurrency int) loadgen.Config {
+	cfg.Concurrency = concurrency
+	cfg.Progress = nil
+	cfg.RunID = fmt.Sprintf("%s-c%d", cfg.RunID, concurrency)
+	cfg.Pool, cfg.Client = 0, nil
+	return cfg.WithDefaults()
 }
 
 func sweepPNG(path string, pts []sweepPoint) error {
