@@ -289,5 +289,3 @@ func kernel() string {
 	raw, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return strings.TrimSpace(string(raw))
 }
-
-
