@@ -34,7 +34,9 @@ LOCALSET_MANIFEST ?= config/samples/redpacket_v1alpha1_redpacketset.yaml
 LOCALSET_DATA ?= .localset
 
 # Built, then exec'd rather than `go run`: `go run` exits 1 after any ^C however cleanly the
-# program stopped, and its first compile is a silent minute.
+# program stopped, and its first compile is a silent minute. localset then takes the
+# terminal's foreground for itself, so a ^C reaches neither make nor a `| tee`: make exits
+# with localset's status, 0 after a clean stop.
 .PHONY: up
 up: go-check deps ## The main job: a complete local SET (per cell MariaDB, memcached, servers) plus the gateway. Ctrl-C stops it.
 	@echo "make up: building localset (the first build compiles the project: a minute or two)…"
