@@ -173,9 +173,47 @@ func (s *Store) Tables(id int64) (packets, receipts string) {
 	return s.layout.Physical("t", t, created), s.layout.Physical("r", t, created)
 }
 
-func (s *Store) coldTables(t shard.Table) (packets, receipts string) {
-	db := s.layout.DBName(t.DB)
+func (s *Store) coldTables(t shard.Table) (packets, receipts string) { return coldTables(s.layout, t) }
+
+func coldTables(l shard.Layout, t shard.Table) (packets, receipts string) {
+	db := l.DBName(t.DB)
 	return fmt.Sprintf("%s.t_%d_cold", db, t.Table), fmt.Sprintf("%s.r_%d_cold", db, t.Table)
+}
+
+// shardDDL is one shard table EnsureSchema creates.
+type shardDDL struct {
+	t    shard.Table
+	name string // db_07.t_3_17
+	q    string
+	what string // "cold" or the day
+}
+
+// shardTables are the shard tables EnsureSchema creates at now: per logical table its cold
+// packet and receipt tables, and both kinds for the day of now and the next day.
+func shardTables(l shard.Layout, now time.Time) []shardDDL {
+	var out []shardDDL
+	for _, t := range l.All() {
+		cp, cr := coldTables(l, t)
+		out = append(out, shardDDL{t, cp, fmt.Sprintf(packetDDL, cp), "cold"}, shardDDL{t, cr, fmt.Sprintf(receiptDDL, cr), "cold"})
+		for _, day := range []time.Time{now, now.Add(24 * time.Hour)} {
+			d := day.UTC().Format(time.DateOnly)
+			tp, tr := l.Physical("t", t, day), l.Physical("r", t, day)
+			out = append(out, shardDDL{t, tp, fmt.Sprintf(packetDDL, tp), d}, shardDDL{t, tr, fmt.Sprintf(receiptDDL, tr), d})
+		}
+	}
+	return out
+}
+
+// ShardTables names ("db_07.t_3_17") the shard tables a server's EnsureSchema creates when
+// it starts at now. A first start of a full-layout cell creates thousands; the local SET
+// counts the ones that exist to show how far that has got.
+func ShardTables(l shard.Layout, now time.Time) []string {
+	ts := shardTables(l, now)
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.name
+	}
+	return out
 }
 
 func (s *Store) cellTable(name string) string { return s.cell + "." + name }
@@ -365,21 +403,8 @@ func (s *Store) EnsureSchema(ctx context.Context, now time.Time) error {
 	}
 	// The full layout is 1,000 logical tables × (2 cold + 2 days × 2 kinds): thousands of
 	// statements on a first start, so they run on a few connections at once.
-	type ddl struct {
-		t    shard.Table
-		q    string
-		what string
-	}
-	var work []ddl
-	for _, t := range s.layout.All() {
-		cp, cr := s.coldTables(t)
-		work = append(work, ddl{t, fmt.Sprintf(packetDDL, cp), "cold"}, ddl{t, fmt.Sprintf(receiptDDL, cr), "cold"})
-		for _, day := range []time.Time{now, now.Add(24 * time.Hour)} {
-			d := day.UTC().Format(time.DateOnly)
-			work = append(work, ddl{t, fmt.Sprintf(packetDDL, s.layout.Physical("t", t, day)), d}, ddl{t, fmt.Sprintf(receiptDDL, s.layout.Physical("r", t, day)), d})
-		}
-	}
-	jobs := make(chan ddl)
+	work := shardTables(s.layout, now)
+	jobs := make(chan shardDDL)
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
 	for i := 0; i < min(8, len(work)); i++ {

@@ -71,6 +71,46 @@ func TestEnsureSchemaIdempotentAndPlacement(t *testing.T) {
 	}
 }
 
+// ShardTables is what the local SET counts to show a first start's progress: it must name
+// exactly the shard tables EnsureSchema creates, no more (the count would never reach its
+// total) and no fewer.
+func TestShardTablesNamesWhatEnsureSchemaCreates(t *testing.T) {
+	now := time.Now()
+	layout := shard.Layout{Databases: 2, TablesPerDB: 3}
+	env := storetest.New(t, storetest.Options{Layout: layout, Now: now})
+	layout.DatabasePrefix = env.Prefix + "_db_"
+	want := store.ShardTables(layout, now)
+	if len(want) != 6*layout.Databases*layout.TablesPerDB {
+		t.Fatalf("%d shard tables for a 2×3 layout, want 2 cold + 2 days × 2 kinds per logical table = 36: %v", len(want), want)
+	}
+	rows, err := env.DB.Query(`SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLES WHERE TABLE_SCHEMA IN (?, ?)`,
+		layout.DBName(0), layout.DBName(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	have := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		have[n] = true
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range want {
+		if !have[n] {
+			t.Errorf("ShardTables names %s, which EnsureSchema did not create", n)
+		}
+		delete(have, n)
+	}
+	for n := range have {
+		t.Errorf("EnsureSchema created %s, which ShardTables does not name", n)
+	}
+}
+
 func TestCheckConstraintRefusesOverdraw(t *testing.T) {
 	env := storetest.New(t, storetest.Options{})
 	ctx := context.Background()

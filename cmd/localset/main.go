@@ -83,25 +83,35 @@ func up(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	set, err := localset.LoadManifest(*manifest)
 	if err != nil {
 		return err
 	}
+	defer foreground()()
+	// Everything localset says also goes to a file in the data directory: the terminal, or
+	// the tee it was piped into, may be gone by the time the stop reports how it went.
+	logFile, err := openLog(*data)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	errOut := bestEffort{logFile, os.Stderr}
+	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	// Signals stay caught through the whole shutdown: a second ^C (or a SIGTERM from both `go
 	// run` and the parent-death signal) must not kill localset half way, leaving databases
-	// stopped under servers that are still draining.
+	// stopped under servers that are still draining. A hangup (the terminal closed) stops in
+	// order too, rather than killing localset and leaving every child to stop at once.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
 		sig := <-sigs
-		fmt.Fprintf(os.Stderr, "localset: %s: stopping (gateway, then servers draining, then memcached and MariaDB)…\n", sig)
+		fmt.Fprintf(errOut, "localset: %s: stopping (gateway, then servers draining, then memcached and MariaDB)…\n", sig)
 		cancel()
 		for sig := range sigs {
-			fmt.Fprintf(os.Stderr, "localset: %s: still stopping in order; SIGKILL aborts (children then drain on their own)\n", sig)
+			fmt.Fprintf(errOut, "localset: %s: still stopping in order; SIGKILL aborts (children then drain on their own)\n", sig)
 		}
 	}()
 	start := time.Now()
@@ -110,15 +120,44 @@ func up(args []string) error {
 		ReadyTimeout: *readyTimeout, BufferPool: *bufferPool, Log: log,
 	})
 	if err != nil {
+		fmt.Fprintln(logFile, "localset:", err)
 		return err
 	}
-	printSummary(os.Stdout, s, *manifest, time.Since(start))
+	printSummary(bestEffort{os.Stdout, logFile}, s, *manifest, time.Since(start))
 	<-ctx.Done()
 	if err := s.Stop(); err != nil {
+		fmt.Fprintln(logFile, "localset: stop:", err)
 		return fmt.Errorf("stop: %w", err)
 	}
-	fmt.Fprintln(os.Stderr, "localset: stopped cleanly; data kept in", s.State().Dir())
+	fmt.Fprintln(errOut, "localset: stopped cleanly; data kept in", s.State().Dir())
 	return nil
+}
+
+// LogFile is localset's own log in the data directory's logs/, beside its children's.
+const LogFile = "localset.log"
+
+func openLog(dataDir string) (*os.File, error) {
+	dir := filepath.Join(dataDir, "logs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create log dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	fmt.Fprintf(f, "--- localset: up at %s\n", time.Now().UTC().Format(time.RFC3339))
+	return f, nil
+}
+
+// bestEffort writes to every writer and never fails: a closed terminal or a dead pipe must
+// not keep a line from the others, nor turn a log write into an error that ends the stop.
+type bestEffort []io.Writer
+
+func (b bestEffort) Write(p []byte) (int, error) {
+	for _, w := range b {
+		_, _ = w.Write(p)
+	}
+	return len(p), nil
 }
 
 func printSummary(w io.Writer, s *localset.SET, manifest string, took time.Duration) {
@@ -158,7 +197,12 @@ func printSummary(w io.Writer, s *localset.SET, manifest string, took time.Durat
 	tw.Flush()
 	fmt.Fprintf(w, "\ngateway: %s\nstate:   %s   routing: %s\n", s.GatewayURL(), filepath.Join(st.Dir(), localset.StateFile), st.RoutingPath())
 	fmt.Fprintf(w, "try:     curl -s -XPOST %s/v1/packets -d '{\"sender\":\"alice\",\"requestId\":\"r-1\",\"totalCents\":1000,\"count\":5,\"kind\":\"random\"}'\n", s.GatewayURL())
-	fmt.Fprintf(w, "load:    go run ./cmd/rpbench -localset %s -duration 30s\n", rel(st.Dir()))
+	if d := rel(st.Dir()); d == ".localset" {
+		fmt.Fprintln(w, "load:    make rpbench   (from a second terminal)")
+	} else {
+		fmt.Fprintf(w, "load:    make rpbench LOCALSET_DATA=%s   (from a second terminal)\n", d)
+	}
+	fmt.Fprintf(w, "log:     %s\n", rel(filepath.Join(st.Dir(), "logs", LogFile)))
 	fmt.Fprintln(w, "Ctrl-C stops everything cleanly; `localset up` again on the same -data keeps the data.")
 }
 

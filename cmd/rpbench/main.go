@@ -88,7 +88,7 @@ func festival(args []string) error {
 	fmt.Fprintf(os.Stderr, "rpbench: %s, %d workers, %d groups × %d members, %d hot packets × %d members (%.0f%% of taps), history %.0f%%, limits %d shares / %d cents\n",
 		cfg.Gateway, cfg.Concurrency, cfg.Groups, cfg.Members, cfg.HotPackets, cfg.HotMembers, cfg.HotShare*100, cfg.HistoryShare*100, cfg.MaxCount, cfg.MaxTotalCents)
 	if o.sweepLevels != "" {
-		return o.sweep(ctx, cfg)
+		return o.sweep(ctx, t, cfg)
 	}
 	procs := componentProcs(t.state)
 	cpu0 := procs.Sample()
@@ -179,7 +179,11 @@ func (o festivalOpts) target() (festivalTarget, error) {
 	st, stErr := localset.LoadState(o.dataDir)
 	if stErr != nil && (o.explicitLocal || cfg.Gateway == "") {
 		if errors.Is(stErr, localset.ErrNoState) {
-			return festivalTarget{}, fmt.Errorf("%w: start the local SET first with `make up` in another terminal", stErr)
+			up := "`make up`"
+			if o.dataDir != ".localset" {
+				up = "`make up LOCALSET_DATA=" + o.dataDir + "`"
+			}
+			return festivalTarget{}, fmt.Errorf("%w in %s: start the local SET first with %s in another terminal, then run rpbench again", localset.ErrNoState, o.dataDir, up)
 		}
 		return festivalTarget{}, stErr
 	}
@@ -230,8 +234,8 @@ func (o festivalOpts) target() (festivalTarget, error) {
 	return festivalTarget{cfg: cfg.WithDefaults(), cells: cells, layout: layout, table: table, state: st}, nil
 }
 
-// sweep runs the mix once per -sweep level.
-func (o festivalOpts) sweep(ctx context.Context, cfg loadgen.Config) error {
+// sweep runs the mix once per -sweep level, then audits everything the levels created.
+func (o festivalOpts) sweep(ctx context.Context, t festivalTarget, cfg loadgen.Config) error {
 	levels, err := parseLevels(o.sweepLevels)
 	if err != nil {
 		return err
@@ -240,10 +244,27 @@ func (o festivalOpts) sweep(ctx context.Context, cfg loadgen.Config) error {
 	if err != nil {
 		return err
 	}
+	failed := false
 	for _, r := range all {
 		if r.Errors > o.maxErrors || len(r.Misrouted) > 0 {
-			return errFailed
+			failed = true
 		}
+	}
+	if o.audit && len(all) > 0 {
+		combined := &loadgen.Result{Started: all[0].Started}
+		for _, r := range all {
+			combined.Created = append(combined.Created, r.Created...)
+			combined.Shares = append(combined.Shares, r.Shares...)
+		}
+		rep, err := o.auditRun(t, combined)
+		if err != nil {
+			return err
+		}
+		printAudit(os.Stdout, rep)
+		failed = failed || !rep.OK()
+	}
+	if failed {
+		return errFailed
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redpacketset/redpacket/internal/loadgen"
 	"github.com/redpacketset/redpacket/internal/localset"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
@@ -48,5 +49,22 @@ func TestFestivalWithoutGatewaySaysStartTheSet(t *testing.T) {
 	err = festival([]string{"-localset", t.TempDir()})
 	if !errors.Is(err, localset.ErrNoState) || !strings.Contains(err.Error(), "make up") {
 		t.Fatalf("rpbench on an empty data dir: %v, want ErrNoState naming `make up`", err)
+	}
+}
+
+// Every level of a sweep is a run of its own: its wrap keys (built from the run ID) must not
+// repeat the previous level's, or its wraps return old packets and its pays conflict.
+func TestSweepLevelsAreSeparateRuns(t *testing.T) {
+	base := loadgen.Config{Gateway: "http://127.0.0.1:1"}.WithDefaults()
+	seen := map[string]bool{}
+	for _, c := range []int{16, 64, 256} {
+		lc := levelConfig(base, c)
+		if lc.Concurrency != c || lc.Pool != 2*c {
+			t.Errorf("level %d: concurrency %d, pool %d; want %d and %d", c, lc.Concurrency, lc.Pool, c, 2*c)
+		}
+		if seen[lc.RunID] || lc.RunID == base.RunID {
+			t.Errorf("level %d reuses run ID %q", c, lc.RunID)
+		}
+		seen[lc.RunID] = true
 	}
 }

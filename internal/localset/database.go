@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redpacketset/redpacket/internal/dbfailover"
@@ -253,7 +254,11 @@ func (d *cellDB) rebuild(i, primary int) error {
 	rows.Close()
 	script := fmt.Sprintf("set -o pipefail; mariadb-dump -h127.0.0.1 -P%d -uroot --single-transaction --gtid --master-data=1 --databases %s | mariadb -h127.0.0.1 -P%d -uroot --init-command='SET SESSION sql_log_bin=0'",
 		d.ports[primary], strings.Join(dbs, " "), d.ports[i])
-	if out, err := exec.CommandContext(ctx, "bash", "-c", script).CombinedOutput(); err != nil {
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	// Out of the terminal's foreground group like every child that outlives a moment: a ^C
+	// is localset's to act on (it stops the rebuild through ctx), not the copy's.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("copy from the primary: %w: %s", err, out)
 	}
 	dst, err := sql.Open("mysql", fmt.Sprintf("root@tcp(127.0.0.1:%d)/", d.ports[i]))

@@ -287,14 +287,6 @@ func (s *SET) buildBinaries(ctx context.Context) error {
 func (s *SET) startAll(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadyTimeout)
 	defer cancel()
-	// A cell whose datadir does not exist yet is new: its servers create every shard table
-	// on their first start, which takes a while; a restart only checks them.
-	var fresh []string
-	for _, c := range s.running {
-		if _, err := os.Stat(filepath.Join(s.dataDir, "cells", c, "mysql")); errors.Is(err, fs.ErrNotExist) {
-			fresh = append(fresh, c)
-		}
-	}
 	n := s.dbInstances()
 	err := parallel(s.running, func(c string) error {
 		cs, _ := s.state.Cell(c)
@@ -328,15 +320,30 @@ func (s *SET) startAll(ctx context.Context) error {
 	for _, c := range s.running {
 		all = append(all, s.servers[c]...)
 	}
-	if len(fresh) > 0 {
-		l := s.state.Layout
-		s.log.Info("starting cell servers; new cells create their shard tables first (about a minute on one machine)",
-			"servers", len(all), "newCells", strings.Join(fresh, ","), "shards", fmt.Sprintf("%dx%d", l.Databases, l.TablesPerDB))
-	} else {
-		s.log.Info("starting cell servers", "servers", len(all))
+	// What the servers will create is read from the databases, not guessed from whether a
+	// datadir exists: a first start interrupted half way, or a restart on a new day, creates
+	// some tables; a plain restart creates none and says nothing about tables.
+	now := time.Now()
+	counts, err := s.countAll(ctx, s.running, now)
+	if err != nil {
+		// Only what localset says depends on the count; the servers create what is missing.
+		s.log.Warn("could not count the cells' shard tables", "err", err)
+		counts = nil
 	}
+	var creating []string
+	for _, c := range counts {
+		if !c.complete() {
+			creating = append(creating, c.cell)
+		}
+	}
+	msg, attrs := startMessage(counts, s.state.Layout)
+	s.log.Info(msg, append([]any{"servers", len(all)}, attrs...)...)
 	var ready atomic.Int64
 	stopProgress := progress(s.log, "waiting for cell servers to become ready", func() []any {
+		if len(creating) > 0 {
+			// Until the first server of a cell is ready, its tables are what it is doing.
+			creating = s.logTableProgress(ctx, s.log, creating, now)
+		}
 		return []any{"ready", ready.Load(), "of", len(all)}
 	})
 	err = parallel(all, func(p *proc) error {
@@ -440,15 +447,23 @@ func serverURL(args []string) string {
 // call more than once.
 func (s *SET) Stop() error {
 	s.stopOnce.Do(func() {
+		// Each tier is logged as it starts and ends, so the order of a stop can be read back
+		// from the log (and is, by the tests).
 		var errs []error
 		if s.gateway != nil {
+			s.log.Info("stop: gateway (no new requests)")
 			errs = append(errs, s.gateway.stop(s.opts.GatewayDrainDelay+20*time.Second))
+			s.log.Info("stop: gateway stopped")
 		}
 		var all []*proc
 		for _, ps := range s.servers {
 			all = append(all, ps...)
 		}
-		errs = append(errs, parallel(all, func(p *proc) error { return p.stop(40 * time.Second) }))
+		if len(all) > 0 {
+			s.log.Info("stop: cell servers (each drains its queues and outbox)", "servers", len(all))
+			errs = append(errs, parallel(all, func(p *proc) error { return p.stop(40 * time.Second) }))
+			s.log.Info("stop: cell servers stopped")
+		}
 		cells := slices.Collect(func(yield func(string) bool) {
 			for c := range s.dbs {
 				if !yield(c) {
@@ -456,9 +471,13 @@ func (s *SET) Stop() error {
 				}
 			}
 		})
-		errs = append(errs, parallel(cells, func(c string) error {
-			return s.dbs[c].stop()
-		}))
+		if len(cells) > 0 {
+			s.log.Info("stop: memcached and MariaDB", "cells", len(cells))
+			errs = append(errs, parallel(cells, func(c string) error {
+				return s.dbs[c].stop()
+			}))
+			s.log.Info("stop: memcached and MariaDB stopped")
+		}
 		if s.lock != nil {
 			_ = syscall.Flock(int(s.lock.Fd()), syscall.LOCK_UN)
 			s.lock.Close()

@@ -92,7 +92,7 @@ func Run(ctx context.Context, cfg Config) ([]Point, Machine, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := Machine{Started: time.Now().UTC(), CPUs: runtime.NumCPU(), CPUModel: cpustat.Model(), Kernel: kernel(), LoadBefore: loadAvg(),
+	m := Machine{Started: time.Now().UTC(), CPUs: runtime.NumCPU(), CPUModel: cpustat.Model(), Kernel: kernel(), LoadBefore: cpustat.LoadAvg(),
 		Durability: "innodb_flush_log_at_trx_commit=1"}
 	if cfg.BinLog {
 		m.Durability += ", log-bin with sync_binlog=1"
@@ -288,13 +288,4 @@ func (e *env) measure(ctx context.Context, key string, callers int, d time.Durat
 func kernel() string {
 	raw, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return strings.TrimSpace(string(raw))
-}
-
-func loadAvg() string {
-	raw, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(raw))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }

@@ -7,10 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
+
+	"github.com/redpacketset/redpacket/internal/chart"
 )
 
 // byKey indexes points by strategy and level.
@@ -162,56 +161,28 @@ func ReplaceSection(doc, content string) (string, error) {
 // WritePNG draws opens/s against concurrent openers, both axes logarithmic.
 func WritePNG(path string, points []Point, m Machine) error {
 	idx, levels := byKey(points)
-	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Hot-packet opens/s vs concurrency (%d CPUs, MariaDB %s, durable)", m.CPUs, short(m.MariaDB))
-	p.X.Label.Text = "concurrent openers"
-	p.Y.Label.Text = "opens/s (log scale)"
-	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	p.X.Tick.Marker = levelTicks(levels)
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Legend.Top, p.Legend.Left = true, true
-	p.Add(plotter.NewGrid())
 	colors := []color.RGBA{{200, 40, 40, 255}, {150, 150, 150, 255}, {40, 110, 200, 255}, {20, 150, 60, 255}}
+	panel := chart.Panel{
+		Title:  fmt.Sprintf("Hot-packet opens/s vs concurrency (%d CPUs, MariaDB %s, durable)", m.CPUs, short(m.MariaDB)),
+		XLabel: "concurrent openers", YLabel: "opens/s (log scale)",
+		Levels: levels, LogY: true, Legend: true,
+	}
 	for i, s := range Strategies {
-		var xys plotter.XYs
+		line := chart.Line{Label: s.Label, Color: colors[i%len(colors)]}
 		for _, l := range levels {
-			pt, ok := idx[s.Key][l]
-			if !ok {
-				continue
+			if pt, ok := idx[s.Key][l]; ok {
+				line.Points = append(line.Points, chart.Point{Level: l, Value: pt.OpensPerSec})
 			}
-			// Log scale cannot show 0: an all-failing point is drawn at 1 open/s.
-			xys = append(xys, plotter.XY{X: float64(l), Y: max(pt.OpensPerSec, 1)})
 		}
-		if len(xys) == 0 {
-			continue
-		}
-		line, pts, err := plotter.NewLinePoints(xys)
-		if err != nil {
-			return err
-		}
-		line.Color, pts.Color = colors[i%len(colors)], colors[i%len(colors)]
-		line.Width = vg.Points(2)
-		pts.Shape = draw.CircleGlyph{}
-		p.Add(line, pts)
-		p.Legend.Add(s.Label, line, pts)
+		panel.Lines = append(panel.Lines, line)
 	}
 	// Room above the highest line for the legend in the top-left corner.
 	lo, hi := 1e18, 1.0
 	for _, pt := range points {
 		lo, hi = min(lo, max(pt.OpensPerSec, 1)), max(hi, pt.OpensPerSec)
 	}
-	p.Y.Min, p.Y.Max = max(lo/2, 0.5), hi*20
-	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
-}
-
-type levelTicks []int
-
-func (l levelTicks) Ticks(min, max float64) []plot.Tick {
-	out := make([]plot.Tick, 0, len(l))
-	for _, v := range l {
-		out = append(out, plot.Tick{Value: float64(v), Label: fmt.Sprint(v)})
-	}
-	return out
+	panel.YMin, panel.YMax = max(lo/2, 0.5), hi*20
+	return chart.WritePNG(path, 9*vg.Inch, 5.5*vg.Inch, panel)
 }
 
 func short(v string) string {

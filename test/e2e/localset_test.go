@@ -118,7 +118,7 @@ func TestLocalSETFestivalAndRestart(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 
-	if first := logs.String(); !strings.Contains(first, "new cells create their shard tables") {
+	if first := logs.String(); !strings.Contains(first, "the first start of a cell creates its shard tables") {
 		t.Errorf("the first start did not say it creates shard tables:\n%s", first)
 	}
 	logs.Reset()
