@@ -246,17 +246,20 @@ func oneRow(res sql.Result, err error) error {
 	return nil
 }
 
-// OpenBatch opens packet id for users in arrival order in ONE transaction: one row lock, one
-// read of earlier receipts, shares computed in order, one multi-row insert of receive
-// records, one of outbox rows, one conditional UPDATE and one commit. A user who opened
-// before (or earlier in the same batch) gets the first amount back with Repeat set. A
-// packet-wide refusal (not found, not paid, expired) or an infrastructure failure is the
-// returned error and applies to every caller; ErrExhausted is per caller.
+// OpenBatch opens packet id for users in arrival order in ONE transaction: one row lock,
+// shares computed in order, then one round trip carrying the multi-row insert of receive
+// records, the multi-row insert of outbox rows and the conditional UPDATE, and one commit. A
+// user who opened before (or earlier in the same batch) gets the first amount back with
+// Repeat set. A packet-wide refusal (not found, not paid, expired) or an infrastructure
+// failure is the returned error and applies to every caller; ErrExhausted is per caller.
 func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
 	if len(users) == 0 {
 		return nil, Packet{}, fmt.Errorf("open packet %d: no users", id)
 	}
-	out, p, err := s.openBatch(ctx, id, users, now, share)
+	out, p, err := s.openBatch(ctx, id, users, now, share, false)
+	if errors.Is(err, errRepeatSeen) {
+		out, p, err = s.openBatch(ctx, id, users, now, share, true)
+	}
 	s.observe(s.TableOf(id), err)
 	if err != nil {
 		return nil, Packet{}, fmt.Errorf("open packet %d for %d users: %w", id, len(users), err)
@@ -264,7 +267,19 @@ func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now tim
 	return out, p, nil
 }
 
-func (s *Store) openBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
+// errRepeatSeen: the receive-record insert of a batch that did not read earlier receipts
+// hit the packet's UNIQUE (packet_id, user_id): a user of the batch opened in an earlier one.
+// The transaction is rolled back whole and the batch runs again reading them first.
+var errRepeatSeen = errors.New("a user of the batch opened before")
+
+// openBatch runs one batch. Without readEarlier it reads no earlier receipts when every user
+// can get a fresh share (the packet is open and has a share for each): the receipts' unique
+// key, not the read, is what refuses a second open, so the read is only needed to answer
+// repeats, and a batch of first opens (the hot case) saves that round trip and its lookups.
+// A repeat then surfaces as a duplicate key, and OpenBatch runs the batch again with
+// readEarlier. When some users cannot get a fresh share, the read comes first, because
+// repeats answer even on an expired or exhausted packet (docs/design.md §4.2).
+func (s *Store) openBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc, readEarlier bool) ([]OpenOutcome, Packet, error) {
 	packets, receipts := s.Tables(id)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -279,13 +294,19 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	if err != nil {
 		return nil, Packet{}, err
 	}
-	earlier, err := receiptsOf(ctx, tx, receipts, id, users)
-	if err != nil {
-		return nil, Packet{}, err
+	stateErr := openable(&p, now)
+	if stateErr != nil || p.RemainingCount < len(users) {
+		readEarlier = true
+	}
+	var earlier map[string]Receipt
+	if readEarlier {
+		if earlier, err = receiptsOf(ctx, tx, receipts, id, users); err != nil {
+			return nil, Packet{}, err
+		}
+	} else {
+		earlier = make(map[string]Receipt, len(users))
 	}
 	out := make([]OpenOutcome, len(users))
-	// Repeats answer even on an expired or exhausted packet: docs/design.md §4.2.
-	stateErr := openable(&p, now)
 	remaining, count := p.RemainingCents, p.RemainingCount
 	seq := p.Count - p.RemainingCount
 	var fresh []Receipt
@@ -321,9 +342,6 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	if len(fresh) == 0 {
 		return out, p, nil
 	}
-	if err := insertReceipts(ctx, tx, receipts, fresh); err != nil {
-		return nil, Packet{}, err
-	}
 	// One outbox row per open carries both of its effects, the wallet credit and the
 	// receiver's history line: the relay hands it to both consumers, each idempotent on the
 	// row's key. Measured on the hot path, a second row per open cost ~30% of group-commit
@@ -333,13 +351,22 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	for _, r := range fresh {
 		rows = append(rows, OutboxRow{Kind: OutboxCredit, Key: "credit:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now})
 	}
-	if err := s.insertOutbox(ctx, tx, rows); err != nil {
-		return nil, Packet{}, err
+	// The three writes go as one multi-statement round trip (OpenDB enables them). The server
+	// stops at the first failing statement and the transaction is then rolled back, so
+	// nothing of a failed batch is kept. The UPDATE comes last: the result's affected rows
+	// are its own. It is conditional on the values read under the lock, a second line of
+	// defence should anything ever write this row without taking the lock first.
+	var b strings.Builder
+	args := make([]any, 0, 5*len(fresh)+8*len(rows)+6)
+	args = appendReceiptInsert(&b, args, receipts, fresh)
+	b.WriteString(";\n")
+	args = s.appendOutboxInsert(&b, args, rows)
+	b.WriteString(";\nUPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1 WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?")
+	args = append(args, remaining, count, id, p.RemainingCents, p.RemainingCount, int(StatusActive))
+	res, err := tx.ExecContext(ctx, b.String(), args...)
+	if isDuplicate(err) && !readEarlier {
+		return nil, Packet{}, errRepeatSeen
 	}
-	// Conditional on the values read under the lock: a second line of defence should anything
-	// ever write this row without taking the lock first.
-	res, err := tx.ExecContext(ctx, "UPDATE "+packets+" SET remaining_cents = ?, remaining_count = ?, version = version + 1 WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?",
-		remaining, count, id, p.RemainingCents, p.RemainingCount, int(StatusActive))
 	if err := oneRow(res, err); err != nil {
 		return nil, Packet{}, err
 	}
@@ -431,12 +458,12 @@ func receiptsOf(ctx context.Context, tx querier, receipts string, id int64, user
 	return out, rows.Err()
 }
 
-func insertReceipts(ctx context.Context, tx *sql.Tx, receipts string, rs []Receipt) error {
-	var b strings.Builder
+// appendReceiptInsert writes the multi-row INSERT of rs into b and returns args with its
+// values appended.
+func appendReceiptInsert(b *strings.Builder, args []any, receipts string, rs []Receipt) []any {
 	b.WriteString("INSERT INTO ")
 	b.WriteString(receipts)
 	b.WriteString(" (packet_id, seq, user_id, amount_cents, opened_ms) VALUES ")
-	args := make([]any, 0, 5*len(rs))
 	for i, r := range rs {
 		if i > 0 {
 			b.WriteByte(',')
@@ -444,16 +471,15 @@ func insertReceipts(ctx context.Context, tx *sql.Tx, receipts string, rs []Recei
 		b.WriteString("(?,?,?,?,?)")
 		args = append(args, r.PacketID, r.Seq, r.User, r.AmountCents, ms(r.OpenedAt))
 	}
-	_, err := tx.ExecContext(ctx, b.String(), args...)
-	return err
+	return args
 }
 
-func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, rows []OutboxRow) error {
-	var b strings.Builder
+// appendOutboxInsert writes the multi-row INSERT of rows into the outbox into b and returns
+// args with its values appended.
+func (s *Store) appendOutboxInsert(b *strings.Builder, args []any, rows []OutboxRow) []any {
 	b.WriteString("INSERT INTO ")
 	b.WriteString(s.cellTable("outbox"))
 	b.WriteString(" (kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms) VALUES ")
-	args := make([]any, 0, 8*len(rows))
 	for i, r := range rows {
 		if i > 0 {
 			b.WriteByte(',')
@@ -461,6 +487,12 @@ func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, rows []OutboxRow) 
 		b.WriteString("(?,?,?,?,?,?,?,?)")
 		args = append(args, int(r.Kind), r.Key, r.PacketID, r.Account, r.AmountCents, r.Count, r.Group, ms(r.At))
 	}
+	return args
+}
+
+func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, rows []OutboxRow) error {
+	var b strings.Builder
+	args := s.appendOutboxInsert(&b, make([]any, 0, 8*len(rows)), rows)
 	_, err := tx.ExecContext(ctx, b.String(), args...)
 	return err
 }
