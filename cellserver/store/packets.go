@@ -246,12 +246,13 @@ func oneRow(res sql.Result, err error) error {
 	return nil
 }
 
-// OpenBatch opens packet id for users in arrival order in ONE transaction: one row lock,
-// shares computed in order, then one round trip carrying the multi-row insert of receive
-// records, the multi-row insert of outbox rows and the conditional UPDATE, and one commit. A
-// user who opened before (or earlier in the same batch) gets the first amount back with
-// Repeat set. A packet-wide refusal (not found, not paid, expired) or an infrastructure
-// failure is the returned error and applies to every caller; ErrExhausted is per caller.
+// OpenBatch opens packet id for users in arrival order in ONE transaction of two round
+// trips: the row lock (with START TRANSACTION), then, once the shares are computed in order,
+// the multi-row insert of receive records, the multi-row insert of outbox rows, the
+// conditional UPDATE and COMMIT. A user who opened before (or earlier in the same batch) gets
+// the first amount back with Repeat set. A packet-wide refusal (not found, not paid, expired)
+// or an infrastructure failure is the returned error and applies to every caller;
+// ErrExhausted is per caller.
 func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
 	if len(users) == 0 {
 		return nil, Packet{}, fmt.Errorf("open packet %d: no users", id)
@@ -281,14 +282,14 @@ var errRepeatSeen = errors.New("a user of the batch opened before")
 // repeats answer even on an expired or exhausted packet (docs/design.md §4.2).
 func (s *Store) openBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc, readEarlier bool) ([]OpenOutcome, Packet, error) {
 	packets, receipts := s.Tables(id)
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.connTx(ctx)
 	if err != nil {
 		return nil, Packet{}, err
 	}
-	defer rollback(tx)
-	p, err := lockPacket(ctx, tx, packets, id)
-	if errors.Is(err, ErrNotFound) {
-		rollback(tx)
+	defer tx.done()
+	p, err := scanPacket(tx.queryRow(ctx, "SELECT "+packetCols+" FROM "+packets+" WHERE id = ? FOR UPDATE", id))
+	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+		tx.done()
 		return s.openArchived(ctx, id, users, now)
 	}
 	if err != nil {
@@ -300,7 +301,7 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	}
 	var earlier map[string]Receipt
 	if readEarlier {
-		if earlier, err = receiptsOf(ctx, tx, receipts, id, users); err != nil {
+		if earlier, err = receiptsOf(ctx, tx.conn, receipts, id, users); err != nil {
 			return nil, Packet{}, err
 		}
 	} else {
@@ -342,6 +343,27 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	if len(fresh) == 0 {
 		return out, p, nil
 	}
+	stmts, args := s.openWrites(packets, receipts, id, fresh, now, p, remaining, count)
+	err = tx.execCommit(ctx, stmts, args...)
+	if isDuplicate(err) && !readEarlier {
+		return nil, Packet{}, errRepeatSeen
+	}
+	if err != nil {
+		return nil, Packet{}, err
+	}
+	p.RemainingCents, p.RemainingCount = remaining, count
+	return out, p, nil
+}
+
+// openWrites is an open batch's writes as one multi-statement: the multi-row insert of the
+// fresh receive records, the multi-row insert of their outbox rows and the packet's UPDATE
+// from locked (the row as read under the lock) to remaining and count.
+//
+// The UPDATE is conditional on the values read under the lock, a second line of defence
+// should anything ever write this row without taking the lock first; its compound statement
+// turns "no row changed" into an error, so that the COMMIT behind it (connTx.execCommit) never
+// runs then: the server stops a multi-statement at its first failing statement.
+func (s *Store) openWrites(packets, receipts string, id int64, fresh []Receipt, now time.Time, locked Packet, remaining int64, count int) (string, []any) {
 	// One outbox row per open carries both of its effects, the wallet credit and the
 	// receiver's history line: the relay hands it to both consumers, each idempotent on the
 	// row's key. Measured on the hot path, a second row per open cost ~30% of group-commit
@@ -351,31 +373,21 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	for _, r := range fresh {
 		rows = append(rows, OutboxRow{Kind: OutboxCredit, Key: "credit:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now})
 	}
-	// The three writes go as one multi-statement round trip (OpenDB enables them). The server
-	// stops at the first failing statement and the transaction is then rolled back, so
-	// nothing of a failed batch is kept. The UPDATE comes last: the result's affected rows
-	// are its own. It is conditional on the values read under the lock, a second line of
-	// defence should anything ever write this row without taking the lock first.
 	var b strings.Builder
 	args := make([]any, 0, 5*len(fresh)+8*len(rows)+6)
 	args = appendReceiptInsert(&b, args, receipts, fresh)
 	b.WriteString(";\n")
 	args = s.appendOutboxInsert(&b, args, rows)
-	b.WriteString(";\nUPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1 WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?")
-	args = append(args, remaining, count, id, p.RemainingCents, p.RemainingCount, int(StatusActive))
-	res, err := tx.ExecContext(ctx, b.String(), args...)
-	if isDuplicate(err) && !readEarlier {
-		return nil, Packet{}, errRepeatSeen
-	}
-	if err := oneRow(res, err); err != nil {
-		return nil, Packet{}, err
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, Packet{}, err
-	}
-	p.RemainingCents, p.RemainingCount = remaining, count
-	return out, p, nil
+	b.WriteString(";\nBEGIN NOT ATOMIC UPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1" +
+		" WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?;" +
+		" IF ROW_COUNT() <> 1 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '" + errPacketMoved + "'; END IF; END")
+	args = append(args, remaining, count, id, locked.RemainingCents, locked.RemainingCount, int(StatusActive))
+	return b.String(), args
 }
+
+// errPacketMoved is the message of the open's conditional UPDATE when the packet row no
+// longer holds what was read under its lock.
+const errPacketMoved = "packet row changed under its lock: conditional update changed no row"
 
 // openArchived answers an open of a packet no longer in its day table. Archive moves only
 // settled packets, and cold rows never change, so no lock is needed: repeats get their first
