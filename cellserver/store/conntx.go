@@ -11,7 +11,7 @@ import (
 // database/sql's Tx, whose BEGIN and COMMIT are each a round trip of their own: here START
 // TRANSACTION rides in front of the first statement and COMMIT behind the last (OpenDB
 // enables multi-statements), so a group-commit batch costs two round trips (lock and read;
-// write and commit) however many statements it runs.
+// write and commit) however many statements it runs, and so does an outbox claim.
 //
 // database/sql does not know a transaction is open on the connection, so connTx must never
 // hand one back to the pool mid-transaction: done rolls back whatever may still be open, and
@@ -35,6 +35,12 @@ func (s *Store) connTx(ctx context.Context) (*connTx, error) {
 func (t *connTx) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
 	t.open = true
 	return t.conn.QueryRowContext(ctx, "START TRANSACTION;\n"+query, args...)
+}
+
+// query starts the transaction and runs query in the same round trip.
+func (t *connTx) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	t.open = true
+	return t.conn.QueryContext(ctx, "START TRANSACTION;\n"+query, args...)
 }
 
 // execCommit runs stmts and, only if every one succeeded, COMMIT, in one round trip. The

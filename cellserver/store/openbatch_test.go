@@ -116,7 +116,7 @@ func TestOpenWritesStopBeforeCommitWhenThePacketMoved(t *testing.T) {
 	}
 }
 
-// An open batch runs its transaction by hand on a pooled connection; none of its ways out
+// An open batch (and an outbox claim) runs its transaction by hand on a pooled connection; none of its ways out
 // may hand the connection back with a transaction open (the next caller would run inside
 // it). The pool has one connection, so every check reads the one the batch used.
 func TestOpenBatchLeavesNoTransactionOpen(t *testing.T) {
@@ -139,6 +139,15 @@ func TestOpenBatchLeavesNoTransactionOpen(t *testing.T) {
 	for _, s := range steps {
 		_, _, err := env.Store.OpenBatch(ctx, s.id, s.users, time.Now(), fixed)
 		t.Logf("%s: %v", s.name, err)
+		assertNoOpenTransaction(t, env)
+	}
+	// Outbox claims run the same way: one that claims every row (pay's two, three credits),
+	// one that finds them all claimed.
+	for _, want := range []int{5, 0} {
+		rows, err := env.Store.ClaimOutbox(ctx, time.Now(), 100, time.Minute)
+		if err != nil || len(rows) != want {
+			t.Fatalf("claim: %d rows, %v; want %d", len(rows), err, want)
+		}
 		assertNoOpenTransaction(t, env)
 	}
 }
