@@ -11,13 +11,16 @@ import (
 // first, for claimFor: their next attempt moves to now+claimFor, so the other servers of the
 // cell (every server runs a relay) skip them, and a relay that dies mid-delivery only delays
 // them. SKIP LOCKED lets concurrent relays claim disjoint rows without waiting on each other.
+//
+// A claim is two round trips: START TRANSACTION with the locking read, then the UPDATE with
+// COMMIT (connTx); an idle pass rolls back after the first.
 func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, limit int, claimFor time.Duration) ([]OutboxRow, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.connTx(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("claim outbox: %w", err)
 	}
-	defer rollback(tx)
-	rows, err := tx.QueryContext(ctx, "SELECT id, kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms, attempts FROM "+
+	defer tx.done()
+	rows, err := tx.query(ctx, "SELECT id, kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms, attempts FROM "+
 		s.cellTable("outbox")+" WHERE delivered = 0 AND next_ms <= ? ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED", ms(now), limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim outbox: %w", err)
@@ -43,10 +46,7 @@ func (s *Store) ClaimOutbox(ctx context.Context, now time.Time, limit int, claim
 	for _, r := range out {
 		args = append(args, r.ID)
 	}
-	if _, err := tx.ExecContext(ctx, "UPDATE "+s.cellTable("outbox")+" SET next_ms = ? WHERE id IN (?"+strings.Repeat(",?", len(out)-1)+")", args...); err != nil {
-		return nil, fmt.Errorf("claim outbox: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.execCommit(ctx, "UPDATE "+s.cellTable("outbox")+" SET next_ms = ? WHERE id IN (?"+strings.Repeat(",?", len(out)-1)+")", args...); err != nil {
 		return nil, fmt.Errorf("claim outbox: %w", err)
 	}
 	return out, nil

@@ -246,17 +246,21 @@ func oneRow(res sql.Result, err error) error {
 	return nil
 }
 
-// OpenBatch opens packet id for users in arrival order in ONE transaction: one row lock, one
-// read of earlier receipts, shares computed in order, one multi-row insert of receive
-// records, one of outbox rows, one conditional UPDATE and one commit. A user who opened
-// before (or earlier in the same batch) gets the first amount back with Repeat set. A
-// packet-wide refusal (not found, not paid, expired) or an infrastructure failure is the
-// returned error and applies to every caller; ErrExhausted is per caller.
+// OpenBatch opens packet id for users in arrival order in ONE transaction of two round
+// trips: the row lock (with START TRANSACTION), then, once the shares are computed in order,
+// the multi-row insert of receive records, the multi-row insert of outbox rows, the
+// conditional UPDATE and COMMIT. A user who opened before (or earlier in the same batch) gets
+// the first amount back with Repeat set. A packet-wide refusal (not found, not paid, expired)
+// or an infrastructure failure is the returned error and applies to every caller;
+// ErrExhausted is per caller.
 func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
 	if len(users) == 0 {
 		return nil, Packet{}, fmt.Errorf("open packet %d: no users", id)
 	}
-	out, p, err := s.openBatch(ctx, id, users, now, share)
+	out, p, err := s.openBatch(ctx, id, users, now, share, false)
+	if errors.Is(err, errRepeatSeen) {
+		out, p, err = s.openBatch(ctx, id, users, now, share, true)
+	}
 	s.observe(s.TableOf(id), err)
 	if err != nil {
 		return nil, Packet{}, fmt.Errorf("open packet %d for %d users: %w", id, len(users), err)
@@ -264,28 +268,46 @@ func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now tim
 	return out, p, nil
 }
 
-func (s *Store) openBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
+// errRepeatSeen: the receive-record insert of a batch that did not read earlier receipts
+// hit the packet's UNIQUE (packet_id, user_id): a user of the batch opened in an earlier one.
+// The transaction is rolled back whole and the batch runs again reading them first.
+var errRepeatSeen = errors.New("a user of the batch opened before")
+
+// openBatch runs one batch. Without readEarlier it reads no earlier receipts when every user
+// can get a fresh share (the packet is open and has a share for each): the receipts' unique
+// key, not the read, is what refuses a second open, so the read is only needed to answer
+// repeats, and a batch of first opens (the hot case) saves that round trip and its lookups.
+// A repeat then surfaces as a duplicate key, and OpenBatch runs the batch again with
+// readEarlier. When some users cannot get a fresh share, the read comes first, because
+// repeats answer even on an expired or exhausted packet (docs/design.md §4.2).
+func (s *Store) openBatch(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc, readEarlier bool) ([]OpenOutcome, Packet, error) {
 	packets, receipts := s.Tables(id)
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.connTx(ctx)
 	if err != nil {
 		return nil, Packet{}, err
 	}
-	defer rollback(tx)
-	p, err := lockPacket(ctx, tx, packets, id)
-	if errors.Is(err, ErrNotFound) {
-		rollback(tx)
+	defer tx.done()
+	p, err := scanPacket(tx.queryRow(ctx, "SELECT "+packetCols+" FROM "+packets+" WHERE id = ? FOR UPDATE", id))
+	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+		tx.done()
 		return s.openArchived(ctx, id, users, now)
 	}
 	if err != nil {
 		return nil, Packet{}, err
 	}
-	earlier, err := receiptsOf(ctx, tx, receipts, id, users)
-	if err != nil {
-		return nil, Packet{}, err
+	stateErr := openable(&p, now)
+	if stateErr != nil || p.RemainingCount < len(users) {
+		readEarlier = true
+	}
+	var earlier map[string]Receipt
+	if readEarlier {
+		if earlier, err = receiptsOf(ctx, tx.conn, receipts, id, users); err != nil {
+			return nil, Packet{}, err
+		}
+	} else {
+		earlier = make(map[string]Receipt, len(users))
 	}
 	out := make([]OpenOutcome, len(users))
-	// Repeats answer even on an expired or exhausted packet: docs/design.md §4.2.
-	stateErr := openable(&p, now)
 	remaining, count := p.RemainingCents, p.RemainingCount
 	seq := p.Count - p.RemainingCount
 	var fresh []Receipt
@@ -321,9 +343,27 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	if len(fresh) == 0 {
 		return out, p, nil
 	}
-	if err := insertReceipts(ctx, tx, receipts, fresh); err != nil {
+	stmts, args := s.openWrites(packets, receipts, id, fresh, now, p, remaining, count)
+	err = tx.execCommit(ctx, stmts, args...)
+	if isDuplicate(err) && !readEarlier {
+		return nil, Packet{}, errRepeatSeen
+	}
+	if err != nil {
 		return nil, Packet{}, err
 	}
+	p.RemainingCents, p.RemainingCount = remaining, count
+	return out, p, nil
+}
+
+// openWrites is an open batch's writes as one multi-statement: the multi-row insert of the
+// fresh receive records, the multi-row insert of their outbox rows and the packet's UPDATE
+// from locked (the row as read under the lock) to remaining and count.
+//
+// The UPDATE is conditional on the values read under the lock, a second line of defence
+// should anything ever write this row without taking the lock first; its compound statement
+// turns "no row changed" into an error, so that the COMMIT behind it (connTx.execCommit) never
+// runs then: the server stops a multi-statement at its first failing statement.
+func (s *Store) openWrites(packets, receipts string, id int64, fresh []Receipt, now time.Time, locked Packet, remaining int64, count int) (string, []any) {
 	// One outbox row per open carries both of its effects, the wallet credit and the
 	// receiver's history line: the relay hands it to both consumers, each idempotent on the
 	// row's key. Measured on the hot path, a second row per open cost ~30% of group-commit
@@ -333,22 +373,21 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	for _, r := range fresh {
 		rows = append(rows, OutboxRow{Kind: OutboxCredit, Key: "credit:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now})
 	}
-	if err := s.insertOutbox(ctx, tx, rows); err != nil {
-		return nil, Packet{}, err
-	}
-	// Conditional on the values read under the lock: a second line of defence should anything
-	// ever write this row without taking the lock first.
-	res, err := tx.ExecContext(ctx, "UPDATE "+packets+" SET remaining_cents = ?, remaining_count = ?, version = version + 1 WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?",
-		remaining, count, id, p.RemainingCents, p.RemainingCount, int(StatusActive))
-	if err := oneRow(res, err); err != nil {
-		return nil, Packet{}, err
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, Packet{}, err
-	}
-	p.RemainingCents, p.RemainingCount = remaining, count
-	return out, p, nil
+	var b strings.Builder
+	args := make([]any, 0, 5*len(fresh)+8*len(rows)+6)
+	args = appendReceiptInsert(&b, args, receipts, fresh)
+	b.WriteString(";\n")
+	args = s.appendOutboxInsert(&b, args, rows)
+	b.WriteString(";\nBEGIN NOT ATOMIC UPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1" +
+		" WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?;" +
+		" IF ROW_COUNT() <> 1 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '" + errPacketMoved + "'; END IF; END")
+	args = append(args, remaining, count, id, locked.RemainingCents, locked.RemainingCount, int(StatusActive))
+	return b.String(), args
 }
+
+// errPacketMoved is the message of the open's conditional UPDATE when the packet row no
+// longer holds what was read under its lock.
+const errPacketMoved = "packet row changed under its lock: conditional update changed no row"
 
 // openArchived answers an open of a packet no longer in its day table. Archive moves only
 // settled packets, and cold rows never change, so no lock is needed: repeats get their first
@@ -431,12 +470,12 @@ func receiptsOf(ctx context.Context, tx querier, receipts string, id int64, user
 	return out, rows.Err()
 }
 
-func insertReceipts(ctx context.Context, tx *sql.Tx, receipts string, rs []Receipt) error {
-	var b strings.Builder
+// appendReceiptInsert writes the multi-row INSERT of rs into b and returns args with its
+// values appended.
+func appendReceiptInsert(b *strings.Builder, args []any, receipts string, rs []Receipt) []any {
 	b.WriteString("INSERT INTO ")
 	b.WriteString(receipts)
 	b.WriteString(" (packet_id, seq, user_id, amount_cents, opened_ms) VALUES ")
-	args := make([]any, 0, 5*len(rs))
 	for i, r := range rs {
 		if i > 0 {
 			b.WriteByte(',')
@@ -444,16 +483,15 @@ func insertReceipts(ctx context.Context, tx *sql.Tx, receipts string, rs []Recei
 		b.WriteString("(?,?,?,?,?)")
 		args = append(args, r.PacketID, r.Seq, r.User, r.AmountCents, ms(r.OpenedAt))
 	}
-	_, err := tx.ExecContext(ctx, b.String(), args...)
-	return err
+	return args
 }
 
-func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, rows []OutboxRow) error {
-	var b strings.Builder
+// appendOutboxInsert writes the multi-row INSERT of rows into the outbox into b and returns
+// args with its values appended.
+func (s *Store) appendOutboxInsert(b *strings.Builder, args []any, rows []OutboxRow) []any {
 	b.WriteString("INSERT INTO ")
 	b.WriteString(s.cellTable("outbox"))
 	b.WriteString(" (kind, idem_key, packet_id, account, amount_cents, share_count, grp, at_ms) VALUES ")
-	args := make([]any, 0, 8*len(rows))
 	for i, r := range rows {
 		if i > 0 {
 			b.WriteByte(',')
@@ -461,6 +499,12 @@ func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, rows []OutboxRow) 
 		b.WriteString("(?,?,?,?,?,?,?,?)")
 		args = append(args, int(r.Kind), r.Key, r.PacketID, r.Account, r.AmountCents, r.Count, r.Group, ms(r.At))
 	}
+	return args
+}
+
+func (s *Store) insertOutbox(ctx context.Context, tx *sql.Tx, rows []OutboxRow) error {
+	var b strings.Builder
+	args := s.appendOutboxInsert(&b, make([]any, 0, 8*len(rows)), rows)
 	_, err := tx.ExecContext(ctx, b.String(), args...)
 	return err
 }

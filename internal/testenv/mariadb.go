@@ -282,6 +282,17 @@ func (p *MariaDBProcess) Port() int {
 	return p.port
 }
 
+// Pid is the running server's process ID, 0 when it is not running (benchmarks read its CPU
+// time from /proc).
+func (p *MariaDBProcess) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Addr is host:port.
 func (p *MariaDBProcess) Addr() string {
 	p.mu.Lock()

@@ -67,10 +67,10 @@ func BenchmarkHTTPHotOpens(b *testing.B) {
 		}
 	}
 	b.Run("e_http_naive_for_update", func(b *testing.B) {
-		runStrategy(b, svc, hot, strategy{"e_http_naive_for_update", open(serve(b, Naive{svc}))})
+		runStrategy(b, env, svc, hot, strategy{"e_http_naive_for_update", open(serve(b, Naive{svc}))})
 	})
 	b.Run("f_http_queue_group_commit", func(b *testing.B) {
-		runStrategy(b, svc, hot, strategy{"f_http_queue_group_commit", open(serve(b, queued(b, queue.Config{Workers: 32, Depth: 4 * Callers})))})
+		runStrategy(b, env, svc, hot, strategy{"f_http_queue_group_commit", open(serve(b, queued(b, queue.Config{Workers: 32, Depth: 4 * Callers})))})
 	})
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
