@@ -177,19 +177,8 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 
 	t.Run("pods the workload controller cannot create", func(t *testing.T) {
 		set := truthSet("forbidden", "forbidden-pods", 1)
-		if err := c.Create(ctx, set); err != nil {
-			t.Fatal(err)
-		}
 		key := client.ObjectKeyFromObject(set)
-		var cell rpv1.RedPacketCell
-		testenv.Eventually(t, 30*time.Second, "cell and children", func() error {
-			cells, err := listCells(ctx, c, set)
-			if err != nil || len(cells) != 1 {
-				return fmt.Errorf("%d cells, %v", len(cells), err)
-			}
-			cell = cells[0]
-			return markReady(ctx, c, &cell, 0)
-		})
+		cell := createOneCellSet(t, ctx, c, set, func(cell *rpv1.RedPacketCell) error { return markReady(ctx, c, cell, 0) })
 		// What the deployment controller writes when Pod Security refuses every pod.
 		const refusal = `pods "forbidden-cell-0-server-7d9f" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true`
 		testenv.Eventually(t, 30*time.Second, "ReplicaFailure written", func() error {
@@ -250,17 +239,8 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 	// crash-loops reads "primary not ready" for ever.
 	t.Run("pods that cannot start", func(t *testing.T) {
 		set := truthSet("crashing", "crashing-pods", 1)
-		if err := c.Create(ctx, set); err != nil {
-			t.Fatal(err)
-		}
 		key := client.ObjectKeyFromObject(set)
-		var cell rpv1.RedPacketCell
-		testenv.Eventually(t, 30*time.Second, "cell and children", func() error {
-			cells, err := listCells(ctx, c, set)
-			if err != nil || len(cells) != 1 {
-				return fmt.Errorf("%d cells, %v", len(cells), err)
-			}
-			cell = cells[0]
+		cell := createOneCellSet(t, ctx, c, set, func(cell *rpv1.RedPacketCell) error {
 			return c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: cell.MySQLName()}, &appsv1.StatefulSet{})
 		})
 		// What the StatefulSet controller and a kubelet would leave: the primary's pod, with
@@ -304,6 +284,24 @@ func TestProvisioningFailuresAreConditions(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// createOneCellSet creates set and waits for its one cell, until then(cell) succeeds.
+func createOneCellSet(t *testing.T, ctx context.Context, c client.Client, set *rpv1.RedPacketSet, then func(*rpv1.RedPacketCell) error) rpv1.RedPacketCell {
+	t.Helper()
+	if err := c.Create(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	var cell rpv1.RedPacketCell
+	testenv.Eventually(t, 30*time.Second, "cell and children", func() error {
+		cells, err := listCells(ctx, c, set)
+		if err != nil || len(cells) != 1 {
+			return fmt.Errorf("%d cells, %v", len(cells), err)
+		}
+		cell = cells[0]
+		return then(&cell)
+	})
+	return cell
 }
 
 // setEvents lists the events regarding the set with reason, by the cell they are about.

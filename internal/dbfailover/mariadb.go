@@ -122,9 +122,18 @@ func killSessions(ctx context.Context, conn *sql.Conn, user string) error {
 	if user == "" {
 		return nil
 	}
-	rows, err := conn.QueryContext(ctx, "SELECT id FROM information_schema.PROCESSLIST WHERE user = ? AND id <> CONNECTION_ID()", user)
+	return killWhere(ctx, conn, "user = ? AND id <> CONNECTION_ID()", user)
+}
+
+// killWhere ends every thread of the processlist that cond selects; a thread that ended
+// meanwhile answers "unknown thread", which is fine.
+func killWhere(ctx context.Context, q interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, cond string, args ...any) error {
+	rows, err := q.QueryContext(ctx, "SELECT id FROM information_schema.PROCESSLIST WHERE "+cond, args...)
 	if err != nil {
-		return fmt.Errorf("list sessions of %s: %w", user, err)
+		return fmt.Errorf("list threads where %s: %w", cond, err)
 	}
 	var ids []int64
 	for rows.Next() {
@@ -137,8 +146,7 @@ func killSessions(ctx context.Context, conn *sql.Conn, user string) error {
 	}
 	rows.Close()
 	for _, id := range ids {
-		// A session that ended meanwhile answers "unknown thread": fine.
-		_, _ = conn.ExecContext(ctx, fmt.Sprintf("KILL %d", id))
+		_, _ = q.ExecContext(ctx, fmt.Sprintf("KILL %d", id))
 	}
 	return rows.Err()
 }
@@ -196,24 +204,7 @@ func repoint(ctx context.Context, db *sql.DB, src, user, password string) error 
 // one instead of waiting behind a hung one. Every replica reconnects within
 // MASTER_CONNECT_RETRY (1 s); only a stalled replica's restart calls it.
 func killDumps(ctx context.Context, db *sql.DB) error {
-	rows, err := db.QueryContext(ctx, "SELECT id FROM information_schema.PROCESSLIST WHERE command LIKE 'Binlog Dump%'")
-	if err != nil {
-		return fmt.Errorf("list binlog dump threads: %w", err)
-	}
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return err
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	for _, id := range ids {
-		_, _ = db.ExecContext(ctx, fmt.Sprintf("KILL %d", id)) // gone meanwhile: fine
-	}
-	return rows.Err()
+	return killWhere(ctx, db, "command LIKE 'Binlog Dump%'")
 }
 
 // stopReceiving stops a replica's IO thread so it takes nothing more from the lost primary,
