@@ -104,12 +104,11 @@ func festival(args []string) error {
 	printComponentCPU(os.Stdout, procs, cpu0, cpu1, res)
 	failed := len(res.Misrouted) > 0 || res.Errors > o.maxErrors
 	if o.audit {
-		rep, err := o.auditRun(t, res)
+		clean, err := o.auditAndPrint(t, res)
 		if err != nil {
 			return err
 		}
-		printAudit(os.Stdout, rep)
-		failed = failed || !rep.OK()
+		failed = failed || !clean
 	}
 	if failed {
 		return errFailed
@@ -256,17 +255,26 @@ func (o festivalOpts) sweep(ctx context.Context, t festivalTarget, cfg loadgen.C
 			combined.Created = append(combined.Created, r.Created...)
 			combined.Shares = append(combined.Shares, r.Shares...)
 		}
-		rep, err := o.auditRun(t, combined)
+		clean, err := o.auditAndPrint(t, combined)
 		if err != nil {
 			return err
 		}
-		printAudit(os.Stdout, rep)
-		failed = failed || !rep.OK()
+		failed = failed || !clean
 	}
 	if failed {
 		return errFailed
 	}
 	return nil
+}
+
+// auditAndPrint audits res, prints the report and says whether it is clean.
+func (o festivalOpts) auditAndPrint(t festivalTarget, res *loadgen.Result) (bool, error) {
+	rep, err := o.auditRun(t, res)
+	if err != nil {
+		return false, err
+	}
+	printAudit(os.Stdout, rep)
+	return rep.OK(), nil
 }
 
 // auditRun checks docs/design.md §4 on every cell after the run.
