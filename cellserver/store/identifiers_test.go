@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redpacketset/redpacket/cellserver/ids"
 	"github.com/redpacketset/redpacket/cellserver/packet"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/cellserver/store"
@@ -212,5 +213,55 @@ func TestExistingWrapComparesSenderExactly(t *testing.T) {
 	req.Sender, req.RequestID = "Bob", "req-1"
 	if got, created, err := svc.Wrap(ctx, req, 7); err != nil || created || got.ID != bobs.ID {
 		t.Fatalf("Bob's exact retry: %+v created=%v %v", got, created, err)
+	}
+}
+
+// TestMissingDayTableIsUnreadableNotAbsent: with a packet's day tables renamed away (a botched
+// restore), reading, opening, paying and listing receipts of that packet say the table is
+// unreadable (503, retry), never "not found": a client told its packet does not exist would
+// give up on money that is there. A wrap into the missing table is unreadable too, not an
+// internal error. An ID that is simply not there is still not found.
+func TestMissingDayTableIsUnreadableNotAbsent(t *testing.T) {
+	env := storetest.New(t, storetest.Options{})
+	ctx := context.Background()
+	svc := packet.New(env.Store, &storetest.IDs{}, packet.Config{Expiry: time.Hour})
+	p := paidPacket(t, svc, "s", "r-hidden", "t-hidden", 1000, 10)
+	if _, err := env.Store.Get(ctx, p.ID+1); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an ID never stored: %v, want ErrNotFound", err)
+	}
+	packets, receipts := env.Store.Tables(p.ID)
+	for _, n := range []string{packets, receipts} {
+		if _, err := env.DB.ExecContext(ctx, "RENAME TABLE "+n+" TO "+n+"_hidden"); err != nil {
+			t.Fatal(err)
+		}
+		defer env.DB.ExecContext(ctx, "RENAME TABLE "+n+"_hidden TO "+n)
+	}
+	unreadable := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, store.ErrUnreadable) || errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s with its day tables gone: %v, want ErrUnreadable", what, err)
+		}
+	}
+	_, err := env.Store.Get(ctx, p.ID)
+	unreadable("get", err)
+	_, _, err = env.Store.OpenBatch(ctx, p.ID, []string{"u"}, time.Now(), fixed)
+	unreadable("open", err)
+	_, err = env.Store.Receipt(ctx, p.ID, "u")
+	unreadable("receipt", err)
+	_, err = env.Store.Pay(ctx, p.ID, "t-hidden", 1000, time.Now(), time.Hour)
+	unreadable("pay", err)
+	q := p
+	q.ID, q.RequestID = p.ID+2, "r-new"
+	_, _, err = env.Store.Wrap(ctx, q, time.Now().Add(time.Hour))
+	unreadable("wrap", err)
+
+	// An ID from three days before this cell's first start: its day table never existed, and
+	// the packet cannot have either.
+	old, err := ids.Compose(ids.Parts{Created: time.Now().Add(-72 * time.Hour), Slot: ids.Slot(p.ID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Store.Get(ctx, old); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("an ID from before the cell existed: %v, want ErrNotFound", err)
 	}
 }

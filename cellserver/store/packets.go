@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redpacketset/redpacket/cellserver/ids"
 )
 
 const packetCols = `id, sender, request_id, kind, status, total_cents, share_count, remaining_cents,
@@ -47,6 +49,11 @@ func (s *Store) WrapChecked(ctx context.Context, p Packet, payBy time.Time, chec
 	packets, _ := s.Tables(p.ID)
 	got, created, err := s.wrap(ctx, p, payBy, packets, check)
 	s.observe(tbl, err)
+	if isMissingTable(err) {
+		// Today's day table is gone (a rename, a botched restore): the database's fault, to
+		// retry, not an internal error.
+		err = fmt.Errorf("%w: %w", ErrUnreadable, err)
+	}
 	if err != nil {
 		return Packet{}, false, fmt.Errorf("wrap packet %d for %s/%s: %w", p.ID, p.Sender, p.RequestID, err)
 	}
@@ -149,20 +156,45 @@ func (s *Store) Get(ctx context.Context, id int64) (Packet, error) {
 func (s *Store) get(ctx context.Context, id int64) (Packet, error) {
 	packets, _ := s.Tables(id)
 	p, err := scanPacket(s.db.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+packets+" WHERE id = ?", id))
-	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+	dayMissing := isMissingTable(err)
+	if errors.Is(err, sql.ErrNoRows) || dayMissing {
 		cold, _ := s.coldTables(s.TableOf(id))
 		p, err = scanPacket(s.db.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+cold+" WHERE id = ?", id))
 	}
 	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
-		return Packet{}, ErrNotFound
+		return Packet{}, s.absent(ctx, id, dayMissing)
 	}
 	return p, err
 }
 
-func lockPacket(ctx context.Context, tx *sql.Tx, packets string, id int64) (Packet, error) {
+// absent is the answer for a packet found in neither its day table nor the cold one. When the
+// day table itself is missing although the cell already existed on the packet's day (its cold
+// table, made at the cell's first start and never renamed, is older) and the packet would still
+// be in it (created within the retention), the table is unreadable — a rename, a botched
+// restore — and the packet may well exist: "not found" would tell a client its money is gone,
+// so the answer is ErrUnreadable (503, retry). An ID from before the cell existed, or from
+// past the retention, is simply not found.
+func (s *Store) absent(ctx context.Context, id int64, dayMissing bool) error {
+	created := ids.CreatedAt(id)
+	if !dayMissing || time.Since(created) >= s.keep {
+		return ErrNotFound
+	}
+	t := s.TableOf(id)
+	packets, _ := s.Tables(id)
+	var since time.Time
+	err := s.db.QueryRowContext(ctx, "SELECT CREATE_TIME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+		s.layout.DBName(t.DB), fmt.Sprintf("t_%d_cold", t.Table)).Scan(&since)
+	// A day of slack: CREATE_TIME is in the server's time zone.
+	if err == nil && created.Before(since.Add(-24*time.Hour)) {
+		return ErrNotFound
+	}
+	return fmt.Errorf("packet %d: day table %s missing: %w", id, packets, ErrUnreadable)
+}
+
+func (s *Store) lockPacket(ctx context.Context, tx *sql.Tx, packets string, id int64) (Packet, error) {
 	p, err := scanPacket(tx.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+packets+" WHERE id = ? FOR UPDATE", id))
 	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
-		return Packet{}, ErrNotFound
+		return Packet{}, s.absent(ctx, id, isMissingTable(err))
 	}
 	return p, err
 }
@@ -187,7 +219,7 @@ func (s *Store) pay(ctx context.Context, id int64, txnID string, amount int64, n
 		return Packet{}, err
 	}
 	defer rollback(tx)
-	p, err := lockPacket(ctx, tx, packets, id)
+	p, err := s.lockPacket(ctx, tx, packets, id)
 	if err != nil {
 		return Packet{}, err
 	}
@@ -290,7 +322,7 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	p, err := scanPacket(tx.queryRow(ctx, "SELECT "+packetCols+" FROM "+packets+" WHERE id = ? FOR UPDATE", id))
 	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
 		tx.done()
-		return s.openArchived(ctx, id, users, now)
+		return s.openArchived(ctx, id, users, now, isMissingTable(err))
 	}
 	if err != nil {
 		return nil, Packet{}, err
@@ -392,11 +424,11 @@ const errPacketMoved = "packet row changed under its lock: conditional update ch
 // openArchived answers an open of a packet no longer in its day table. Archive moves only
 // settled packets, and cold rows never change, so no lock is needed: repeats get their first
 // amount (docs/design.md §4.2), everyone else the packet's settled state.
-func (s *Store) openArchived(ctx context.Context, id int64, users []string, now time.Time) ([]OpenOutcome, Packet, error) {
+func (s *Store) openArchived(ctx context.Context, id int64, users []string, now time.Time, dayMissing bool) ([]OpenOutcome, Packet, error) {
 	coldP, coldR := s.coldTables(s.TableOf(id))
 	p, err := scanPacket(s.db.QueryRowContext(ctx, "SELECT "+packetCols+" FROM "+coldP+" WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
-		return nil, Packet{}, ErrNotFound
+		return nil, Packet{}, s.absent(ctx, id, dayMissing)
 	}
 	if err != nil {
 		return nil, Packet{}, fmt.Errorf("read %s: %w", coldP, err)
@@ -516,7 +548,12 @@ func (s *Store) Receipt(ctx context.Context, id int64, user string) (Receipt, er
 	var opened int64
 	err := s.db.QueryRowContext(ctx, "SELECT seq, amount_cents, opened_ms FROM "+receipts+" WHERE packet_id = ? AND user_id = ?", id, user).
 		Scan(&r.Seq, &r.AmountCents, &opened)
-	if errors.Is(err, sql.ErrNoRows) || isMissingTable(err) {
+	if isMissingTable(err) {
+		if aerr := s.absent(ctx, id, true); errors.Is(aerr, ErrUnreadable) {
+			err = fmt.Errorf("receipts table %s missing: %w", receipts, ErrUnreadable)
+		}
+	}
+	if !errors.Is(err, ErrUnreadable) && (errors.Is(err, sql.ErrNoRows) || isMissingTable(err)) {
 		s.observe(s.TableOf(id), nil)
 		return Receipt{}, ErrNotFound
 	}
