@@ -30,7 +30,7 @@ func BenchmarkPickSlot(b *testing.B) {
 	now := time.Now()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		if _, _, ok := g.pickSlot(t, now, int64(i), "", -1); !ok {
+		if _, _, ok := g.pickSlot(t, now, int64(i), "", nil); !ok {
 			b.Fatal("no slot")
 		}
 	}

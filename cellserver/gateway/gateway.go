@@ -445,8 +445,15 @@ func (g *Gateway) serveCreate(w http.ResponseWriter, r *http.Request) {
 }
 
 // forwardCreate sends a create to cell (any cell with a creatable slot when cell is "").
+//
+// A cell refuses a slot it cannot issue in (409 slot_unavailable): masked, or its table's
+// breaker open. The gateway's masks come with the routing table and trail the cell's by up to
+// a kubelet refresh, so after a table fails the gateway keeps picking its slots for a while.
+// Each refusal costs one cheap round trip (the cell refuses before any write), so the create
+// tries up to maxCreateAttempts slots, never one refused before: one retry was not enough
+// right after a database restart masked a quarter of a cell's slots.
 func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routing.Table, cell string, key int64, body []byte) {
-	refused := -1
+	refused := map[int]bool{}
 	for attempt := 0; ; attempt++ {
 		slot, target, ok := g.pickSlot(t, g.cfg.Now(), key, cell, refused)
 		var extra http.Header
@@ -455,6 +462,11 @@ func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routi
 			extra = http.Header{routing.HeaderSlot: []string{strconv.Itoa(slot)}}
 		case cell == "":
 			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", "no unmasked slot with a ready cell server")
+			return
+		case attempt > 0:
+			// Every slot left was refused: nothing was created.
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", fmt.Sprintf("cell %s, home of this request, refused every slot it was offered", cell))
 			return
 		default:
 			// The home has no creatable slot left (all masked): it still answers a retry with
@@ -466,15 +478,15 @@ func (g *Gateway) forwardCreate(w http.ResponseWriter, r *http.Request, t *routi
 			g.upstreamFailed(w, "create", target, err)
 			return
 		}
-		if ok && attempt == 0 && resp.slotUnavailable() {
+		if ok && attempt+1 < maxCreateAttempts && resp.slotUnavailable() {
 			g.metrics.createRetries.Inc()
 			g.log.Debug("cell refused create slot; retrying with another", "cell", target, "slot", slot)
-			refused = slot
+			refused[slot] = true
 			continue
 		}
 		if resp.slotUnavailable() {
-			// Refused twice, or with no slot to choose: nothing was created. Near an epoch's
-			// boundary the cell's clock may place the instant in another epoch than ours.
+			// Refused on every attempt, or with no slot to choose: nothing was created. Near an
+			// epoch's boundary the cell's clock may place the instant in another epoch than ours.
 			w.Header().Set("Retry-After", "1")
 			writeError(w, http.StatusServiceUnavailable, routing.CodeNoSlotAvailable, "", fmt.Sprintf("cell %s, home of this request, has no slot it can issue in now", target))
 			return
@@ -573,7 +585,10 @@ func (g *Gateway) claimAnswer(w http.ResponseWriter, resp *upstream, cell string
 // at now whose cell has a ready server, leaving out slot exclude; only slots of cell when cell
 // is not "". Weighing every slot alike makes a cell's share of creates proportional to its
 // creatable slots.
-func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, cell string, exclude int) (slot int, owner string, ok bool) {
+// maxCreateAttempts bounds the slots one create tries (see forwardCreate).
+const maxCreateAttempts = 6
+
+func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, cell string, exclude map[int]bool) (slot int, owner string, ok bool) {
 	e, found := t.EpochAt(now)
 	if !found {
 		return 0, "", false
@@ -585,7 +600,7 @@ func (g *Gateway) pickSlot(t *routing.Table, now time.Time, key int64, cell stri
 			continue
 		}
 		for s := r.Start; s <= r.End; s++ {
-			if s == exclude || t.IsMasked(s) {
+			if exclude[s] || t.IsMasked(s) {
 				continue
 			}
 			if w := slotWeight(key, s); slot < 0 || w > best {
