@@ -234,7 +234,11 @@ func TestMissingDayTableIsUnreadableNotAbsent(t *testing.T) {
 		if _, err := env.DB.ExecContext(ctx, "RENAME TABLE "+n+" TO "+n+"_hidden"); err != nil {
 			t.Fatal(err)
 		}
-		defer env.DB.ExecContext(ctx, "RENAME TABLE "+n+"_hidden TO "+n)
+		defer func() {
+			if _, err := env.DB.ExecContext(ctx, "RENAME TABLE "+n+"_hidden TO "+n); err != nil {
+				t.Errorf("restore %s: %v", n, err)
+			}
+		}()
 	}
 	unreadable := func(what string, err error) {
 		t.Helper()

@@ -241,7 +241,11 @@ func TestProbeTableReportsHealthAndFailure(t *testing.T) {
 	if _, err := env.DB.ExecContext(ctx, "RENAME TABLE "+name+" TO "+name+"_gone"); err != nil {
 		t.Fatal(err)
 	}
-	defer env.DB.ExecContext(ctx, "RENAME TABLE "+name+"_gone TO "+name)
+	defer func() {
+		if _, err := env.DB.ExecContext(ctx, "RENAME TABLE "+name+"_gone TO "+name); err != nil {
+			t.Errorf("restore %s: %v", name, err)
+		}
+	}()
 	if err := env.Store.ProbeTable(ctx, tbl, now); err == nil || !strings.Contains(err.Error(), name) {
 		t.Fatalf("probe with %s gone: %v, want an error naming it", name, err)
 	}

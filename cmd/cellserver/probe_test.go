@@ -74,5 +74,7 @@ func TestMaskedTableIsProbed(t *testing.T) {
 		return fmt.Errorf("counts %+v", counts)
 	})
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		t.Errorf("server: %v", err)
+	}
 }
