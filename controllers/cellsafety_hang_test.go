@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/control"
@@ -139,5 +141,70 @@ func TestHungCellDatabaseDoesNotStallOtherCells(t *testing.T) {
 			return fmt.Errorf("cell 0's database tried %d times", n)
 		}
 		return nil
+	})
+}
+
+// TestHungCellsDoNotHoldBackTheSetsRouting: every cell's database hangs. Before a new epoch is
+// recorded the set's reconciler asks each cell which epoch its servers hold and announces the
+// epoch to each; those calls run side by side, so a pass costs one deadline, not one per cell.
+// One after the other, eight hung cells took 8 × 2 deadlines (32 s here) before the status
+// moved, and under a loaded CI the set looked stuck.
+func TestHungCellsDoNotHoldBackTheSetsRouting(t *testing.T) {
+	env := envtestutil.Start(t)
+	c := env.Client
+	ctx := context.Background()
+
+	addr, accepted := hungDatabase(t)
+	cfg := mysql.NewConfig()
+	cfg.User, cfg.Net, cfg.Addr = "root", "tcp", addr
+	connector, err := mysql.NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hung := sql.OpenDB(connector)
+	t.Cleanup(func() { hung.Close() })
+	const deadline = 2 * time.Second
+	startManager(t, env, controllers.Options{CellDBTimeout: deadline,
+		OpenCellDB: func(context.Context, *rpv1.RedPacketCell, *corev1.Secret) (*sql.DB, error) { return hung, nil }})
+
+	set := smallSet("allhung", 8)
+	if err := c.Create(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	key := client.ObjectKeyFromObject(set)
+	testenv.Eventually(t, 30*time.Second, "epoch 1 recorded", func() error {
+		if e := getSet(t, c, key).Status.Routing.CurrentEpoch; e != 1 {
+			return fmt.Errorf("status at epoch %d", e)
+		}
+		return nil
+	})
+	testenv.Eventually(t, 30*time.Second, "the cells' hung databases reached", func() error {
+		if n := accepted.Load(); n < 8 {
+			return fmt.Errorf("%d connections", n)
+		}
+		return nil
+	})
+
+	scale(t, ctx, c, set, 9)
+	// Two passes over the cells (readers, then announce) plus a reconcile already running:
+	// about 3 deadlines side by side, 16 one after the other.
+	bound := 8 * deadline
+	start := time.Now()
+	testenv.Eventually(t, bound, "epoch 2 recorded while every cell hangs", func() error {
+		s := getSet(t, c, key)
+		if e := s.Status.Routing.CurrentEpoch; e != 2 {
+			return fmt.Errorf("status at epoch %d", e)
+		}
+		return nil
+	})
+	t.Logf("epoch 2 recorded %s after the scale-out, with every cell's database hung", time.Since(start).Round(time.Millisecond))
+	testenv.Eventually(t, 30*time.Second, "the unreachable cells named", func() error {
+		s := getSet(t, c, key)
+		for _, cond := range s.Status.Conditions {
+			if strings.Contains(cond.Message, "allhung-cell-7") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no condition names the hung cells: %+v", s.Status.Conditions)
 	})
 }

@@ -1,6 +1,9 @@
 package controllers
 
 import (
+	"fmt"
+	"unicode/utf8"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
@@ -46,7 +49,7 @@ func (e event) emit(rec events.EventRecorder, obj runtime.Object, args ...any) {
 	if rec == nil {
 		return
 	}
-	rec.Eventf(obj, nil, e.Type, e.Reason, e.Action, e.Message, args...)
+	rec.Eventf(obj, nil, e.Type, e.Reason, e.Action, "%s", e.format(args...))
 }
 
 // emitAbout records the event on obj with related as the object it is about (a set's event
@@ -58,5 +61,25 @@ func (e event) emitAbout(rec events.EventRecorder, obj, related runtime.Object, 
 	if rec == nil {
 		return
 	}
-	rec.Eventf(obj, related, e.Type, e.Reason, e.Action, e.Message, args...)
+	rec.Eventf(obj, related, e.Type, e.Reason, e.Action, "%s", e.format(args...))
+}
+
+// maxEventMessage is the apiserver's limit on an Event's note: a longer one is refused and the
+// event lost ("can have at most 1024 characters"), which is when an SRE needs it most, e.g. an
+// announce that failed for every cell of a large set.
+const maxEventMessage = 1024
+
+// format renders the message, cut to what the apiserver stores, with a marker saying it was
+// cut; the full text is in the condition or the log that goes with the event.
+func (e event) format(args ...any) string {
+	msg := fmt.Sprintf(e.Message, args...)
+	if len(msg) <= maxEventMessage {
+		return msg
+	}
+	const more = " … (truncated)"
+	cut := maxEventMessage - len(more)
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + more
 }

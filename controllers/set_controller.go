@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -727,67 +728,57 @@ func collectMasks(cells map[string]*rpv1.RedPacketCell) []rpv1.MaskedSlotRange {
 // highest epoch number any of them ever saw. A cell whose schema cannot be read is reported as
 // such: the hand-over gate treats it as not holding anything.
 func (r *SetReconciler) readReaders(ctx context.Context, cells map[string]*rpv1.RedPacketCell) ([]plan.CellReaders, int64) {
-	names := make([]string, 0, len(cells))
-	for name := range cells {
-		names = append(names, name)
+	type answer struct {
+		servers  map[string]int64
+		reported int64
 	}
-	slices.Sort(names)
-	out := make([]plan.CellReaders, 0, len(names))
-	var highest int64
-	for _, name := range names {
-		cr := plan.CellReaders{Cell: name}
-		db, err := r.dbs.forCell(ctx, r.Client, cells[name])
-		if err == nil {
-			cctx, cancel := context.WithTimeout(ctx, cellDBTimeout)
-			cr.Servers, err = control.IssuingReaders(cctx, db, control.DefaultSchema)
-			if err == nil {
-				var n int64
-				if n, err = control.MaxReportedEpoch(cctx, db, control.DefaultSchema); err == nil {
-					highest = max(highest, n)
-				}
-			}
-			cancel()
-		}
+	var mu sync.Mutex
+	answers := map[string]answer{}
+	failed := r.dbs.eachCell(ctx, r.Client, cellsByName(cells), func(ctx context.Context, cell *rpv1.RedPacketCell, db *sql.DB) error {
+		servers, err := control.IssuingReaders(ctx, db, control.DefaultSchema)
 		if err != nil {
+			return err
+		}
+		n, err := control.MaxReportedEpoch(ctx, db, control.DefaultSchema)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		answers[cell.Name] = answer{servers, n}
+		mu.Unlock()
+		return nil
+	})
+	out := make([]plan.CellReaders, 0, len(cells))
+	var highest int64
+	for _, cell := range cellsByName(cells) {
+		cr := plan.CellReaders{Cell: cell.Name}
+		if err, ok := failed[cell.Name]; ok {
 			cr.Err = err.Error()
+		} else {
+			a := answers[cell.Name]
+			cr.Servers = a.servers
+			highest = max(highest, a.reported)
 		}
 		out = append(out, cr)
 	}
 	return out, highest
 }
 
-// announce writes e into every cell's control schema and returns the cells it could not
-// reach, with why.
+// announce writes e into the control schema of every cell that has not been told of it yet,
+// and returns the cells it could not reach, with why.
 func (r *SetReconciler) announce(ctx context.Context, cells map[string]*rpv1.RedPacketCell, e *routing.Epoch) []string {
-	var failed []string
-	for name, cell := range cells {
-		r.announcedMu.Lock()
-		done := r.announced[cell.UID] >= e.Number
-		r.announcedMu.Unlock()
-		if done {
-			continue
+	todo := r.behind(cells, r.announced, e.Number)
+	failed := r.dbs.eachCell(ctx, r.Client, todo, func(ctx context.Context, cell *rpv1.RedPacketCell, db *sql.DB) error {
+		if err := control.EnsureSchema(ctx, db, control.DefaultSchema); err != nil {
+			return err
 		}
-		db, err := r.dbs.forCell(ctx, r.Client, cell)
-		if err == nil {
-			cctx, cancel := context.WithTimeout(ctx, cellDBTimeout)
-			if err = control.EnsureSchema(cctx, db, control.DefaultSchema); err == nil {
-				err = control.Announce(cctx, db, control.DefaultSchema, e.Number, e.EffectiveTime)
-			}
-			cancel()
+		if err := control.Announce(ctx, db, control.DefaultSchema, e.Number, e.EffectiveTime); err != nil {
+			return err
 		}
-		if err != nil {
-			failed = append(failed, fmt.Sprintf("%s (%v)", name, err))
-			continue
-		}
-		r.announcedMu.Lock()
-		if r.announced == nil {
-			r.announced = map[types.UID]int64{}
-		}
-		r.announced[cell.UID] = e.Number
-		r.announcedMu.Unlock()
-	}
-	slices.Sort(failed)
-	return failed
+		r.mark(&r.announced, cell, e.Number)
+		return nil
+	})
+	return describeFailures(failed)
 }
 
 // publishToCells writes t into the control schema of every cell that does not hold its newest
@@ -796,45 +787,46 @@ func (r *SetReconciler) announce(ctx context.Context, cells map[string]*rpv1.Red
 // differently.
 func (r *SetReconciler) publishToCells(ctx context.Context, cells map[string]*rpv1.RedPacketCell, t *routing.Table) []string {
 	latest := t.Latest().Number
-	var data []byte
-	var failed []string
-	for name, cell := range cells {
-		r.announcedMu.Lock()
-		done := r.published[cell.UID] >= latest
-		r.announcedMu.Unlock()
-		if done {
-			continue
-		}
-		if data == nil {
-			var err error
-			if data, err = t.Marshal(); err != nil {
-				return []string{fmt.Sprintf("every cell (%v)", err)}
-			}
-		}
-		db, err := r.dbs.forCell(ctx, r.Client, cell)
-		if err == nil {
-			cctx, cancel := context.WithTimeout(ctx, cellDBTimeout)
-			err = control.PublishTable(cctx, db, control.DefaultSchema, latest, data)
-			cancel()
-		}
-		if err != nil {
-			failed = append(failed, fmt.Sprintf("%s (%v)", name, err))
-			continue
-		}
-		r.announcedMu.Lock()
-		if r.published == nil {
-			r.published = map[types.UID]int64{}
-		}
-		r.published[cell.UID] = latest
-		r.announcedMu.Unlock()
+	todo := r.behind(cells, r.published, latest)
+	if len(todo) == 0 {
+		return nil
 	}
-	slices.Sort(failed)
-	return failed
+	data, err := t.Marshal()
+	if err != nil {
+		return []string{fmt.Sprintf("every cell (%v)", err)}
+	}
+	failed := r.dbs.eachCell(ctx, r.Client, todo, func(ctx context.Context, cell *rpv1.RedPacketCell, db *sql.DB) error {
+		if err := control.PublishTable(ctx, db, control.DefaultSchema, latest, data); err != nil {
+			return err
+		}
+		r.mark(&r.published, cell, latest)
+		return nil
+	})
+	return describeFailures(failed)
 }
 
-// cellDBTimeout bounds each of the set reconciler's calls to a cell's database, so one hung
-// cell cannot stall the set.
-const cellDBTimeout = 5 * time.Second
+// behind lists the cells that, by done, do not hold epoch number yet.
+func (r *SetReconciler) behind(cells map[string]*rpv1.RedPacketCell, done map[types.UID]int64, number int64) []*rpv1.RedPacketCell {
+	r.announcedMu.Lock()
+	defer r.announcedMu.Unlock()
+	var out []*rpv1.RedPacketCell
+	for _, cell := range cellsByName(cells) {
+		if done[cell.UID] < number {
+			out = append(out, cell)
+		}
+	}
+	return out
+}
+
+// mark records that cell holds epoch number in done (r.announced or r.published).
+func (r *SetReconciler) mark(done *map[types.UID]int64, cell *rpv1.RedPacketCell, number int64) {
+	r.announcedMu.Lock()
+	defer r.announcedMu.Unlock()
+	if *done == nil {
+		*done = map[types.UID]int64{}
+	}
+	(*done)[cell.UID] = max((*done)[cell.UID], number)
+}
 
 // epochSettled asks the cells of an old epoch whether anything created under it is still
 // unsettled. Packet IDs are time-ordered, so "created before next took effect" is "ID below the

@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -37,6 +38,26 @@ import (
 )
 
 // startManager runs the operator's controllers against env until the returned stop is called.
+// noDatabase is a cell database opener for cells whose MariaDB never came up. It is every test
+// manager's default: the operator's own opener resolves the cells' Service names, and a test
+// must neither send a lookup off the machine nor wait on a resolver.
+func noDatabase(_ context.Context, cell *rpv1.RedPacketCell, _ *corev1.Secret) (*sql.DB, error) {
+	return nil, fmt.Errorf("dial %s: connection refused", cell.MySQLName())
+}
+
+// testOptions gives the options a test manager runs with: opts, or none, with noDatabase unless
+// the test brings its own databases.
+func testOptions(opts []controllers.Options) controllers.Options {
+	var o controllers.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	if o.OpenCellDB == nil {
+		o.OpenCellDB = noDatabase
+	}
+	return o
+}
+
 func startManager(t *testing.T, env *envtestutil.Env, opts ...controllers.Options) (stop func()) {
 	t.Helper()
 	_, stop = startManagerWith(t, env, env.Config, opts...)
@@ -60,7 +81,7 @@ func startManagerWith(t *testing.T, env *envtestutil.Env, cfg *rest.Config, opts
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(mgr, opts...); err != nil {
+	if err := controllers.Setup(mgr, testOptions(opts)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

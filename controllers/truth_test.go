@@ -2,7 +2,6 @@ package controllers_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"net/http"
@@ -41,11 +40,6 @@ import (
 )
 
 // Issue 14 §2: every provisioning failure is a condition with a reason, rolled up to the set.
-
-// noDatabase is a cell database opener for cells whose MariaDB never came up.
-func noDatabase(_ context.Context, cell *rpv1.RedPacketCell, _ *corev1.Secret) (*sql.DB, error) {
-	return nil, fmt.Errorf("dial %s: connection refused", cell.MySQLName())
-}
 
 func truthSet(name, ns string, cells int32) *rpv1.RedPacketSet {
 	return &rpv1.RedPacketSet{
@@ -481,7 +475,7 @@ func startManagerWithHealth(t *testing.T, env *envtestutil.Env, cfg *rest.Config
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(mgr, opts...); err != nil {
+	if err := controllers.Setup(mgr, testOptions(opts)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
