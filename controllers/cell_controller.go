@@ -192,13 +192,10 @@ func (r *CellReconciler) reconcile(ctx context.Context, cell *rpv1.RedPacketCell
 	return result, false, nil
 }
 
-// apply writes one child by server-side apply; the error names the object, so the cell's
-// Provisioned condition says which child the API server refused and why.
+// apply writes one child (applyChild); the error names the object, so the cell's Provisioned
+// condition says which child the API server refused and why.
 func (r *CellReconciler) apply(ctx context.Context, obj runtime.ApplyConfiguration) error {
-	if err := r.Client.Apply(ctx, obj, FieldOwner, client.ForceOwnership); err != nil {
-		return fmt.Errorf("apply %s: %w", describeApply(obj), err)
-	}
-	return nil
+	return applyChild(ctx, r.Client, obj)
 }
 
 // setProvisionFailed records a failure that stopped the reconcile before the children could

@@ -252,9 +252,12 @@ func mysqlStatefulSet(cell *rpv1.RedPacketCell) *appsv1ac.StatefulSetApplyConfig
 	if replicas < 1 {
 		replicas = 1
 	}
-	pvc := corev1ac.PersistentVolumeClaim("data", "").
+	// Written as the apiserver stores it (no type or namespace inside a template, the default
+	// volume mode spelled out), so an unchanged StatefulSet compares equal and is not applied.
+	pvc := (&corev1ac.PersistentVolumeClaimApplyConfiguration{}).WithName("data").
 		WithSpec(corev1ac.PersistentVolumeClaimSpec().
 			WithAccessModes(corev1.ReadWriteOnce).
+			WithVolumeMode(corev1.PersistentVolumeFilesystem).
 			WithResources(corev1ac.VolumeResourceRequirements().WithRequests(corev1.ResourceList{corev1.ResourceStorage: storage})))
 	if m.StorageClassName != nil {
 		pvc.Spec.WithStorageClassName(*m.StorageClassName)
@@ -352,7 +355,7 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 			SigningKeyFile: signingMount + "/key",
 		}.Flags()...).
 		WithEnv(
-			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
+			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath("metadata.name"))),
 			secretEnv("RP_DB_USER", secret, "user"),
 		).
 		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ServerPort)).
@@ -460,7 +463,7 @@ func gatewayObjects(set *rpv1.RedPacketSet) []runtime.ApplyConfiguration {
 			"-namespace=$(POD_NAMESPACE)",
 			fmt.Sprintf("-server-port=%d", ServerPort),
 		).
-		WithEnv(corev1ac.EnvVar().WithName("POD_NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.namespace")))).
+		WithEnv(corev1ac.EnvVar().WithName("POD_NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath("metadata.namespace")))).
 		WithPorts(corev1ac.ContainerPort().WithName("http").WithContainerPort(ServerPort)).
 		WithResources(resourcesAC(g.Resources, defaultGatewayRequests)).
 		WithSecurityContext(restrictedContainer(projectUID, true)).

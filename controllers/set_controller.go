@@ -374,8 +374,8 @@ func (r *SetReconciler) applyRouting(ctx context.Context, set *rpv1.RedPacketSet
 		WithLabels(setLabels(set, "")).
 		WithOwnerReferences(ownerRef(set, rpv1.GroupVersion.WithKind("RedPacketSet"))).
 		WithData(map[string]string{rpv1.RoutingFile: string(data)})
-	if err := r.Client.Apply(ctx, cm, FieldOwner, client.ForceOwnership); err != nil {
-		return fmt.Errorf("apply routing configmap: %w", err)
+	if err := applyChild(ctx, r.Client, cm); err != nil {
+		return fmt.Errorf("routing: %w", err)
 	}
 	if d.Scheduled != nil {
 		EventRebalanceScheduled.emit(r.Recorder, set, d.Scheduled.Number, d.Scheduled.EffectiveTime.UTC().Format(time.RFC3339), d.Moved)
@@ -540,8 +540,8 @@ func (r *SetReconciler) applyCell(ctx context.Context, set *rpv1.RedPacketSet, c
 
 func (r *SetReconciler) applyGateway(ctx context.Context, set *rpv1.RedPacketSet) error {
 	for _, obj := range gatewayObjects(set) {
-		if err := r.Client.Apply(ctx, obj, FieldOwner, client.ForceOwnership); err != nil {
-			return fmt.Errorf("apply gateway: %w", err)
+		if err := applyChild(ctx, r.Client, obj); err != nil {
+			return fmt.Errorf("gateway: %w", err)
 		}
 	}
 	return nil
