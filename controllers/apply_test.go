@@ -61,18 +61,30 @@ func TestUnchangedChildrenAreNotApplied(t *testing.T) {
 	}
 	key := client.ObjectKeyFromObject(set)
 	kinds := []string{"ConfigMap", "Service", "StatefulSet", "Deployment", "PodDisruptionBudget"}
-	// Settled: every kind has been found unchanged at least once since the last apply.
+	// Settled: every child of both cells and of the set exists, and a second apart, with both
+	// cells woken, nothing more was applied while every kind was found unchanged.
 	var settled map[string]float64
 	testenv.Eventually(t, 60*time.Second, "every kind of child found unchanged", func() error {
-		touch(t, ctx, c, set.CellName(0))
-		touch(t, ctx, c, set.CellName(1))
-		un := applies(t, "unchanged")
-		for _, k := range kinds {
-			if un[k] == 0 {
-				return fmt.Errorf("no %s skipped yet (unchanged %v, applied %v)", k, un, applies(t, "applied"))
+		for i := range 2 {
+			d := &appsv1.Deployment{}
+			if err := c.Get(ctx, types.NamespacedName{Namespace: set.Namespace, Name: set.CellName(i) + "-server"}, d); err != nil {
+				return err
 			}
 		}
-		settled = applies(t, "applied")
+		before := applies(t, "applied")
+		touch(t, ctx, c, set.CellName(0))
+		touch(t, ctx, c, set.CellName(1))
+		time.Sleep(time.Second) // polling: two snapshots a second apart
+		after, un := applies(t, "applied"), applies(t, "unchanged")
+		for _, k := range kinds {
+			if un[k] == 0 {
+				return fmt.Errorf("no %s skipped yet (unchanged %v, applied %v)", k, un, after)
+			}
+		}
+		if fmt.Sprint(before) != fmt.Sprint(after) {
+			return fmt.Errorf("still applying: %v -> %v", before, after)
+		}
+		settled = after
 		return nil
 	})
 

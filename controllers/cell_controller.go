@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
+	"github.com/redpacketset/redpacket/internal/dbfailover"
 )
 
 // CellReconciler provisions one cell's MySQL, servers (with memcached beside each), Services,
@@ -41,7 +43,13 @@ type CellReconciler struct {
 	// Workers is how many cells reconcile at once (0: defaultCellWorkers).
 	Workers int
 
-	dbs *cellDBs // shared with the set reconciler
+	// APIReader reads without the cache (the database history: see statusHistory).
+	APIReader client.Reader
+	// DatabaseAddr reaches a database instance (nil: the pod through the headless Service).
+	DatabaseAddr DatabaseAddr
+
+	dbs       *cellDBs // shared with the set reconciler
+	databases cellDatabases
 }
 
 // The cell's finalizer is added and removed by patch.
@@ -172,6 +180,18 @@ func (r *CellReconciler) reconcile(ctx context.Context, cell *rpv1.RedPacketCell
 		setProvisionFailed(cell, rpv1.ReasonApplyFailed, fmt.Sprintf("observe children: %v", err))
 		return ctrl.Result{}, false, errors.Join(applyErr, fmt.Errorf("observe: %w", err))
 	}
+	replicated := cell.MySQLInstances() > 1 && obs.mysql != nil
+	if replicated {
+		// Whatever the pods say: a lost primary is exactly when this must run.
+		dctx, cancel := context.WithTimeout(ctx, time.Minute)
+		d, err := r.reconcileDatabase(dctx, cell)
+		cancel()
+		obs.database = &d
+		if err != nil {
+			obs.databaseErr = err.Error()
+			log.FromContext(ctx).Error(err, "database failover logic", "cell", cell.Name)
+		}
+	}
 	decideCellStatus(cell, obs)
 	if applyErr != nil {
 		return ctrl.Result{}, false, applyErr
@@ -185,6 +205,9 @@ func (r *CellReconciler) reconcile(ctx context.Context, cell *rpv1.RedPacketCell
 			EventMaskingFailed.emit(r.Recorder, cell, err)
 		}
 		result.RequeueAfter = r.MaskPoll
+	}
+	if replicated && (result.RequeueAfter == 0 || result.RequeueAfter > databasePoll) {
+		result.RequeueAfter = databasePoll
 	}
 	if deletionHeld && (result.RequeueAfter == 0 || result.RequeueAfter > heldRecheck) {
 		result.RequeueAfter = heldRecheck
@@ -287,6 +310,10 @@ type cellObservation struct {
 	// applyFailed is the phase and API error of a child that could not be written ("" when
 	// every child was).
 	applyFailed string
+	// database is the failover logic's decision for a replicated cell (nil: one instance),
+	// databaseErr why its steps could not all be carried out.
+	database    *dbfailover.Decision
+	databaseErr string
 }
 
 func (r *CellReconciler) observe(ctx context.Context, cell *rpv1.RedPacketCell) (*appsv1.StatefulSet, *appsv1.Deployment, []corev1.Pod, error) {
@@ -337,6 +364,22 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 	case podsNotCreated(obs.mysql.Status.Conditions) != "":
 		st.ReadyDatabases = obs.mysql.Status.ReadyReplicas
 		dbReason, dbMsg = rpv1.ReasonPodsNotCreated, fmt.Sprintf("StatefulSet %s/%s cannot create its pods: %s", obs.mysql.Namespace, obs.mysql.Name, podsNotCreated(obs.mysql.Status.Conditions))
+	case obs.database != nil:
+		// Replicated: ready means a writable primary, whichever pod it is; the reason is the
+		// failover logic's (Healthy, ReplicaMissing, PrimaryLost, FailoverBlocked, …).
+		st.ReadyDatabases = obs.mysql.Status.ReadyReplicas
+		dbReady = databaseWritable(obs.database.Reason)
+		dbReason, dbMsg = obs.database.Reason, obs.database.Message
+		if dbReason == "" {
+			dbReason, dbMsg = rpv1.ReasonDatabaseNotReady, "the failover logic has not decided yet"
+		}
+		if trouble := podTrouble(obs.pods, rpv1.ComponentMySQL); !dbReady && trouble != "" {
+			dbReason, dbMsg = rpv1.ReasonPodsFailing, fmt.Sprintf("StatefulSet %s/%s: %s (database: %s)", obs.mysql.Namespace, obs.mysql.Name, trimMessage(trouble, 400), dbMsg)
+		}
+		if obs.databaseErr != "" {
+			dbMsg = strings.TrimSpace(dbMsg + "; last step failed: " + trimMessage(obs.databaseErr, 400))
+		}
+		set(rpv1.CellDatabaseReady, dbReady, dbReason, dbMsg)
 	case obs.mysql.Status.ReadyReplicas < 1 && podTrouble(obs.pods, rpv1.ComponentMySQL) != "":
 		st.ReadyDatabases = 0
 		dbReason, dbMsg = rpv1.ReasonPodsFailing, fmt.Sprintf("StatefulSet %s/%s: %s", obs.mysql.Namespace, obs.mysql.Name, trimMessage(podTrouble(obs.pods, rpv1.ComponentMySQL), 400))
@@ -403,6 +446,8 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 		set(rpv1.CellAvailable, true, rpv1.ReasonReady, "database and servers ready")
 	case !dbReady && obs.mysql == nil, !serversReady && obs.servers == nil:
 		set(rpv1.CellAvailable, false, rpv1.ReasonDependenciesNotReady, "children are being created")
+	case !dbReady && obs.database != nil:
+		set(rpv1.CellAvailable, false, rpv1.ReasonDatabaseNotReady, fmt.Sprintf("database %s: %s", dbReason, dbMsg))
 	case !dbReady:
 		set(rpv1.CellAvailable, false, rpv1.ReasonDatabaseNotReady, fmt.Sprintf("database primary %s is not ready", cell.MySQLPodName(0)))
 	default:

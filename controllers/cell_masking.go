@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"slices"
 	"sort"
@@ -16,6 +17,7 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/control"
+	"github.com/redpacketset/redpacket/cellserver/primarydb"
 	"github.com/redpacketset/redpacket/cellserver/routing"
 	"github.com/redpacketset/redpacket/cellserver/shard"
 	"github.com/redpacketset/redpacket/controllers/masking"
@@ -31,7 +33,8 @@ const maxTableErrorsInStatus = 20
 // as MySQL operators do). Tests point it at a local MariaDB.
 type CellDBOpener func(ctx context.Context, cell *rpv1.RedPacketCell, creds *corev1.Secret) (*sql.DB, error)
 
-// DialCellDB reaches the cell's primary through its headless Service.
+// DialCellDB reaches the cell's primary through its headless Service: pod 0 for a single
+// instance, the writable one of a replicated cell.
 func DialCellDB(_ context.Context, cell *rpv1.RedPacketCell, creds *corev1.Secret) (*sql.DB, error) {
 	cfg := mysql.NewConfig()
 	cfg.User = string(creds.Data["user"])
@@ -41,7 +44,14 @@ func DialCellDB(_ context.Context, cell *rpv1.RedPacketCell, creds *corev1.Secre
 	cfg.ParseTime = true
 	cfg.Timeout = 3 * time.Second
 	cfg.ReadTimeout = 5 * time.Second
-	connector, err := mysql.NewConnector(cfg)
+	var connector driver.Connector
+	var err error
+	if addrs := databaseInstances(cell); addrs != nil {
+		// A replicated cell's control schema is written on its primary, whichever pod it is.
+		connector, err = primarydb.New(cfg, addrs, nil)
+	} else {
+		connector, err = mysql.NewConnector(cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dsn for cell %s: %w", cell.Name, err)
 	}

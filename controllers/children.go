@@ -23,6 +23,7 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/serverargs"
+	"github.com/redpacketset/redpacket/internal/dbfailover"
 )
 
 // Ports and paths shared by the children and the binaries they run.
@@ -149,6 +150,9 @@ const mysqlInitScript = `#!/bin/bash
 set -euo pipefail
 # MYSQL_PWD, not -p: an argument would show the root password in the process list.
 MYSQL_PWD="${MARIADB_ROOT_PASSWORD}" mariadb -uroot <<SQL
+-- Every instance of a replicated cell runs this on its own: logged, each would hold GTIDs of
+-- its own server_id, which the failover logic refuses as errant.
+SET SESSION sql_log_bin=0;
 CREATE USER IF NOT EXISTS '${RP_DB_USER}'@'%' IDENTIFIED BY '${RP_DB_PASSWORD}';
 GRANT ALL PRIVILEGES ON \` + "`" + `db\_%\` + "`" + `.* TO '${RP_DB_USER}'@'%';
 GRANT ALL PRIVILEGES ON \` + "`" + `rp\_%\` + "`" + `.* TO '${RP_DB_USER}'@'%';
@@ -186,6 +190,9 @@ func mysqlService(cell *rpv1.RedPacketCell) *corev1ac.ServiceApplyConfiguration 
 		WithOwnerReferences(ownerRef(cell, cellGVK)).
 		WithSpec(corev1ac.ServiceSpec().
 			WithClusterIP(corev1.ClusterIPNone).
+			// Each instance keeps its name while not ready: the failover logic and the
+			// replicas must reach a read-only or recovering instance too.
+			WithPublishNotReadyAddresses(true).
 			WithSelector(selectorLabels(cell, rpv1.ComponentMySQL)).
 			WithPorts(corev1ac.ServicePort().WithName("mysql").WithPort(MySQLPort).WithTargetPort(intstr.FromInt32(MySQLPort))))
 }
@@ -263,23 +270,34 @@ func mysqlStatefulSet(cell *rpv1.RedPacketCell) *appsv1ac.StatefulSetApplyConfig
 		pvc.Spec.WithStorageClassName(*m.StorageClassName)
 	}
 	secret := cell.MySQLSecretName()
+	args := []string{
+		"--innodb-flush-log-at-trx-commit=1",
+		"--sync-binlog=1",
+		"--log-bin=mysql-bin",
+		"--binlog-format=ROW",
+		"--max-connections=2000",
+		"--transaction-isolation=READ-COMMITTED",
+	}
+	env := []*corev1ac.EnvVarApplyConfiguration{
+		secretEnv("MARIADB_ROOT_PASSWORD", secret, "root-password"),
+		secretEnv("RP_DB_USER", secret, "user"),
+		secretEnv("RP_DB_PASSWORD", secret, "password"),
+	}
+	if replicas > 1 {
+		// Every instance starts read-only and the operator opens one (internal/dbfailover);
+		// its server_id follows from its ordinal (rpv1.MySQLServerID), read from the label the
+		// StatefulSet controller puts on each pod.
+		args = append(args, "--server-id=1$(RP_POD_INDEX)")
+		args = append(args, dbfailover.InstanceFlags()...)
+		env = append(env, corev1ac.EnvVar().WithName("RP_POD_INDEX").WithValueFrom(corev1ac.EnvVarSource().
+			WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath("metadata.labels['apps.kubernetes.io/pod-index']"))))
+	}
 	container := corev1ac.Container().
 		WithName("mysql").
 		WithImage(m.Image).
-		WithArgs(
-			"--innodb-flush-log-at-trx-commit=1",
-			"--sync-binlog=1",
-			"--log-bin=mysql-bin",
-			"--binlog-format=ROW",
-			"--max-connections=2000",
-			"--transaction-isolation=READ-COMMITTED",
-		).
+		WithArgs(args...).
 		WithPorts(corev1ac.ContainerPort().WithName("mysql").WithContainerPort(MySQLPort)).
-		WithEnv(
-			secretEnv("MARIADB_ROOT_PASSWORD", secret, "root-password"),
-			secretEnv("RP_DB_USER", secret, "user"),
-			secretEnv("RP_DB_PASSWORD", secret, "password"),
-		).
+		WithEnv(env...).
 		WithResources(resourcesAC(m.Resources, defaultMySQLRequests)).
 		WithSecurityContext(restrictedContainer(mysqlUID, false)).
 		// The first start of an empty volume initialises the datadir and runs the grants; a
@@ -319,6 +337,19 @@ func mysqlStatefulSet(cell *rpv1.RedPacketCell) *appsv1ac.StatefulSetApplyConfig
 							WithItems(corev1ac.KeyToPath().WithKey("01-grants.sh").WithPath("01-grants.sh")))))))
 }
 
+// databaseInstances lists a replicated cell's database pods for its servers, which write to
+// whichever is writable (cellserver/primarydb); nil for a single instance.
+func databaseInstances(cell *rpv1.RedPacketCell) []string {
+	if cell.MySQLInstances() < 2 {
+		return nil
+	}
+	out := make([]string, cell.MySQLInstances())
+	for i := range out {
+		out[i] = podDatabaseAddr(cell, i)
+	}
+	return out
+}
+
 // serverDeployment runs the cell servers, each with memcached beside it in the same pod.
 func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfiguration {
 	t := cell.Spec.Template
@@ -353,6 +384,7 @@ func serverDeployment(cell *rpv1.RedPacketCell) *appsv1ac.DeploymentApplyConfigu
 			MaxTotalCents:  cell.Spec.Limits.MaxTotalCents,
 			MaxCount:       int(cell.Spec.Limits.MaxCount),
 			SigningKeyFile: signingMount + "/key",
+			MySQLInstances: databaseInstances(cell),
 		}.Flags()...).
 		WithEnv(
 			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath("metadata.name"))),

@@ -18,6 +18,7 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/routing"
+	"github.com/redpacketset/redpacket/internal/dbfailover"
 	"github.com/redpacketset/redpacket/controllers/plan"
 )
 
@@ -72,6 +73,20 @@ func TestDecideCellStatusFailures(t *testing.T) {
 			rpv1.ReasonReady, rpv1.ReasonPodsFailing, rpv1.ReasonPodsFailing, metav1.ConditionTrue, "pod rp-cell-0-server-a is unschedulable: 0/1 nodes", true},
 		{"a ready database ignores a crashing replica pod", cellObservation{mysql: readySts(1), servers: readyDep(6), pods: []corev1.Pod{crashing("rp-cell-0-mysql-1", rpv1.ComponentMySQL)}},
 			rpv1.ReasonReady, rpv1.ReasonReady, rpv1.ReasonReady, metav1.ConditionTrue, "", true},
+		// Replicated: the failover logic's verdict, not pod readiness, says whether the cell
+		// has a writable database.
+		{"replicated, primary writable while no pod reports ready", cellObservation{mysql: readySts(0), servers: readyDep(6),
+			database: &dbfailover.Decision{Reason: dbfailover.ReasonHealthy, Message: "primary 1 writable; every replica replicating"}},
+			dbfailover.ReasonHealthy, rpv1.ReasonReady, rpv1.ReasonReady, metav1.ConditionTrue, "", true},
+		{"replicated, primary lost", cellObservation{mysql: readySts(2), servers: readyDep(6),
+			database: &dbfailover.Decision{Reason: dbfailover.ReasonPrimaryLost, Message: "primary 0 unreachable for 1s"}},
+			dbfailover.ReasonPrimaryLost, rpv1.ReasonReady, rpv1.ReasonDatabaseNotReady, metav1.ConditionTrue, "PrimaryLost: primary 0 unreachable", true},
+		{"replicated, a step failed", cellObservation{mysql: readySts(2), servers: readyDep(6),
+			database: &dbfailover.Decision{Reason: dbfailover.ReasonBlocked, Message: "no replica may take over"}, databaseErr: "repoint: access denied"},
+			dbfailover.ReasonBlocked, rpv1.ReasonReady, rpv1.ReasonDatabaseNotReady, metav1.ConditionTrue, "last step failed: repoint: access denied", true},
+		{"replicated, every database pod crash-looping", cellObservation{mysql: readySts(0), servers: readyDep(6), pods: []corev1.Pod{crashing("rp-cell-0-mysql-0", rpv1.ComponentMySQL)},
+			database: &dbfailover.Decision{Reason: dbfailover.ReasonPrimaryLost, Message: "primary 0 unreachable"}},
+			rpv1.ReasonPodsFailing, rpv1.ReasonReady, rpv1.ReasonPodsFailing, metav1.ConditionTrue, "CrashLoopBackOff", true},
 		{"a child refused", cellObservation{applyFailed: `mysql statefulset: apply StatefulSet ns/rp-cell-0-mysql: StatefulSet.apps "rp-cell-0-mysql" is invalid`},
 			rpv1.ReasonDatabaseMissing, rpv1.ReasonServersMissing, rpv1.ReasonApplyFailed, metav1.ConditionFalse, "apply StatefulSet ns/rp-cell-0-mysql: StatefulSet.apps \"rp-cell-0-mysql\" is invalid", false},
 	}

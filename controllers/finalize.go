@@ -115,6 +115,7 @@ func (r *CellReconciler) finalizeCell(ctx context.Context, cell *rpv1.RedPacketC
 	if discardForced(cell) {
 		EventDiscardForced.emit(r.Recorder, cell, rpv1.AnnotationDiscardUnsettled, "cell "+cell.Name+" deleted without the settlement check")
 		r.dbs.forget(cell.UID)
+		r.databases.forget(cell.UID)
 		return false, releaseFinalizer(ctx, r.Client, cell)
 	}
 	var why string
@@ -128,6 +129,7 @@ func (r *CellReconciler) finalizeCell(ctx context.Context, cell *rpv1.RedPacketC
 	}
 	if why == "" {
 		r.dbs.forget(cell.UID)
+		r.databases.forget(cell.UID)
 		return false, releaseFinalizer(ctx, r.Client, cell)
 	}
 	EventDeletionHeld.emit(r.Recorder, cell, why, rpv1.AnnotationDiscardUnsettled)

@@ -17,6 +17,9 @@ type Options struct {
 	Now func() time.Time
 	// CellDBTimeout bounds one pass of calls to a cell's database (0: 5 s).
 	CellDBTimeout time.Duration
+	// DatabaseAddr reaches a replicated cell's database instances (nil: its pods through the
+	// headless Service); tests point it at local MariaDB instances.
+	DatabaseAddr DatabaseAddr
 	// CellWorkers and SetWorkers are how many cells and sets reconcile at once (0: 4 and 2).
 	CellWorkers, SetWorkers int
 }
@@ -46,7 +49,8 @@ func Setup(mgr ctrl.Manager, opts ...Options) error {
 	if err := set.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up redpacketset controller: %w", err)
 	}
-	cell := &CellReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketcell-controller"), MaskPoll: o.MaskPoll, Now: o.Now, Workers: o.CellWorkers, dbs: dbs}
+	cell := &CellReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("redpacketcell-controller"), MaskPoll: o.MaskPoll, Now: o.Now, Workers: o.CellWorkers, dbs: dbs,
+		APIReader: mgr.GetAPIReader(), DatabaseAddr: o.DatabaseAddr}
 	if err := cell.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up redpacketcell controller: %w", err)
 	}

@@ -70,12 +70,16 @@ type MySQLSpec struct {
 	// +optional
 	Image string `json:"image,omitempty"`
 
-	// Replicas of the database StatefulSet, spread over the set's zones. One is the
-	// primary; semi-synchronous replicas and failover are a later step, so today only the
-	// primary serves.
+	// Replicas of the database StatefulSet, spread over the set's zones. With one, that
+	// instance is the cell's database. With more, one is the writable primary and the others
+	// semi-synchronous GTID replicas; the operator fails over to the most advanced clean
+	// replica when the primary is lost, and the cell servers follow the writable instance.
+	// Going from one to more on a cell that holds data is refused by its database (no binary
+	// log to seed replicas from): create replicated cells replicated.
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=5
+	// +kubebuilder:validation:XValidation:rule="(self == 1) == (oldSelf == 1)",message="spec.template.mysql.replicas cannot change between 1 and more than 1: a single instance has no replication history to seed replicas from, and replicas never become a single instance in place"
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
 

@@ -280,6 +280,7 @@ func TestCRDs(t *testing.T) {
 			{"shard databases", func(s *rpv1.RedPacketSet) { s.Spec.Template.Shards.Databases = 50 }, "spec.template.shards is immutable"},
 			{"shard tables", func(s *rpv1.RedPacketSet) { s.Spec.Template.Shards.TablesPerDatabase = 5 }, "spec.template.shards is immutable"},
 			{"shards dropped back to the defaults", func(s *rpv1.RedPacketSet) { s.Spec.Template.Shards = rpv1.ShardSpec{} }, "spec.template.shards is immutable"},
+			{"one database instance to three", func(s *rpv1.RedPacketSet) { s.Spec.Template.MySQL.Replicas = 3 }, "spec.template.mysql.replicas cannot change between 1 and more than 1"},
 		} {
 			got := &rpv1.RedPacketSet{}
 			if err := c.Get(ctx, client.ObjectKeyFromObject(set), got); err != nil {
@@ -299,6 +300,27 @@ func TestCRDs(t *testing.T) {
 		got.Spec.Template.Server.Image = "example.invalid/cellserver:v2"
 		if err := c.Update(ctx, got); err != nil {
 			t.Errorf("changing the server image beside unchanged shards: %v", err)
+		}
+
+		// A replicated set may change its number of replicas, never down to one.
+		repl := minimalSet("replicated")
+		repl.Spec.Template.MySQL.Replicas = 3
+		if err := c.Create(ctx, repl); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			replicas int32
+			want     string // "" accepted
+		}{{5, ""}, {2, ""}, {1, "spec.template.mysql.replicas cannot change between 1 and more than 1"}} {
+			got := &rpv1.RedPacketSet{}
+			if err := c.Get(ctx, client.ObjectKeyFromObject(repl), got); err != nil {
+				t.Fatal(err)
+			}
+			got.Spec.Template.MySQL.Replicas = tc.replicas
+			err := c.Update(ctx, got)
+			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("replicas 3 -> %d: update gave %v, want %q", tc.replicas, err, tc.want)
+			}
 		}
 	})
 

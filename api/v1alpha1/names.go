@@ -71,6 +71,27 @@ func (c *RedPacketCell) MySQLName() string { return c.Name + "-mysql" }
 // MySQLPodName is the name of the i-th database pod.
 func (c *RedPacketCell) MySQLPodName(i int) string { return fmt.Sprintf("%s-%d", c.MySQLName(), i) }
 
+// MySQLHost is the i-th database pod's stable DNS name inside the cluster (through the
+// headless Service, which publishes pods whether or not they are ready).
+func (c *RedPacketCell) MySQLHost(i int) string {
+	return fmt.Sprintf("%s.%s.%s.svc", c.MySQLPodName(i), c.MySQLName(), c.Namespace)
+}
+
+// MySQLInstances is how many database instances the cell runs.
+func (c *RedPacketCell) MySQLInstances() int { return max(int(c.Spec.Template.MySQL.Replicas), 1) }
+
+// MySQLServerID is the server_id of the i-th database pod of a replicated cell: the ordinal
+// behind a leading 1 (10, 11, …, 110), because the pod learns its ordinal only as a string
+// (the apps.kubernetes.io/pod-index label) and its arguments can join strings but not add;
+// server_id 0 would refuse replication.
+func MySQLServerID(i int) uint32 {
+	var id uint32 = 1
+	for _, d := range fmt.Sprint(i) {
+		id = id*10 + uint32(d-'0')
+	}
+	return id
+}
+
 // MySQLSecretName names the cell's generated database credentials.
 func (c *RedPacketCell) MySQLSecretName() string { return c.Name + "-mysql-credentials" }
 

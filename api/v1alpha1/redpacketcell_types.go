@@ -105,6 +105,55 @@ type RedPacketCellStatus struct {
 	// +listType=atomic
 	// +optional
 	MaskedSlots []MaskedSlotRange `json:"maskedSlots,omitempty"`
+
+	// Database is the replicated database's primary and its durable history (only when
+	// spec.template.mysql.replicas > 1). The operator's failover decisions rest on the
+	// history: editing it by hand can promote an instance that lacks acknowledged commits.
+	// +optional
+	Database *CellDatabaseStatus `json:"database,omitempty"`
+}
+
+// CellDatabaseStatus is a replicated cell database's state as the operator last decided it.
+type CellDatabaseStatus struct {
+	// Primary is the database pod of the open term ("" before the first primary is opened).
+	// +optional
+	Primary string `json:"primary,omitempty"`
+
+	// Terms are the primaries' tenures, oldest first; the last is open. Every transaction a
+	// term's primary wrote carries its server ID, and once a term ends only that server's
+	// GTIDs up to the term's end are legitimate (an instance holding others is refused).
+	// +listType=atomic
+	// +optional
+	Terms []DatabaseTerm `json:"terms,omitempty"`
+
+	// Refused are database pods (by ordinal) that must not serve or replicate until rebuilt,
+	// and why: errant transactions, or a term ended under them.
+	// +optional
+	Refused map[string]string `json:"refused,omitempty"`
+
+	// SemiSyncOffSince is when the primary stopped waiting for a replica because none could
+	// replicate: commits since then may exist on the primary alone, so the operator does not
+	// fail over from it until a replica has caught up.
+	// +optional
+	SemiSyncOffSince *metav1.Time `json:"semiSyncOffSince,omitempty"`
+}
+
+// DatabaseTerm is one primary's tenure.
+type DatabaseTerm struct {
+	// Number counts terms from 1.
+	Number int32 `json:"number"`
+	// Ordinal is the primary's pod ordinal in the database StatefulSet.
+	Ordinal int32 `json:"ordinal"`
+	// ServerID is the primary's server_id.
+	ServerID int64 `json:"serverId"`
+	// Start is the GTID position the term began at (MariaDB's syntax, e.g. "0-11-42").
+	// +optional
+	Start string `json:"start,omitempty"`
+	// End is where the term ended ("" while it is open).
+	// +optional
+	End string `json:"end,omitempty"`
+	// At is when the term began.
+	At metav1.Time `json:"at"`
 }
 
 // TableErrorSummary is the error count of one logical table over a window.

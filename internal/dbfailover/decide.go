@@ -62,7 +62,11 @@ type Replication struct {
 	// IOPos is Gtid_IO_Pos: the last GTID received into the relay log (acknowledged to a
 	// semi-sync primary), which the SQL thread may not have applied yet.
 	IOPos     Position
-	LastError string // Last_IO_Error or Last_SQL_Error, whichever is set
+	// SQLError is Last_SQL_Error: the replica could not apply what it received (a data
+	// divergence). IOError is Last_IO_Error: receiving failed, which may only mean its source
+	// went away (a failover's old primary) or, from the current primary, that the primary's
+	// binlog cannot serve it (divergence).
+	SQLError, IOError string
 }
 
 // Received is what the instance holds, applied or still in its relay log.
@@ -290,8 +294,8 @@ func Decide(o Observation, pol Policy) Decision {
 			missing = append(missing, fmt.Sprintf("instance %d errant", in.Index))
 			continue
 		}
-		if r := in.Replication; r != nil && r.LastError != "" && (!r.IORunning || !r.SQLRunning) {
-			fences = append(fences, Step{Op: OpRefuse, Instance: in.Index, Reason: "replication stopped: " + r.LastError})
+		if why := brokenReplication(in.Replication, p.Addr); why != "" {
+			fences = append(fences, Step{Op: OpRefuse, Instance: in.Index, Reason: "replication stopped: " + why})
 			missing = append(missing, fmt.Sprintf("instance %d replication broken", in.Index))
 			continue
 		}
@@ -353,6 +357,22 @@ func Decide(o Observation, pol Policy) Decision {
 }
 
 // stalled: in has received nothing for StallAfter while it lacks some of what p holds.
+// brokenReplication says why a replica's replication cannot be resumed by repointing it ("" when
+// it can): its SQL thread stopped on an error, or its IO thread stopped on an error from the
+// current primary. An IO error from another source — the old primary a failover left behind,
+// refusing connections — is no fault of the replica: it is repointed, never refused.
+func brokenReplication(r *Replication, primary string) string {
+	switch {
+	case r == nil:
+		return ""
+	case !r.SQLRunning && r.SQLError != "":
+		return r.SQLError
+	case !r.IORunning && r.IOError != "" && r.SourceAddr == primary:
+		return r.IOError
+	}
+	return ""
+}
+
 func stalled(in, p Instance, now time.Time, pol Policy) bool {
 	return !in.StalledSince.IsZero() && now.Sub(in.StalledSince) >= pol.StallAfter && !in.Received().Covers(p.CurrentPos)
 }
@@ -458,7 +478,7 @@ func ChooseCandidate(insts []Instance, h History) (Candidate, error) {
 			excluded = append(excluded, in)
 			continue
 		}
-		if r := in.Replication; r != nil && !r.SQLRunning && r.LastError != "" {
+		if r := in.Replication; r != nil && !r.SQLRunning && r.SQLError != "" {
 			// It cannot apply what it received: promoting it would discard its relay log.
 			excluded = append(excluded, in)
 			continue

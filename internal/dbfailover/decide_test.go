@@ -116,6 +116,14 @@ func TestDecide(t *testing.T) {
 		{name: "broken replication is refused", hist: term1(), reason: ReasonConfiguring, ready: true,
 			insts: []Instance{primary(0, "0-1-5"), broken(replica(1, 0, "0-1-4", "0-1-4", "0-1-4")), replica(2, 0, "0-1-5", "0-1-5", "0-1-5")},
 			steps: []Op{OpRefuse}},
+		{name: "receiving from the current primary refused (its binlog cannot serve the replica): refused", hist: term1(), reason: ReasonConfiguring, ready: true,
+			insts: []Instance{primary(0, "0-1-5"), ioStopped(replica(1, 0, "0-1-4", "0-1-4", "0-1-4"), "Got fatal error 1236 from master"), replica(2, 0, "0-1-5", "0-1-5", "0-1-5")},
+			steps: []Op{OpRefuse}},
+		// After a failover the other replica's IO thread was stopped with the old primary's
+		// connection refused as its last error: it is repointed, not refused until rebuilt.
+		{name: "receiving from a former primary failed: repointed, never refused", hist: term1(), reason: ReasonConfiguring, ready: true,
+			insts: []Instance{primary(0, "0-1-5"), ioStopped(replica(1, 2, "0-1-5", "0-1-5", "0-1-5"), "error reconnecting to master: Connection refused"), replica(2, 0, "0-1-5", "0-1-5", "0-1-5")},
+			steps: []Op{OpRepoint}},
 		{name: "replica briefly down: the primary keeps waiting for acks", hist: term1(), now: t0.Add(5 * time.Second), reason: ReasonReplicaMissing, ready: true,
 			insts: []Instance{primary(0, "0-1-5"), down(1, t0)}},
 		{name: "only replica down for long: semi-sync turned off, said so", hist: term1(), now: t0.Add(20 * time.Second), reason: ReasonNoSemiSync, ready: true,
@@ -276,7 +284,14 @@ func unwired(in Instance) Instance { in.Replication = nil; return in }
 
 func broken(in Instance) Instance {
 	r := *in.Replication
-	r.SQLRunning, r.LastError = false, "Error 1062: duplicate entry"
+	r.SQLRunning, r.SQLError = false, "Error 1062: duplicate entry"
+	in.Replication = &r
+	return in
+}
+
+func ioStopped(in Instance, why string) Instance {
+	r := *in.Replication
+	r.IORunning, r.IOError = false, why
 	in.Replication = &r
 	return in
 }

@@ -76,12 +76,7 @@ func slaveStatus(ctx context.Context, db *sql.DB) (*Replication, error) {
 	if r.IOPos, err = ParsePosition(f["Gtid_IO_Pos"]); err != nil {
 		return nil, fmt.Errorf("Gtid_IO_Pos: %w", err)
 	}
-	switch {
-	case f["Last_SQL_Error"] != "":
-		r.LastError = f["Last_SQL_Error"]
-	case f["Last_IO_Error"] != "":
-		r.LastError = f["Last_IO_Error"]
-	}
+	r.SQLError, r.IOError = f["Last_SQL_Error"], f["Last_IO_Error"]
 	if f["Master_Host"] == "" {
 		return nil, nil // RESET SLAVE ALL leaves no row; an empty host is the same
 	}

@@ -68,7 +68,7 @@ func setNamespaceLabels() map[string]string {
 // stage needs the one before, so the first failure stops the test.
 func TestOperatorOnRealPods(t *testing.T) {
 	cl := need(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 
 	t.Run("helm install", func(t *testing.T) { helmInstall(t, ctx, cl) })
@@ -101,6 +101,10 @@ func TestOperatorOnRealPods(t *testing.T) {
 		cl.dump(t, setNamespace)
 	}
 	t.Run("kubectl delete rps: the garbage collector removes every child", func(t *testing.T) { deleteSet(t, ctx, cl, set) })
+	t.Run("a replicated cell's primary pod deleted under load: a replica takes over, no acknowledged open lost", func(t *testing.T) { primaryFailover(t, ctx, cl) })
+	if t.Failed() {
+		cl.dump(t, setNamespace)
+	}
 	t.Run("helm uninstall keeps the CRDs", func(t *testing.T) { helmUninstall(t, ctx, cl) })
 }
 
@@ -422,7 +426,7 @@ func routingTable(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedP
 	return tab
 }
 
-// cellDBs are every cell's databases as the audit reads them: the MySQL pod's IP, as root with
+// cellDBs are every cell's databases as the audit reads them: the (primary) MySQL pod's IP, as root with
 // the password from the operator's Secret.
 func cellDBs(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedPacketSet) []loadgen.CellDB {
 	t.Helper()
@@ -432,8 +436,12 @@ func cellDBs(t *testing.T, ctx context.Context, cl *cluster, set *rpv1.RedPacket
 	}
 	var out []loadgen.CellDB
 	for _, c := range cells.Items {
+		name := c.MySQLPodName(0)
+		if c.Status.Database != nil && c.Status.Database.Primary != "" {
+			name = c.Status.Database.Primary // a replicated cell: whichever pod is primary now
+		}
 		var pod corev1.Pod
-		if err := cl.c.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: c.MySQLPodName(0)}, &pod); err != nil {
+		if err := cl.c.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: name}, &pod); err != nil {
 			t.Fatal(err)
 		}
 		var sec corev1.Secret
