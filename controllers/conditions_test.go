@@ -18,8 +18,8 @@ import (
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/cellserver/routing"
-	"github.com/redpacketset/redpacket/internal/dbfailover"
 	"github.com/redpacketset/redpacket/controllers/plan"
+	"github.com/redpacketset/redpacket/internal/dbfailover"
 )
 
 func testCell() *rpv1.RedPacketCell {

@@ -61,7 +61,7 @@ type Replication struct {
 	SQLRunning bool
 	// IOPos is Gtid_IO_Pos: the last GTID received into the relay log (acknowledged to a
 	// semi-sync primary), which the SQL thread may not have applied yet.
-	IOPos     Position
+	IOPos Position
 	// SQLError is Last_SQL_Error: the replica could not apply what it received (a data
 	// divergence). IOError is Last_IO_Error: receiving failed, which may only mean its source
 	// went away (a failover's old primary) or, from the current primary, that the primary's
