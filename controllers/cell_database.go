@@ -69,7 +69,38 @@ func (r *CellReconciler) reconcileDatabase(ctx context.Context, cell *rpv1.RedPa
 		return dbfailover.Decision{}, err
 	}
 	d.on.Store(cell)
+	if to, ok := cell.Annotations[rpv1.AnnotationSwitchoverTo]; ok {
+		r.switchover(ctx, cell, d, to)
+	}
 	return d.mgr.Reconcile(ctx)
+}
+
+// switchover carries out a requested switchover once: whatever the outcome, the annotation is
+// removed (a refused request is not retried behind the SRE's back) and an event says what
+// happened. The Manager's own DatabaseSwitchover event reports a success.
+func (r *CellReconciler) switchover(ctx context.Context, cell *rpv1.RedPacketCell, d *cellDatabase, to string) {
+	i, err := switchoverTarget(cell, to)
+	if err == nil {
+		err = d.mgr.Switchover(ctx, i)
+	}
+	if err != nil {
+		EventSwitchoverRefused.emit(r.Recorder, cell, to, err)
+	}
+	patch := client.MergeFrom(cell.DeepCopy())
+	delete(cell.Annotations, rpv1.AnnotationSwitchoverTo)
+	if perr := r.Client.Patch(ctx, cell, patch); perr != nil {
+		log.FromContext(ctx).Error(perr, "remove the switchover annotation", "cell", cell.Name)
+	}
+}
+
+// switchoverTarget reads the annotation's value: one of the cell's database pods, by name or
+// by ordinal.
+func switchoverTarget(cell *rpv1.RedPacketCell, to string) (int, error) {
+	if i, ok := cell.MySQLOrdinal(to); ok {
+		return i, nil
+	}
+	return 0, fmt.Errorf("%s=%q names none of the cell's database pods (%s … %s, or 0 … %d)", rpv1.AnnotationSwitchoverTo, to,
+		cell.MySQLPodName(0), cell.MySQLPodName(cell.MySQLInstances()-1), cell.MySQLInstances()-1)
 }
 
 func (r *CellReconciler) databaseFor(ctx context.Context, cell *rpv1.RedPacketCell) (*cellDatabase, error) {

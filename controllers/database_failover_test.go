@@ -4,9 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,33 +20,6 @@ import (
 	"github.com/redpacketset/redpacket/internal/dbfailover"
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
-
-// replicatedInstances starts n MariaDB instances set up as a replicated cell's pods are: binary
-// log, server_id from the ordinal, the failover settings (read-only at start).
-func replicatedInstances(t *testing.T, n int) []*testenv.MariaDBProcess {
-	t.Helper()
-	base := t.TempDir()
-	procs := make([]*testenv.MariaDBProcess, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range procs {
-		procs[i] = &testenv.MariaDBProcess{BinLog: true, ServerID: int(rpv1.MySQLServerID(i)), BufferPoolSize: "32M", MaxConnections: 100,
-			ExtraArgs: dbfailover.InstanceFlags()}
-		wg.Go(func() { errs[i] = procs[i].Start(context.Background(), filepath.Join(base, fmt.Sprint(i)), 0) })
-	}
-	wg.Wait()
-	t.Cleanup(func() {
-		for _, p := range procs {
-			_ = p.Kill()
-		}
-	})
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("instance %d: %v", i, err)
-		}
-	}
-	return procs
-}
 
 func rootDB(t *testing.T, p *testenv.MariaDBProcess) *sql.DB {
 	t.Helper()
@@ -75,7 +46,7 @@ func TestOperatorFailsOverAReplicatedCell(t *testing.T) {
 	env := startEnv(t)
 	c := env.Client
 	ctx := context.Background()
-	procs := replicatedInstances(t, 3)
+	procs := testenv.StartReplicaSet(t, 3, func(i int) int { return int(rpv1.MySQLServerID(i)) }, dbfailover.InstanceFlags())
 
 	set := smallSet("repl", 1)
 	set.Spec.Template.MySQL.Replicas = 3
@@ -216,6 +187,62 @@ func TestOperatorFailsOverAReplicatedCell(t *testing.T) {
 		return nil
 	})
 	healthy("all three replicating again")
+
+	// Switchover on request: back to the first instance, then a request naming no pod.
+	annotate := func(v string) {
+		cl := cell()
+		patch := client.MergeFrom(cl.DeepCopy())
+		if cl.Annotations == nil {
+			cl.Annotations = map[string]string{}
+		}
+		cl.Annotations[rpv1.AnnotationSwitchoverTo] = v
+		if err := c.Patch(ctx, cl, patch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	event := func(reason string) func() error {
+		return func() error {
+			list := &eventsv1.EventList{}
+			if err := c.List(ctx, list, client.InNamespace(set.Namespace)); err != nil {
+				return err
+			}
+			for _, e := range list.Items {
+				if e.Reason == reason && e.Regarding.Name == cellName {
+					return nil
+				}
+			}
+			return fmt.Errorf("no %s event", reason)
+		}
+	}
+	annotate(first.MySQLPodName(p0))
+	testenv.Eventually(t, 60*time.Second, "switched over back to the first instance", func() error {
+		got := cell()
+		if p := primaryOf(got); p != p0 {
+			return fmt.Errorf("primary %d", p)
+		}
+		if _, left := got.Annotations[rpv1.AnnotationSwitchoverTo]; left {
+			return fmt.Errorf("annotation still there")
+		}
+		return event("DatabaseSwitchover")()
+	})
+	healthy("healthy after the switchover")
+	var rows int
+	if err := old.QueryRow("SELECT COUNT(*) FROM f.acked").Scan(&rows); err != nil || rows != acked+1 {
+		t.Fatalf("primary after the switchover holds %d rows, want %d (%v)", rows, acked+1, err)
+	}
+	if ro, err := readOnly(newPrimary); err != nil || !ro {
+		t.Fatalf("the primary handed over from is writable: read_only=%v (%v)", ro, err)
+	}
+	annotate("nope")
+	testenv.Eventually(t, 30*time.Second, "a switchover to no pod refused, said so, annotation removed", func() error {
+		if _, left := cell().Annotations[rpv1.AnnotationSwitchoverTo]; left {
+			return fmt.Errorf("annotation still there")
+		}
+		return event("DatabaseSwitchoverRefused")()
+	})
+	if p := primaryOf(cell()); p != p0 {
+		t.Fatalf("a refused switchover moved the primary to %d", p)
+	}
 }
 
 func databaseWritableReason(reason string) bool {

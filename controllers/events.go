@@ -41,6 +41,7 @@ var (
 	EventEpochReplaced       = event{corev1.EventTypeNormal, "EpochReplaced", "Rebalance", "routing epoch %d replaced by epoch %d before taking effect %s"}
 	EventEpochRefused        = event{corev1.EventTypeWarning, "EpochRefused", "Rebalance", "%s"}
 	EventAnnounceFailed      = event{corev1.EventTypeWarning, "AnnounceFailed", "Rebalance", "could not announce routing epoch %d to cells: %s"}
+	EventSwitchoverRefused   = event{corev1.EventTypeWarning, "DatabaseSwitchoverRefused", "Database", "switchover to %s not done: %v"}
 	EventMaskingFailed       = event{corev1.EventTypeWarning, "MaskingFailed", "Mask", "cannot read or write the cell's control schema: %v"}
 )
 

@@ -27,6 +27,11 @@ const (
 	// AnnotationDiscardUnsettled, set to "true" on a set or cell being deleted, lets the
 	// deletion go on although money is unsettled: the deliberate force path.
 	AnnotationDiscardUnsettled = "redpacket.dev/discard-unsettled"
+	// AnnotationSwitchoverTo, set on a replicated cell to one of its database pods (its name
+	// or its ordinal), asks the operator to hand the primary role to that pod, for
+	// maintenance. The operator acts once, removes the annotation, and says how it went in a
+	// DatabaseSwitchover or DatabaseSwitchoverRefused event.
+	AnnotationSwitchoverTo = "redpacket.dev/switchover-to"
 	// AnnotationNeverRouted is the operator's own proof that a cell has never owned a slot in
 	// an epoch that took effect, so no packet was ever created in it: it is put on a cell
 	// created for a pending epoch only, and taken off (before anything else) by the first
@@ -75,6 +80,28 @@ func (c *RedPacketCell) MySQLPodName(i int) string { return fmt.Sprintf("%s-%d",
 // headless Service, which publishes pods whether or not they are ready).
 func (c *RedPacketCell) MySQLHost(i int) string {
 	return fmt.Sprintf("%s.%s.%s.svc", c.MySQLPodName(i), c.MySQLName(), c.Namespace)
+}
+
+// MySQLOrdinal reads a reference to one of the cell's database pods, by name or by ordinal
+// ("rp-cell-0-mysql-2" or "2"); ok is false when it names none.
+func (c *RedPacketCell) MySQLOrdinal(ref string) (i int, ok bool) {
+	for i := range c.MySQLInstances() {
+		if ref == c.MySQLPodName(i) || ref == fmt.Sprint(i) {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// MySQLPrimaryHost is the DNS name of the pod that holds the cell's writable database: pod 0
+// of a single instance, the open term's primary of a replicated cell (status.database).
+func (c *RedPacketCell) MySQLPrimaryHost() string {
+	if db := c.Status.Database; db != nil && db.Primary != "" {
+		if i, ok := c.MySQLOrdinal(db.Primary); ok {
+			return c.MySQLHost(i)
+		}
+	}
+	return c.MySQLHost(0)
 }
 
 // MySQLInstances is how many database instances the cell runs.

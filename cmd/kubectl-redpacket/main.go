@@ -7,6 +7,7 @@
 //	kubectl redpacket unmask CELL TABLE
 //	kubectl redpacket drain CELL --reason TEXT | --undo
 //	kubectl redpacket audit SET [--drain-timeout 60s]
+//	kubectl redpacket switchover CELL --to POD [--timeout 2m]
 //
 // Commands that read a cell's database use the credentials in the cell's Secret; outside the
 // cluster, give each cell's address with --db-addr CELL=HOST:PORT (e.g. a kubectl
@@ -43,6 +44,7 @@ commands:
   unmask CELL TABLE              lift the manual masks on that table
   drain CELL --reason TEXT       stop new packets in every slot of the cell (--undo lifts)
   audit SET                      conservation audit over every cell's database (exit 1 on a violation)
+  switchover CELL --to POD       hand a replicated cell's primary role to POD (name or ordinal), for maintenance
 
 flags (before or after the command):
 `
@@ -65,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, cfg *rest
 		reason     = fs.String("reason", "", "why (mask, drain): shown in status and to the next person on call")
 		undo       = fs.Bool("undo", false, "drain: lift the drain masks")
 		drainWait  = fs.Duration("drain-timeout", time.Minute, "audit: how long to wait for each cell's outbox to be relayed")
+		to         = fs.String("to", "", "switchover: the database pod (name or ordinal) to become primary")
+		timeout    = fs.Duration("timeout", 2*time.Minute, "switchover: how long to wait for the operator's answer")
 		dbAddr     = map[string]string{}
 	)
 	fs.Func("db-addr", "CELL=HOST:PORT of a cell's database, repeatable (default: the cell's primary pod DNS name)", func(v string) error {
@@ -90,7 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, cfg *rest
 		pos = append(pos, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
-	want := map[string]int{"status": 1, "mask": 2, "unmask": 2, "drain": 1, "audit": 1}
+	want := map[string]int{"status": 1, "mask": 2, "unmask": 2, "drain": 1, "audit": 1, "switchover": 1}
 	if len(pos) == 0 || want[pos[0]] == 0 || len(pos)-1 != want[pos[0]] {
 		fs.Usage()
 		return 2
@@ -141,6 +145,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, cfg *rest
 		out, err = p.Drain(ctx, pos[1], *reason, *undo)
 	case "audit":
 		out, err = p.Audit(ctx, pos[1], *drainWait)
+	case "switchover":
+		out, err = p.Switchover(ctx, pos[1], *to, *timeout)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "kubectl redpacket %s: %v\n", pos[0], err)

@@ -31,6 +31,7 @@ import (
 	"github.com/redpacketset/redpacket/cellserver/store/storetest"
 	"github.com/redpacketset/redpacket/cellserver/wallet"
 	"github.com/redpacketset/redpacket/controllers"
+	"github.com/redpacketset/redpacket/internal/dbfailover"
 	"github.com/redpacketset/redpacket/internal/envtestutil"
 	"github.com/redpacketset/redpacket/internal/plugin"
 	"github.com/redpacketset/redpacket/internal/testenv"
@@ -355,4 +356,105 @@ func TestPluginOnARunningSet(t *testing.T) {
 			t.Errorf("status table during a roll-out: exit %d\n%s", code, out)
 		}
 	})
+}
+
+// TestPluginSwitchover: `kubectl redpacket switchover` asks the operator, running a replicated
+// cell on three real MariaDB instances, to hand the primary role to another pod, waits, and
+// prints the outcome; a request naming no pod, or the primary itself, is refused with exit 2
+// and changes nothing.
+func TestPluginSwitchover(t *testing.T) {
+	env := envtestutil.Start(t)
+	c := env.Client
+	ctx := context.Background()
+	procs := testenv.StartReplicaSet(t, 3, func(i int) int { return int(rpv1.MySQLServerID(i)) }, dbfailover.InstanceFlags())
+	set := &rpv1.RedPacketSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "sw", Namespace: "default"},
+		Spec: rpv1.RedPacketSetSpec{
+			Zones: []string{"zone-a"}, Cells: 1,
+			Capacity:       rpv1.CapacitySpec{PeakOpensPerSecond: 1000, PerServerOpensPerSecond: 1000},
+			Template:       rpv1.CellTemplate{MySQL: rpv1.MySQLSpec{Replicas: 3}},
+			RebalanceDelay: &rpv1.Duration{Duration: time.Hour},
+		},
+	}
+	cellName := set.CellName(0)
+	// The instances' root has no password, and the operator keeps a Secret it finds.
+	if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: cellName + "-mysql-credentials", Namespace: "default",
+		Labels: map[string]string{rpv1.LabelManagedBy: rpv1.ManagedByOperator}},
+		Data: map[string][]byte{"root-password": nil, "user": []byte("cellserver"), "password": []byte("unused")}}); err != nil {
+		t.Fatal(err)
+	}
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	noControlSchema := func(_ context.Context, cell *rpv1.RedPacketCell, _ *corev1.Secret) (*sql.DB, error) {
+		return nil, fmt.Errorf("%s: no control schema in this test", cell.Name)
+	}
+	if err := controllers.Setup(mgr, controllers.Options{OpenCellDB: noControlSchema,
+		DatabaseAddr: func(_ *rpv1.RedPacketCell, i int) string { return procs[i].Addr() }}); err != nil {
+		t.Fatal(err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = mgr.Start(mctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := c.Create(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	cell := &rpv1.RedPacketCell{}
+	testenv.Eventually(t, 60*time.Second, "a primary opened", func() error {
+		if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: cellName}, cell); err != nil {
+			return err
+		}
+		if cell.Status.Database == nil || cell.Status.Database.Primary == "" {
+			return fmt.Errorf("status.database %+v", cell.Status.Database)
+		}
+		return nil
+	})
+	from := cell.Status.Database.Primary
+	plug := func(args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := run(ctx, append([]string{"-n", "default"}, args...), &out, &errOut, env.Config)
+		return code, out.String(), errOut.String()
+	}
+	for _, bad := range []struct{ to, want string }{{"9", "names none of cell"}, {from, "already"}} {
+		if code, _, errOut := plug("switchover", cellName, "--to", bad.to); code != 2 || !strings.Contains(errOut, bad.want) {
+			t.Fatalf("switchover --to %s: exit %d, %q; want 2 and %q", bad.to, code, errOut, bad.want)
+		}
+	}
+	code, out, errOut := plug("switchover", cellName, "--to", "2", "--timeout", "60s")
+	if code != 0 || !strings.Contains(out, cellName+"-mysql-2") || !strings.Contains(out, from) {
+		t.Fatalf("switchover: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("switchover:\n%s", out)
+	if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: cellName}, cell); err != nil {
+		t.Fatal(err)
+	}
+	if got := cell.Status.Database.Primary; got != cellName+"-mysql-2" || len(cell.Status.Database.Terms) != 2 {
+		t.Fatalf("after the switchover: primary %s, %d terms", got, len(cell.Status.Database.Terms))
+	}
+	var ro int
+	db, err := sql.Open("mysql", "root@tcp("+procs[2].Addr()+")/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	testenv.Eventually(t, 30*time.Second, "pod 2 writable", func() error {
+		if err := db.QueryRow("SELECT @@global.read_only").Scan(&ro); err != nil || ro != 0 {
+			return fmt.Errorf("read_only=%d (%v)", ro, err)
+		}
+		return nil
+	})
+
+	// The operator refuses a switchover to a dead instance; the plugin says why, exit 1.
+	if err := procs[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = plug("switchover", cellName, "--to", "1", "--timeout", "60s")
+	if code != 1 || !strings.Contains(errOut, "unreachable") {
+		t.Fatalf("switchover to a dead instance: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("refused: %s", strings.TrimSpace(errOut))
 }

@@ -98,6 +98,84 @@ func (m *Manager) Reconcile(ctx context.Context) (Decision, error) {
 	return d, nil
 }
 
+// switchoverCatchUp bounds how long writes stop during a switchover while the new primary
+// applies what the old one committed last.
+const switchoverCatchUp = 30 * time.Second
+
+// Switchover hands the primary role to instance to, for maintenance: the primary is fenced
+// (no write commits on it from then on; the servers' sessions are ended and reconnect), to
+// applies everything the primary committed, and only then is its term recorded. Reconcile
+// then opens it and repoints the others, the old primary among them. Nothing acknowledged can
+// be lost: the new term starts at the old primary's final position, which to holds. If to does
+// not catch up in time the old primary is reopened (its semi-sync wait back on first) and the
+// switchover fails with the reason. A lost primary is a failover's job, not a switchover's.
+func (m *Manager) Switchover(ctx context.Context, to int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if to < 0 || to >= len(m.Cell.Instances) {
+		return fmt.Errorf("cell %s: switchover to instance %d: the cell has instances 0..%d", m.Cell.Name, to, len(m.Cell.Instances)-1)
+	}
+	h, err := m.Store.LoadHistory(ctx)
+	if err != nil {
+		return fmt.Errorf("cell %s: load database history: %w", m.Cell.Name, err)
+	}
+	cur, ok := h.Current()
+	switch {
+	case !ok:
+		return fmt.Errorf("cell %s: switchover: no primary has been opened yet", m.Cell.Name)
+	case cur.Primary == to:
+		return nil
+	}
+	if why, refused := h.Refused[to]; refused {
+		return fmt.Errorf("cell %s: switchover to instance %d: it is refused until rebuilt (%s)", m.Cell.Name, to, why)
+	}
+	insts := m.observeAll(ctx)
+	p, target := insts[cur.Primary], insts[to]
+	switch {
+	case !p.Reachable:
+		return fmt.Errorf("cell %s: switchover: primary %d is unreachable (%s); the failover logic replaces a lost primary", m.Cell.Name, cur.Primary, p.Err)
+	case !target.Reachable:
+		return fmt.Errorf("cell %s: switchover to instance %d: unreachable (%s)", m.Cell.Name, to, target.Err)
+	case Errant(target, h) != "":
+		return fmt.Errorf("cell %s: switchover to instance %d: errant transactions: %s", m.Cell.Name, to, Errant(target, h))
+	}
+	if r := target.Replication; r == nil || r.SourceAddr != p.Addr || !r.IORunning || !r.SQLRunning {
+		return fmt.Errorf("cell %s: switchover to instance %d: it is not replicating from primary %d", m.Cell.Name, to, cur.Primary)
+	}
+	start := m.now()
+	pdb, ep := m.db(p.Addr), m.Cell.Instances[cur.Primary]
+	if err := fence(ctx, pdb, m.Cell.AppUser); err != nil {
+		return fmt.Errorf("cell %s: switchover: fence primary %d: %w", m.Cell.Name, cur.Primary, err)
+	}
+	final, err := observe(ctx, pdb, ep, cur.Primary)
+	if err == nil {
+		var got int
+		wctx, cancel := context.WithTimeout(ctx, switchoverCatchUp+5*time.Second)
+		err = m.db(target.Addr).QueryRowContext(wctx, "SELECT MASTER_GTID_WAIT(?, ?)", final.CurrentPos.String(), switchoverCatchUp.Seconds()).Scan(&got)
+		cancel()
+		if err == nil && got != 0 {
+			err = fmt.Errorf("instance %d did not apply %s within %s", to, final.CurrentPos, switchoverCatchUp)
+		}
+	}
+	if err != nil {
+		// Back as it was: the wait on before the first write, or a write could commit alone.
+		if rerr := setSemiSync(ctx, pdb, true); rerr == nil {
+			rerr = open(ctx, pdb)
+			err = errors.Join(err, rerr)
+		} else {
+			err = errors.Join(err, rerr)
+		}
+		return fmt.Errorf("cell %s: switchover to instance %d abandoned, primary %d reopened: %w", m.Cell.Name, to, cur.Primary, err)
+	}
+	next := Promote(h, Candidate{Index: to, Pos: final.CurrentPos}, m.Cell.Instances[to].ServerID, m.now())
+	if err := m.Store.SaveHistory(ctx, next); err != nil {
+		return fmt.Errorf("cell %s: switchover: record term %d: %w", m.Cell.Name, len(next.Terms), err)
+	}
+	m.event(Event{Reason: "Switchover", Message: fmt.Sprintf("primary %d (%s) handed over to instance %d (%s) at %s (term %d); writes stopped for %s",
+		cur.Primary, p.Addr, to, target.Addr, final.CurrentPos, len(next.Terms), m.now().Sub(start).Round(time.Millisecond))})
+	return nil
+}
+
 // Last is the most recent decision.
 func (m *Manager) Last() Decision {
 	m.mu.Lock()

@@ -338,3 +338,90 @@ func BenchmarkCommit(b *testing.B) {
 	}
 	exec(b, root, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
 }
+
+// TestSwitchoverOnRealMariaDB hands the primary role over while a writer keeps writing: every
+// write acknowledged before, during and after is on the new primary, the old one replicates
+// from it read-only, and a switchover to an instance that cannot take over is refused with the
+// primary left writable.
+func TestSwitchoverOnRealMariaDB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three mariadbd")
+	}
+	c := startCell(t, 3)
+	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
+	root0 := c.db(0, "root")
+	exec(t, root0, "CREATE USER IF NOT EXISTS 'rp_app'@'127.0.0.1'")
+	exec(t, root0, "GRANT "+AppGrants+" ON *.* TO 'rp_app'@'127.0.0.1'")
+	exec(t, root0, "CREATE DATABASE f")
+	exec(t, root0, "CREATE TABLE f.acked (id INT PRIMARY KEY) ENGINE=InnoDB")
+
+	// The writer follows the primary as the cell servers do: each write goes to whichever
+	// instance takes it, and a refused or broken one is retried on the next instance.
+	apps := []*sql.DB{c.db(0, "rp_app"), c.db(1, "rp_app"), c.db(2, "rp_app")}
+	stop := make(chan struct{})
+	var acked []int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for id := 0; ; {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, db := range apps {
+				if _, err := db.Exec("INSERT INTO f.acked VALUES (?)", id); err == nil {
+					acked = append(acked, id)
+					id++
+					break
+				}
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if err := c.m.Switchover(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+	d := c.settle("instance 2 primary after the switchover", func(d Decision) bool { return d.Primary == 2 && d.Reason == ReasonHealthy })
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	<-done
+	t.Logf("%d writes acknowledged across the switchover; %s", len(acked), d.Message)
+	waitRows(t, c.db(2, "root"), len(acked))
+	rows, err := c.db(2, "root").Query("SELECT id FROM f.acked ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for rows.Next() {
+		var id int
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, id)
+	}
+	rows.Close()
+	if fmt.Sprint(got) != fmt.Sprint(acked) {
+		t.Fatalf("new primary holds %d rows, the writer saw %d acknowledged", len(got), len(acked))
+	}
+	if _, err := apps[0].Exec("INSERT INTO f.acked VALUES (-1)"); !isReadOnlyRefusal(err) {
+		t.Fatalf("app write on the old primary after the switchover: %v, want a read-only refusal", err)
+	}
+	h, _ := c.hist.LoadHistory(context.Background())
+	if len(h.Terms) != 2 || h.Terms[0].End == nil || len(h.Refused) != 0 {
+		t.Fatalf("history after a switchover: %+v", h)
+	}
+
+	// Refused: the instance is down. The primary stays where it is, and writable.
+	if err := c.procs[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.m.Switchover(context.Background(), 1); err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("switchover to a dead instance: %v", err)
+	}
+	if err := c.m.Switchover(context.Background(), 7); err == nil {
+		t.Fatal("switchover to instance 7 of 3 accepted")
+	}
+	exec(t, apps[2], "INSERT INTO f.acked VALUES (-2)")
+}

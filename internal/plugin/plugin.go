@@ -32,7 +32,8 @@ type Plugin struct {
 	K8s       client.Client
 	Namespace string
 	// DBAddr maps a cell name to the host:port of its database; cells not listed are
-	// reached at their primary pod's DNS name, which works only inside the cluster.
+	// reached at their primary pod's DNS name (the replicated cell's current primary, from its
+	// status), which works only inside the cluster.
 	DBAddr map[string]string
 	// ControlSchema and CellSchema are the cells' schemas (the servers' defaults when empty).
 	ControlSchema, CellSchema, WalletSchema string
@@ -95,7 +96,7 @@ func (p *Plugin) cellDSN(ctx context.Context, cell *rpv1.RedPacketCell) (string,
 	cfg.Net = "tcp"
 	cfg.Addr = p.DBAddr[cell.Name]
 	if cfg.Addr == "" {
-		cfg.Addr = fmt.Sprintf("%s.%s.%s.svc:%d", cell.MySQLPodName(0), cell.MySQLName(), cell.Namespace, mysqlPort)
+		cfg.Addr = fmt.Sprintf("%s:%d", cell.MySQLPrimaryHost(), mysqlPort)
 	}
 	cfg.ParseTime = true
 	cfg.Loc = time.UTC

@@ -50,6 +50,9 @@ func Print(w io.Writer, format string, v any, now time.Time) error {
 		printMask(tw, r)
 	case *AuditResult:
 		printAudit(tw, r)
+	case *SwitchoverResult:
+		fmt.Fprintln(tw, "CELL\tFROM\tTO\tTERM")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", r.Cell, r.From, r.To, r.Term)
 	default:
 		return fmt.Errorf("no table for %T", v)
 	}

@@ -302,3 +302,31 @@ func (m *Memcached) Restart() {
 		m.tb.Fatalf("testenv: %v", err)
 	}
 }
+
+// StartReplicaSet starts n MariaDB processes for one replicated cell, each with its binary
+// log, the server_id serverID gives its index, and args (the failover settings), all in
+// parallel; they are killed when the test ends. Replication itself is left to the code under
+// test.
+func StartReplicaSet(tb testing.TB, n int, serverID func(i int) int, args []string) []*MariaDBProcess {
+	tb.Helper()
+	base := tb.TempDir()
+	procs := make([]*MariaDBProcess, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range procs {
+		procs[i] = &MariaDBProcess{BinLog: true, ServerID: serverID(i), BufferPoolSize: "32M", MaxConnections: 100, ExtraArgs: args}
+		wg.Go(func() { errs[i] = procs[i].Start(context.Background(), filepath.Join(base, strconv.Itoa(i)), 0) })
+	}
+	wg.Wait()
+	tb.Cleanup(func() {
+		for _, p := range procs {
+			_ = p.Kill()
+		}
+	})
+	for i, err := range errs {
+		if err != nil {
+			tb.Fatalf("testenv: instance %d: %v", i, err)
+		}
+	}
+	return procs
+}
