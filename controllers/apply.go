@@ -60,55 +60,43 @@ func ownedNow(ctx context.Context, c client.Reader, desired runtime.ApplyConfigu
 	if !ok {
 		return nil, nil
 	}
-	get := func(obj client.Object) (bool, error) {
-		err := c.Get(ctx, key, obj)
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		return err == nil, err
-	}
-	manager := string(FieldOwner)
 	switch desired.(type) {
 	case *corev1ac.ConfigMapApplyConfiguration:
-		obj := &corev1.ConfigMap{}
-		if found, err := get(obj); !found {
-			return nil, err
-		}
-		return corev1ac.ExtractConfigMap(obj, manager)
+		return extract(ctx, c, key, &corev1.ConfigMap{}, corev1ac.ExtractConfigMap)
 	case *corev1ac.ServiceApplyConfiguration:
-		obj := &corev1.Service{}
-		if found, err := get(obj); !found {
-			return nil, err
-		}
-		return corev1ac.ExtractService(obj, manager)
+		return extract(ctx, c, key, &corev1.Service{}, corev1ac.ExtractService)
 	case *appsv1ac.StatefulSetApplyConfiguration:
-		obj := &appsv1.StatefulSet{}
-		if found, err := get(obj); !found {
-			return nil, err
-		}
-		owned, err := appsv1ac.ExtractStatefulSet(obj, manager)
-		if err == nil && owned.Spec != nil {
+		owned, err := extract(ctx, c, key, &appsv1.StatefulSet{}, appsv1ac.ExtractStatefulSet)
+		if sts, ok := owned.(*appsv1ac.StatefulSetApplyConfiguration); ok && sts != nil && sts.Spec != nil {
 			// The apiserver gives each claim template a status (phase Pending) and files it
 			// under the template's owner; a template's status means nothing and is never applied.
-			for i := range owned.Spec.VolumeClaimTemplates {
-				owned.Spec.VolumeClaimTemplates[i].Status = nil
+			for i := range sts.Spec.VolumeClaimTemplates {
+				sts.Spec.VolumeClaimTemplates[i].Status = nil
 			}
 		}
 		return owned, err
 	case *appsv1ac.DeploymentApplyConfiguration:
-		obj := &appsv1.Deployment{}
-		if found, err := get(obj); !found {
-			return nil, err
-		}
-		return appsv1ac.ExtractDeployment(obj, manager)
+		return extract(ctx, c, key, &appsv1.Deployment{}, appsv1ac.ExtractDeployment)
 	case *policyv1ac.PodDisruptionBudgetApplyConfiguration:
-		obj := &policyv1.PodDisruptionBudget{}
-		if found, err := get(obj); !found {
-			return nil, err
-		}
-		return policyv1ac.ExtractPodDisruptionBudget(obj, manager)
+		return extract(ctx, c, key, &policyv1.PodDisruptionBudget{}, policyv1ac.ExtractPodDisruptionBudget)
 	}
 	return nil, nil
+}
+
+// extract reads obj at key and extracts what the operator's field manager owns in it; nil when
+// it does not exist.
+func extract[O client.Object, A runtime.ApplyConfiguration](ctx context.Context, c client.Reader, key types.NamespacedName, obj O,
+	from func(O, string) (A, error)) (runtime.ApplyConfiguration, error) {
+	if err := c.Get(ctx, key, obj); apierrors.IsNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	owned, err := from(obj, string(FieldOwner))
+	if err != nil {
+		return nil, err
+	}
+	return owned, nil
 }
 
 // applyKey is the namespace and name an apply configuration names.

@@ -81,6 +81,20 @@ func startCell(t testing.TB, n int) *testCell {
 	return c
 }
 
+// startHealthyCell is three instances reconciled to a healthy primary 0, with the servers' user
+// rp_app and an empty table f.acked.
+func startHealthyCell(t *testing.T) *testCell {
+	t.Helper()
+	c := startCell(t, 3)
+	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
+	root0 := c.db(0, "root")
+	exec(t, root0, "CREATE USER IF NOT EXISTS 'rp_app'@'127.0.0.1'")
+	exec(t, root0, "GRANT "+AppGrants+" ON *.* TO 'rp_app'@'127.0.0.1'")
+	exec(t, root0, "CREATE DATABASE f")
+	exec(t, root0, "CREATE TABLE f.acked (id INT PRIMARY KEY) ENGINE=InnoDB")
+	return c
+}
+
 // settle reconciles until cond holds for the decision, or fails after 30 s.
 func (c *testCell) settle(what string, cond func(Decision) bool) Decision {
 	c.t.Helper()
@@ -136,13 +150,7 @@ func TestFailoverOnRealMariaDB(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three mariadbd")
 	}
-	c := startCell(t, 3)
-	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
-	root0 := c.db(0, "root")
-	exec(t, root0, "CREATE USER IF NOT EXISTS 'rp_app'@'127.0.0.1'")
-	exec(t, root0, "GRANT "+AppGrants+" ON *.* TO 'rp_app'@'127.0.0.1'")
-	exec(t, root0, "CREATE DATABASE f")
-	exec(t, root0, "CREATE TABLE f.acked (id INT PRIMARY KEY) ENGINE=InnoDB")
+	c := startHealthyCell(t)
 	app0 := c.db(0, "rp_app")
 	for i := range 50 {
 		exec(t, app0, "INSERT INTO f.acked VALUES (?)", i) // each acknowledged: a replica has it
@@ -347,13 +355,7 @@ func TestSwitchoverOnRealMariaDB(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three mariadbd")
 	}
-	c := startCell(t, 3)
-	c.settle("bootstrap", func(d Decision) bool { return d.Reason == ReasonHealthy })
-	root0 := c.db(0, "root")
-	exec(t, root0, "CREATE USER IF NOT EXISTS 'rp_app'@'127.0.0.1'")
-	exec(t, root0, "GRANT "+AppGrants+" ON *.* TO 'rp_app'@'127.0.0.1'")
-	exec(t, root0, "CREATE DATABASE f")
-	exec(t, root0, "CREATE TABLE f.acked (id INT PRIMARY KEY) ENGINE=InnoDB")
+	c := startHealthyCell(t)
 
 	// The writer follows the primary as the cell servers do: each write goes to whichever
 	// instance takes it, and a refused or broken one is retried on the next instance.
