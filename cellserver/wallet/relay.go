@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,6 +67,12 @@ type Relay struct {
 	cfg       RelayConfig
 	delivered *prometheus.CounterVec
 	failed    prometheus.Counter
+
+	// unsettled are rows this relay claimed whose outcome it could not record (the database
+	// went away mid-pass, as in a failover): it hands them back at its next pass, so they wait
+	// for that pass, not for the ClaimFor that hides them from the cell's other relays.
+	mu        sync.Mutex
+	unsettled []int64
 }
 
 // NewRelay builds a relay over a store's outbox.
@@ -164,10 +172,23 @@ func (r *Relay) Drain(ctx context.Context) error {
 // each consumer in one call; when that fails, rows are retried one by one so a single bad
 // row backs off alone instead of holding the others back.
 func (r *Relay) Pass(ctx context.Context) (int, error) {
+	if err := r.releaseUnsettled(ctx); err != nil {
+		return 0, err
+	}
 	rows, err := r.st.ClaimOutbox(ctx, r.cfg.Now(), r.cfg.Batch, r.cfg.ClaimFor)
 	if err != nil || len(rows) == 0 {
 		return 0, err
 	}
+	r.hold(rows)
+	n, err := r.pass(ctx, rows)
+	if err == nil {
+		r.settle()
+	}
+	return n, err
+}
+
+// pass delivers claimed rows; an error leaves some of them claimed without an outcome.
+func (r *Relay) pass(ctx context.Context, rows []store.OutboxRow) (int, error) {
 	if err := r.deliver(ctx, rows); err == nil {
 		return len(rows), r.ack(ctx, rows)
 	}
@@ -192,6 +213,39 @@ func (r *Relay) Pass(ctx context.Context) (int, error) {
 		}
 	}
 	return len(rows), nil
+}
+
+// hold remembers rows as claimed without an outcome yet; settle forgets them once every one
+// has one (delivered, failed with a retry time, or released).
+func (r *Relay) hold(rows []store.OutboxRow) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, row := range rows {
+		r.unsettled = append(r.unsettled, row.ID)
+	}
+}
+
+func (r *Relay) settle() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unsettled = r.unsettled[:0]
+}
+
+// releaseUnsettled hands back what an earlier pass left claimed. Releasing a row another relay
+// has since delivered changes nothing (it is no longer undelivered); one it has claimed is
+// merely due again, and every consumer is idempotent on the row's key.
+func (r *Relay) releaseUnsettled(ctx context.Context) error {
+	r.mu.Lock()
+	ids := slices.Clone(r.unsettled)
+	r.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := r.st.ReleaseClaims(ctx, ids); err != nil {
+		return fmt.Errorf("hand back %d outbox rows an earlier pass left claimed: %w", len(ids), err)
+	}
+	r.settle()
+	return nil
 }
 
 // release hands claimed rows back when the relay stops mid-batch, so the next relay (or the

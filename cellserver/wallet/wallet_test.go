@@ -281,3 +281,76 @@ func TestReconcileRequeuesLostEffects(t *testing.T) {
 		t.Fatalf("second reconcile requeued %d: %v", n, err)
 	}
 }
+
+// TestRelayHandsBackWhatAFailedPassLeftClaimed: a pass claims rows, delivers them, and cannot
+// mark them delivered (its database stops answering, as in a failover). The rows are hidden
+// from the cell's other relays for ClaimFor (30 s); this relay's next pass must not wait that
+// long: it hands them back and delivers them at once, each effect still applied once.
+func TestRelayHandsBackWhatAFailedPassLeftClaimed(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "r", TotalCents: 300, Count: 3, Kind: packet.KindRandom}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "t", AmountCents: 300}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"a", "b", "c"} {
+		if _, err := f.svc.Open(ctx, p.ID, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The wallet applies the batch, then the outbox goes away (renamed), so the relay's
+	// "delivered" mark fails at once; it comes back before the next pass.
+	outbox := f.prefix + "_cell.outbox"
+	rename := func(from, to string) {
+		if _, err := f.st.DB().Exec("RENAME TABLE " + from + " TO " + to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stuck := &afterApply{Wallet: f.ledger, then: func() { rename(outbox, outbox+"_away") }}
+	relay, err := wallet.NewRelay(f.st, stuck, f.st, wallet.RelayConfig{ClaimFor: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.Pass(ctx); err == nil {
+		t.Fatal("the pass whose delivered mark could not be written reported success")
+	}
+	stuck.then = nil
+	rename(outbox+"_away", outbox)
+	n, err := relay.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backlog, err := f.st.OutboxBacklog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 || backlog != 0 {
+		t.Fatalf("next pass delivered %d rows, %d left: the claimed rows waited for ClaimFor", n, backlog)
+	}
+	var transfers int
+	if err := f.st.DB().QueryRow("SELECT COUNT(*) FROM " + walletOf(f) + ".transfers").Scan(&transfers); err != nil {
+		t.Fatal(err)
+	}
+	if transfers != 4 { // the pay and three credits, each once though applied twice
+		t.Fatalf("%d transfers, want 4", transfers)
+	}
+}
+
+// afterApply is a wallet that runs then after each successful Apply.
+type afterApply struct {
+	wallet.Wallet
+	then func()
+}
+
+func (a *afterApply) Apply(ctx context.Context, ts []wallet.Transfer) error {
+	if err := a.Wallet.Apply(ctx, ts); err != nil {
+		return err
+	}
+	if a.then != nil {
+		a.then()
+	}
+	return nil
+}
