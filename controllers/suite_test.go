@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -37,7 +38,6 @@ import (
 	"github.com/redpacketset/redpacket/internal/testenv"
 )
 
-// startManager runs the operator's controllers against env until the returned stop is called.
 // noDatabase is a cell database opener for cells whose MariaDB never came up. It is every test
 // manager's default: the operator's own opener resolves the cells' Service names, and a test
 // must neither send a lookup off the machine nor wait on a resolver.
@@ -58,6 +58,7 @@ func testOptions(opts []controllers.Options) controllers.Options {
 	return o
 }
 
+// startManager runs the operator's controllers against env until the returned stop is called.
 func startManager(t *testing.T, env *envtestutil.Env, opts ...controllers.Options) (stop func()) {
 	t.Helper()
 	_, stop = startManagerWith(t, env, env.Config, opts...)
@@ -68,8 +69,16 @@ func startManager(t *testing.T, env *envtestutil.Env, opts ...controllers.Option
 // main configures.
 func startManagerWith(t *testing.T, env *envtestutil.Env, cfg *rest.Config, opts ...controllers.Options) (manager.Manager, func()) {
 	t.Helper()
+	return runManager(t, env, cfg, nil, func(err error) { t.Errorf("manager: %v", err) }, opts...)
+}
+
+// runManager starts a manager as the user of cfg with the operator's cache and controllers;
+// tune, when not nil, adjusts its options first (a watch error handler, a cache sync timeout);
+// failed hears how the manager ended if not by its cancellation.
+func runManager(t *testing.T, env *envtestutil.Env, cfg *rest.Config, tune func(*ctrl.Options), failed func(error), opts ...controllers.Options) (manager.Manager, func()) {
+	t.Helper()
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	mo := ctrl.Options{
 		Scheme: env.Scheme,
 		Cache:  cache.Options{ByObject: controllers.CacheByObject()},
 		// A restarted manager in the same process registers the same controller names.
@@ -77,7 +86,11 @@ func startManagerWith(t *testing.T, env *envtestutil.Env, cfg *rest.Config, opts
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		LeaderElection:         false,
-	})
+	}
+	if tune != nil {
+		tune(&mo)
+	}
+	mgr, err := ctrl.NewManager(cfg, mo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,8 +102,8 @@ func startManagerWith(t *testing.T, env *envtestutil.Env, cfg *rest.Config, opts
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager: %v", err)
+		if err := mgr.Start(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			failed(err)
 		}
 	}()
 	var once sync.Once

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,10 +26,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	rpv1 "github.com/redpacketset/redpacket/api/v1alpha1"
 	"github.com/redpacketset/redpacket/controllers"
@@ -463,31 +458,11 @@ func TestCancelledScaleOutCellsAreDeleted(t *testing.T) {
 // stopping a manager that can never sync takes.
 func startManagerWithHealth(t *testing.T, env *envtestutil.Env, cfg *rest.Config, syncTimeout time.Duration, opts ...controllers.Options) (manager.Manager, *controllers.CacheHealth) {
 	t.Helper()
-	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
 	health := controllers.NewCacheHealth()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Cache:                  cache.Options{ByObject: controllers.CacheByObject(), DefaultWatchErrorHandler: health.WatchErrorHandler},
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true), CacheSyncTimeout: syncTimeout},
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := controllers.Setup(mgr, testOptions(opts)); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := mgr.Start(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			t.Logf("manager: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	mgr, _ := runManager(t, env, cfg, func(o *ctrl.Options) {
+		o.Cache.DefaultWatchErrorHandler = health.WatchErrorHandler
+		o.Controller.CacheSyncTimeout = syncTimeout
+	}, func(err error) { t.Logf("manager: %v", err) }, opts...) // a manager that can never sync ends with an error
 	return mgr, health
 }
 

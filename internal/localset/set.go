@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,6 +79,7 @@ type SET struct {
 	planned   map[string]int
 	started   map[string]int
 	bin       string
+	goEnv     []string // GOMAXPROCS of the servers and the gateway (goMaxProcsEnv)
 	lock      *os.File
 	log       *slog.Logger
 	dbs       map[string]*cellDB
@@ -320,6 +322,10 @@ func (s *SET) startAll(ctx context.Context) error {
 	for _, c := range s.running {
 		all = append(all, s.servers[c]...)
 	}
+	s.goEnv = goMaxProcsEnv(runtime.NumCPU(), len(all)+1, os.Getenv("GOMAXPROCS")) // the servers and the gateway
+	for _, p := range all {
+		p.env = s.goEnv
+	}
 	// What the servers will create is read from the databases, not guessed from whether a
 	// datadir exists: a first start interrupted half way, or a restart on a new day, creates
 	// some tables; a plain restart creates none and says nothing about tables.
@@ -374,6 +380,7 @@ func (s *SET) startAll(ctx context.Context) error {
 		},
 		logPath: filepath.Join(s.dataDir, "logs", "gateway.log"),
 		log:     s.log,
+		env:     s.goEnv,
 	}
 	if err := s.gateway.start(); err != nil {
 		return err
