@@ -200,10 +200,19 @@ func (m *Manager) Observe(ctx context.Context) []Instance {
 	return m.observeAll(ctx)
 }
 
-func (m *Manager) observeAll(ctx context.Context) []Instance {
+func (m *Manager) observeAll(ctx context.Context) []Instance { return m.observeExcept(ctx, -1) }
+
+// observeExcept gathers every instance but skip (none when -1), which is reported unreachable
+// without being asked: a failover does not wait on the lost primary's address again (on
+// Kubernetes a deleted pod's address takes the whole dial timeout to fail).
+func (m *Manager) observeExcept(ctx context.Context, skip int) []Instance {
 	out := make([]Instance, len(m.Cell.Instances))
 	var wg sync.WaitGroup
 	for i, ep := range m.Cell.Instances {
+		if i == skip {
+			out[i] = Instance{Index: i, Addr: ep.Addr, ServerID: ep.ServerID, Err: "not asked: its term is being ended"}
+			continue
+		}
 		db := m.db(ep.Addr)
 		wg.Go(func() {
 			octx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -350,8 +359,7 @@ func (m *Manager) failover(ctx context.Context, insts []Instance, h History) err
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("drain replicas: %w", err)
 	}
-	again := m.observeAll(ctx)
-	again[old.Primary].Reachable = false // whatever it answers now, its term is being ended
+	again := m.observeExcept(ctx, old.Primary) // whatever it would answer now, its term is being ended
 	cand, err := ChooseCandidate(again, h)
 	if err != nil {
 		return fmt.Errorf("choose the new primary: %w", err)
