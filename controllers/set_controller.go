@@ -734,7 +734,8 @@ func (r *SetReconciler) readReaders(ctx context.Context, cells map[string]*rpv1.
 	}
 	var mu sync.Mutex
 	answers := map[string]answer{}
-	failed := r.dbs.eachCell(ctx, r.Client, cellsByName(cells), func(ctx context.Context, cell *rpv1.RedPacketCell, db *sql.DB) error {
+	sorted := cellsByName(cells)
+	failed := r.dbs.eachCell(ctx, r.Client, sorted, func(ctx context.Context, cell *rpv1.RedPacketCell, db *sql.DB) error {
 		servers, err := control.IssuingReaders(ctx, db, control.DefaultSchema)
 		if err != nil {
 			return err
@@ -750,7 +751,7 @@ func (r *SetReconciler) readReaders(ctx context.Context, cells map[string]*rpv1.
 	})
 	out := make([]plan.CellReaders, 0, len(cells))
 	var highest int64
-	for _, cell := range cellsByName(cells) {
+	for _, cell := range sorted {
 		cr := plan.CellReaders{Cell: cell.Name}
 		if err, ok := failed[cell.Name]; ok {
 			cr.Err = err.Error()
