@@ -212,7 +212,7 @@ func (s *Store) Pay(ctx context.Context, id int64, txnID string, amount int64, n
 	return p, nil
 }
 
-func (s *Store) pay(ctx context.Context, id int64, txnID string, amount int64, now time.Time, expiry time.Duration) (Packet, error) {
+func (s *Store) pay(ctx context.Context, id int64, txnID string, amount int64, now time.Time, expiry time.Duration) (_ Packet, err error) {
 	packets, _ := s.Tables(id)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -246,6 +246,12 @@ func (s *Store) pay(ctx context.Context, id int64, txnID string, amount int64, n
 	}
 	p.Status, p.PaymentTxnID = StatusActive, txnID
 	p.PaidAt, p.ExpiresAt = fromMS(ms(now)), fromMS(ms(now.Add(expiry)))
+	// The first open of a packet usually follows its payment on this server.
+	defer func() {
+		if err == nil {
+			s.memo.remember(p, now)
+		}
+	}()
 	res, err := tx.ExecContext(ctx, "UPDATE "+packets+" SET status = ?, payment_txn_id = ?, paid_ms = ?, expires_ms = ?, version = version + 1 WHERE id = ? AND status = ?",
 		int(StatusActive), txnID, ms(p.PaidAt), ms(p.ExpiresAt), id, int(StatusWrapped))
 	if err := oneRow(res, err); err != nil {
@@ -289,15 +295,41 @@ func (s *Store) OpenBatch(ctx context.Context, id int64, users []string, now tim
 	if len(users) == 0 {
 		return nil, Packet{}, fmt.Errorf("open packet %d: no users", id)
 	}
-	out, p, err := s.openBatch(ctx, id, users, now, share, false)
+	out, p, err := s.openRemembered(ctx, id, users, now, share)
+	switch {
+	case errors.Is(err, errNoGuess):
+		s.guesses.WithLabelValues("none").Inc()
+		out, p, err = s.openBatch(ctx, id, users, now, share, false)
+	case errors.Is(err, errGuessMissed):
+		s.guesses.WithLabelValues("stale").Inc()
+		out, p, err = s.openBatch(ctx, id, users, now, share, false)
+	}
 	if errors.Is(err, errRepeatSeen) {
 		out, p, err = s.openBatch(ctx, id, users, now, share, true)
 	}
 	s.observe(s.TableOf(id), err)
 	if err != nil {
+		s.memo.forget(id)
 		return nil, Packet{}, fmt.Errorf("open packet %d for %d users: %w", id, len(users), err)
 	}
+	s.memo.remember(p, now)
 	return out, p, nil
+}
+
+// openRemembered runs the batch in one round trip when this store remembers the packet's row
+// as openable with a share for every user (openhint.go), and says errNoGuess otherwise.
+func (s *Store) openRemembered(ctx context.Context, id int64, users []string, now time.Time, share ShareFunc) ([]OpenOutcome, Packet, error) {
+	p, ok := s.memo.get(id)
+	if !ok || openable(&p, now) != nil || p.RemainingCount < len(users) {
+		return nil, Packet{}, errNoGuess
+	}
+	out, p, err := s.openOnGuess(ctx, id, users, now, share, p)
+	if err == nil {
+		s.guesses.WithLabelValues("hit").Inc()
+	} else if errors.Is(err, errRepeatSeen) {
+		s.guesses.WithLabelValues("repeat").Inc()
+	}
+	return out, p, err
 }
 
 // errRepeatSeen: the receive-record insert of a batch that did not read earlier receipts
@@ -339,38 +371,9 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	} else {
 		earlier = make(map[string]Receipt, len(users))
 	}
-	out := make([]OpenOutcome, len(users))
-	remaining, count := p.RemainingCents, p.RemainingCount
-	seq := p.Count - p.RemainingCount
-	var fresh []Receipt
-	for i, u := range users {
-		out[i].User = u
-		if r, ok := earlier[u]; ok {
-			out[i].AmountCents, out[i].Seq, out[i].Repeat = r.AmountCents, r.Seq, true
-			continue
-		}
-		if stateErr != nil {
-			out[i].Err = stateErr
-			continue
-		}
-		if count == 0 {
-			out[i].Err = ErrExhausted
-			continue
-		}
-		amt, err := share(p.Kind, remaining, count)
-		if err != nil {
-			return nil, Packet{}, err
-		}
-		if amt < 1 || amt > remaining-int64(count-1) {
-			return nil, Packet{}, fmt.Errorf("split gave %d cents with %d cents over %d shares left", amt, remaining, count)
-		}
-		remaining -= amt
-		count--
-		seq++
-		r := Receipt{PacketID: id, Seq: seq, User: u, AmountCents: amt, OpenedAt: now}
-		earlier[u] = r
-		fresh = append(fresh, r)
-		out[i].AmountCents, out[i].Seq = amt, seq
+	out, fresh, remaining, count, err := splitShares(p, users, earlier, stateErr, now, share)
+	if err != nil {
+		return nil, Packet{}, err
 	}
 	if len(fresh) == 0 {
 		return out, p, nil
@@ -387,6 +390,46 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 	return out, p, nil
 }
 
+// splitShares computes a batch's outcomes in arrival order from the packet row p: a user
+// found in earlier (receipts of earlier batches, or of this one) gets that amount back as a
+// repeat, stateErr refuses every other user, and the rest get fresh shares while p has some.
+// fresh are the receive records to write; remaining and count what p holds after them.
+func splitShares(p Packet, users []string, earlier map[string]Receipt, stateErr error, now time.Time, share ShareFunc) (out []OpenOutcome, fresh []Receipt, remaining int64, count int, err error) {
+	out = make([]OpenOutcome, len(users))
+	remaining, count = p.RemainingCents, p.RemainingCount
+	seq := p.Count - p.RemainingCount
+	for i, u := range users {
+		out[i].User = u
+		if r, ok := earlier[u]; ok {
+			out[i].AmountCents, out[i].Seq, out[i].Repeat = r.AmountCents, r.Seq, true
+			continue
+		}
+		if stateErr != nil {
+			out[i].Err = stateErr
+			continue
+		}
+		if count == 0 {
+			out[i].Err = ErrExhausted
+			continue
+		}
+		amt, err := share(p.Kind, remaining, count)
+		if err != nil {
+			return nil, nil, 0, 0, err
+		}
+		if amt < 1 || amt > remaining-int64(count-1) {
+			return nil, nil, 0, 0, fmt.Errorf("split gave %d cents with %d cents over %d shares left", amt, remaining, count)
+		}
+		remaining -= amt
+		count--
+		seq++
+		r := Receipt{PacketID: p.ID, Seq: seq, User: u, AmountCents: amt, OpenedAt: now}
+		earlier[u] = r
+		fresh = append(fresh, r)
+		out[i].AmountCents, out[i].Seq = amt, seq
+	}
+	return out, fresh, remaining, count, nil
+}
+
 // openWrites is an open batch's writes as one multi-statement: the multi-row insert of the
 // fresh receive records, the multi-row insert of their outbox rows and the packet's UPDATE
 // from locked (the row as read under the lock) to remaining and count.
@@ -396,6 +439,17 @@ func (s *Store) openBatch(ctx context.Context, id int64, users []string, now tim
 // turns "no row changed" into an error, so that the COMMIT behind it (connTx.execCommit) never
 // runs then: the server stops a multi-statement at its first failing statement.
 func (s *Store) openWrites(packets, receipts string, id int64, fresh []Receipt, now time.Time, locked Packet, remaining int64, count int) (string, []any) {
+	stmts, args := s.openInserts(receipts, id, fresh, now)
+	stmts += ";\nBEGIN NOT ATOMIC UPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1" +
+		" WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?;" +
+		" IF ROW_COUNT() <> 1 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '" + errPacketMoved + "'; END IF; END"
+	args = append(args, remaining, count, id, locked.RemainingCents, locked.RemainingCount, int(StatusActive))
+	return stmts, args
+}
+
+// openInserts is the multi-row insert of the fresh receive records and the multi-row insert
+// of their outbox rows, as one multi-statement.
+func (s *Store) openInserts(receipts string, id int64, fresh []Receipt, now time.Time) (string, []any) {
 	// One outbox row per open carries both of its effects, the wallet credit and the
 	// receiver's history line: the relay hands it to both consumers, each idempotent on the
 	// row's key. Measured on the hot path, a second row per open cost ~30% of group-commit
@@ -406,14 +460,10 @@ func (s *Store) openWrites(packets, receipts string, id int64, fresh []Receipt, 
 		rows = append(rows, OutboxRow{Kind: OutboxCredit, Key: "credit:" + pid + ":" + r.User, PacketID: id, Account: r.User, AmountCents: r.AmountCents, At: now})
 	}
 	var b strings.Builder
-	args := make([]any, 0, 5*len(fresh)+8*len(rows)+6)
+	args := make([]any, 0, 5*len(fresh)+8*len(rows)+7)
 	args = appendReceiptInsert(&b, args, receipts, fresh)
 	b.WriteString(";\n")
 	args = s.appendOutboxInsert(&b, args, rows)
-	b.WriteString(";\nBEGIN NOT ATOMIC UPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1" +
-		" WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ?;" +
-		" IF ROW_COUNT() <> 1 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '" + errPacketMoved + "'; END IF; END")
-	args = append(args, remaining, count, id, locked.RemainingCents, locked.RemainingCount, int(StatusActive))
 	return b.String(), args
 }
 

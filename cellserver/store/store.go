@@ -3,7 +3,8 @@
 // idempotency keys, the expiry index, the transactional outbox and user history.
 //
 // Every money-moving verb is one local transaction that first locks the packet row
-// (SELECT … FOR UPDATE) and then writes receive records, outbox rows and a conditional
+// (SELECT … FOR UPDATE, or for an open on a row this store committed last, the conditional
+// UPDATE itself: openhint.go) and writes receive records, outbox rows and a conditional
 // UPDATE of the remaining amount, so correctness never rests on anything outside MySQL.
 // The store must never decide business rules beyond what keeps the money invariants
 // (docs/design.md §4): the split rule comes in as a ShareFunc from the packet package.
@@ -72,6 +73,8 @@ type Store struct {
 	tblErrs  *prometheus.CounterVec
 	migrated prometheus.Counter
 	sweep    sweepMetrics
+	memo     rowMemo
+	guesses  *prometheus.CounterVec
 }
 
 var identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,48}$`)
@@ -102,9 +105,13 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 			Name: "redpacket_store_identifier_columns_migrated_total",
 			Help: "Identifier columns of an older cell rewritten to compare byte for byte (docs/operator.md, upgrades).",
 		}),
+		guesses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "redpacket_store_open_guesses_total",
+			Help: "Open batches by the remembered packet row: hit (one round trip), stale or repeat (rolled back, run locked), none (run locked).",
+		}, []string{"result"}),
 		sweep: newSweepMetrics()}
 	if cfg.Registerer != nil {
-		for _, c := range append(s.sweep.collectors(), s.tblErrs, s.migrated) {
+		for _, c := range append(s.sweep.collectors(), s.tblErrs, s.migrated, s.guesses) {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("store: register metrics: %w", err)
 			}

@@ -24,6 +24,17 @@ type Env struct {
 	DB      *sql.DB
 	Prefix  string
 	MariaDB *testenv.MariaDB
+	Layout  shard.Layout
+}
+
+// Twin is a second store over the same cell's data and pool: another server of the cell.
+func (e *Env) Twin(tb testing.TB, reg prometheus.Registerer) *store.Store {
+	tb.Helper()
+	st, err := store.New(e.DB, store.Config{Layout: e.Layout, CellSchema: e.Prefix + "_cell", Registerer: reg})
+	if err != nil {
+		tb.Fatalf("twin store: %v", err)
+	}
+	return st
 }
 
 // Options tune New; the zero value is a 2×2 layout with 7-day retention.
@@ -82,7 +93,7 @@ func NewOn(tb testing.TB, m *testenv.MariaDB, o Options) *Env {
 		}
 		db.Close()
 	})
-	return &Env{Store: st, DB: db, Prefix: prefix, MariaDB: m}
+	return &Env{Store: st, DB: db, Prefix: prefix, MariaDB: m, Layout: o.Layout}
 }
 
 // IDs issues valid, unique packet IDs for tests without the control schema: the counter
