@@ -368,7 +368,7 @@ func decideCellStatus(cell *rpv1.RedPacketCell, obs cellObservation) {
 		// Replicated: ready means a writable primary, whichever pod it is; the reason is the
 		// failover logic's (Healthy, ReplicaMissing, PrimaryLost, FailoverBlocked, …).
 		st.ReadyDatabases = obs.mysql.Status.ReadyReplicas
-		dbReady = databaseWritable(obs.database.Reason)
+		dbReady = obs.database.Ready
 		dbReason, dbMsg = obs.database.Reason, obs.database.Message
 		if dbReason == "" {
 			dbReason, dbMsg = rpv1.ReasonDatabaseNotReady, "the failover logic has not decided yet"

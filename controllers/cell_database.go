@@ -99,8 +99,7 @@ func switchoverTarget(cell *rpv1.RedPacketCell, to string) (int, error) {
 	if i, ok := cell.MySQLOrdinal(to); ok {
 		return i, nil
 	}
-	return 0, fmt.Errorf("%s=%q names none of the cell's database pods (%s … %s, or 0 … %d)", rpv1.AnnotationSwitchoverTo, to,
-		cell.MySQLPodName(0), cell.MySQLPodName(cell.MySQLInstances()-1), cell.MySQLInstances()-1)
+	return 0, fmt.Errorf("%s=%q names none of the cell's database pods (%s)", rpv1.AnnotationSwitchoverTo, to, cell.MySQLPodRange())
 }
 
 func (r *CellReconciler) databaseFor(ctx context.Context, cell *rpv1.RedPacketCell) (*cellDatabase, error) {
@@ -254,13 +253,4 @@ func historyToStatus(h dbfailover.History, cell *rpv1.RedPacketCell) *rpv1.CellD
 		st.SemiSyncOffSince = &t
 	}
 	return st
-}
-
-// databaseWritable says whether a decision leaves the cell with a writable primary.
-func databaseWritable(reason string) bool {
-	switch reason {
-	case dbfailover.ReasonHealthy, dbfailover.ReasonReplicaMissing, dbfailover.ReasonNoSemiSync, dbfailover.ReasonCatchingUp:
-		return true
-	}
-	return false
 }

@@ -76,7 +76,7 @@ func TestDecideCellStatusFailures(t *testing.T) {
 		// Replicated: the failover logic's verdict, not pod readiness, says whether the cell
 		// has a writable database.
 		{"replicated, primary writable while no pod reports ready", cellObservation{mysql: readySts(0), servers: readyDep(6),
-			database: &dbfailover.Decision{Reason: dbfailover.ReasonHealthy, Message: "primary 1 writable; every replica replicating"}},
+			database: &dbfailover.Decision{Ready: true, Reason: dbfailover.ReasonHealthy, Message: "primary 1 writable; every replica replicating"}},
 			dbfailover.ReasonHealthy, rpv1.ReasonReady, rpv1.ReasonReady, metav1.ConditionTrue, "", true},
 		{"replicated, primary lost", cellObservation{mysql: readySts(2), servers: readyDep(6),
 			database: &dbfailover.Decision{Reason: dbfailover.ReasonPrimaryLost, Message: "primary 0 unreachable for 1s"}},

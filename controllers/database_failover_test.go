@@ -131,7 +131,7 @@ func TestOperatorFailsOverAReplicatedCell(t *testing.T) {
 			return fmt.Errorf("primary still %d: %+v", p, meta.FindStatusCondition(next.Status.Conditions, rpv1.CellDatabaseReady))
 		}
 		cond := meta.FindStatusCondition(next.Status.Conditions, rpv1.CellDatabaseReady)
-		if cond == nil || !databaseWritableReason(cond.Reason) || cond.Status != metav1.ConditionTrue {
+		if cond == nil || cond.Status != metav1.ConditionTrue {
 			return fmt.Errorf("DatabaseReady %+v", cond)
 		}
 		return nil
@@ -243,12 +243,4 @@ func TestOperatorFailsOverAReplicatedCell(t *testing.T) {
 	if p := primaryOf(cell()); p != p0 {
 		t.Fatalf("a refused switchover moved the primary to %d", p)
 	}
-}
-
-func databaseWritableReason(reason string) bool {
-	switch reason {
-	case dbfailover.ReasonHealthy, dbfailover.ReasonReplicaMissing, dbfailover.ReasonNoSemiSync, dbfailover.ReasonCatchingUp:
-		return true
-	}
-	return false
 }

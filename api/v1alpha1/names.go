@@ -93,6 +93,13 @@ func (c *RedPacketCell) MySQLOrdinal(ref string) (i int, ok bool) {
 	return 0, false
 }
 
+// MySQLPodRange names what MySQLOrdinal accepts, for a message refusing a reference:
+// "rp-cell-0-mysql-0 … rp-cell-0-mysql-2, or 0 … 2".
+func (c *RedPacketCell) MySQLPodRange() string {
+	last := c.MySQLInstances() - 1
+	return fmt.Sprintf("%s … %s, or 0 … %d", c.MySQLPodName(0), c.MySQLPodName(last), last)
+}
+
 // MySQLPrimaryHost is the DNS name of the pod that holds the cell's writable database: pod 0
 // of a single instance, the open term's primary of a replicated cell (status.database).
 func (c *RedPacketCell) MySQLPrimaryHost() string {

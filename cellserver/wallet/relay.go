@@ -53,10 +53,15 @@ type RelayConfig struct {
 	MaxBackoff  time.Duration // default 1m
 	// ClaimFor is how long claimed rows are hidden from the cell's other relays while this
 	// one delivers them (default 30s); a relay that dies mid-batch delays them by this much.
-	ClaimFor   time.Duration
-	Now        func() time.Time
-	Log        *slog.Logger
-	Registerer prometheus.Registerer
+	ClaimFor time.Duration
+	// PassTimeout bounds one pass (default 10s). A statement on a connection to an instance
+	// that vanished (a deleted database pod after a failover) would otherwise wait for TCP to
+	// give up, minutes, holding every credit behind it; cut off, the pass hands its rows back
+	// and the next one runs on a fresh connection.
+	PassTimeout time.Duration
+	Now         func() time.Time
+	Log         *slog.Logger
+	Registerer  prometheus.Registerer
 }
 
 // Relay moves outbox rows to the wallet and history.
@@ -91,6 +96,9 @@ func NewRelay(st *store.Store, w Wallet, h History, cfg RelayConfig) (*Relay, er
 	}
 	if cfg.ClaimFor <= 0 {
 		cfg.ClaimFor = 30 * time.Second
+	}
+	if cfg.PassTimeout <= 0 {
+		cfg.PassTimeout = 10 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -170,8 +178,11 @@ func (r *Relay) Drain(ctx context.Context) error {
 
 // Pass delivers one batch of due rows and returns how many it looked at. The batch goes to
 // each consumer in one call; when that fails, rows are retried one by one so a single bad
-// row backs off alone instead of holding the others back.
+// row backs off alone instead of holding the others back. A pass longer than PassTimeout is
+// cut off and its rows handed back.
 func (r *Relay) Pass(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.PassTimeout)
+	defer cancel()
 	if err := r.releaseUnsettled(ctx); err != nil {
 		return 0, err
 	}

@@ -354,3 +354,61 @@ func (a *afterApply) Apply(ctx context.Context, ts []wallet.Transfer) error {
 	}
 	return nil
 }
+
+// A delivery that never returns (a statement on a connection to a database pod deleted in a
+// failover) must not hold the outbox: the pass is cut off after PassTimeout, its rows are
+// handed back, and the next pass delivers them, long before the 30 s claim period.
+func TestRelayCutsOffAPassThatHangs(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "r", TotalCents: 300, Count: 3, Kind: packet.KindRandom}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "t", AmountCents: 300}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"a", "b", "c"} {
+		if _, err := f.svc.Open(ctx, p.ID, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hang := &hangOnce{Wallet: f.ledger}
+	relay, err := wallet.NewRelay(f.st, hang, f.st, wallet.RelayConfig{ClaimFor: 30 * time.Second, PassTimeout: 300 * time.Millisecond, Interval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go relay.Run(runCtx)
+	start := time.Now()
+	testenv.Eventually(t, 10*time.Second, "the outbox delivered after the hung pass", func() error {
+		n, err := f.st.OutboxBacklog(ctx)
+		if err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("%d rows undelivered after %d deliveries, the first hung", n, hang.calls.Load())
+		}
+		return nil
+	})
+	if hang.calls.Load() < 2 {
+		t.Fatalf("%d deliveries: the hung one was the last", hang.calls.Load())
+	}
+	t.Logf("delivered %s after the start, the first pass hung", time.Since(start).Round(time.Millisecond))
+}
+
+// hangOnce is a wallet whose first Apply waits for its context to end, as a statement on a
+// connection to a vanished database does.
+type hangOnce struct {
+	wallet.Wallet
+	calls atomic.Int32
+}
+
+func (h *hangOnce) Apply(ctx context.Context, ts []wallet.Transfer) error {
+	if h.calls.Add(1) == 1 {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return h.Wallet.Apply(ctx, ts)
+}

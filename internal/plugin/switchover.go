@@ -34,8 +34,7 @@ func (p *Plugin) Switchover(ctx context.Context, cellName, to string, wait time.
 	}
 	i, ok := cell.MySQLOrdinal(to)
 	if !ok {
-		return nil, fmt.Errorf("%w: --to %q names none of cell %s's database pods (%s … %s, or 0 … %d)", ErrBadInput, to, cellName,
-			cell.MySQLPodName(0), cell.MySQLPodName(cell.MySQLInstances()-1), cell.MySQLInstances()-1)
+		return nil, fmt.Errorf("%w: --to %q names none of cell %s's database pods (%s)", ErrBadInput, to, cellName, cell.MySQLPodRange())
 	}
 	target := cell.MySQLPodName(i)
 	res := &SwitchoverResult{Cell: cellName, To: target}
