@@ -331,6 +331,14 @@ func TestPluginOnARunningSet(t *testing.T) {
 			if s.Status.Routing.CurrentEpoch != 2 {
 				return fmt.Errorf("current epoch %d", s.Status.Routing.CurrentEpoch)
 			}
+			// The routing status can move before the third cell object exists.
+			cells := &rpv1.RedPacketCellList{}
+			if err := c.List(ctx, cells, client.InNamespace(set.Namespace), client.MatchingLabels{rpv1.LabelSet: set.Name}); err != nil {
+				return err
+			}
+			if len(cells.Items) != 3 {
+				return fmt.Errorf("%d cell objects", len(cells.Items))
+			}
 			return nil
 		})
 		// Servers re-report every 10 s; cell 1's server is still on epoch 1.
