@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -85,18 +86,13 @@ func (s *Store) openOnGuess(ctx context.Context, id int64, users []string, now t
 	if err != nil {
 		return nil, Packet{}, err
 	}
-	tx, err := s.connTx(ctx)
-	if err != nil {
-		return nil, Packet{}, err
-	}
-	defer tx.done()
 	stmts, args := s.guessWrites(packets, receipts, id, fresh, now, p, remaining, count)
-	tx.open = true
-	err = tx.execCommit(ctx, "START TRANSACTION;\n"+stmts, args...)
+	err = s.commitGuess(ctx, id, stmts, args)
 	var me *mysql.MySQLError
 	switch {
-	case errors.As(err, &me) && me.Number == errSignal && me.Message == errGuessStale, isMissingTable(err):
-		// A missing day table is the locked path's to answer (archived, or unreadable).
+	case errors.As(err, &me) && me.Number == errSignal && me.Message == errGuessStale, isMissingTable(err), isLockWait(err):
+		// A missing day table is the locked path's to answer (archived, or unreadable); so
+		// is a packet row another transaction holds (guessLockWait).
 		return nil, Packet{}, errGuessMissed
 	case isDuplicate(err):
 		return nil, Packet{}, errRepeatSeen
@@ -107,6 +103,13 @@ func (s *Store) openOnGuess(ctx context.Context, id int64, users []string, now t
 	return out, p, nil
 }
 
+// isLockWait reports a lock wait timeout (1205) or a deadlock (1213): the statement or the
+// transaction lost its turn to another transaction on the same rows.
+func isLockWait(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 1213)
+}
+
 // errSignal is the error number of a SIGNAL with SQLSTATE '45000' and no MYSQL_ERRNO.
 const errSignal = 1644
 
@@ -114,7 +117,7 @@ const errSignal = 1644
 // lock, and SIGNALs when the row is not as guessed, before anything is written), then the
 // receipt and outbox inserts of openInserts.
 func (s *Store) guessWrites(packets, receipts string, id int64, fresh []Receipt, now time.Time, guess Packet, remaining int64, count int) (string, []any) {
-	update := "BEGIN NOT ATOMIC UPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1" +
+	update := "BEGIN NOT ATOMIC SET STATEMENT innodb_lock_wait_timeout = " + strconv.Itoa(guessLockWait) + " FOR UPDATE " + packets + " SET remaining_cents = ?, remaining_count = ?, version = version + 1" +
 		" WHERE id = ? AND remaining_cents = ? AND remaining_count = ? AND status = ? AND expires_ms > ?;" +
 		" IF ROW_COUNT() <> 1 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '" + errGuessStale + "'; END IF; END;\n"
 	args := []any{remaining, count, id, guess.RemainingCents, guess.RemainingCount, int(StatusActive), ms(now)}

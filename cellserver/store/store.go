@@ -75,6 +75,8 @@ type Store struct {
 	sweep    sweepMetrics
 	memo     rowMemo
 	guesses  *prometheus.CounterVec
+	lane     guessLane
+	guessM   guessMetrics
 }
 
 var identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,48}$`)
@@ -109,9 +111,9 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 			Name: "redpacket_store_open_guesses_total",
 			Help: "Open batches by the remembered packet row: hit (one round trip), stale or repeat (rolled back, run locked), none (run locked).",
 		}, []string{"result"}),
-		sweep: newSweepMetrics()}
+		sweep: newSweepMetrics(), guessM: newGuessMetrics()}
 	if cfg.Registerer != nil {
-		for _, c := range append(s.sweep.collectors(), s.tblErrs, s.migrated, s.guesses) {
+		for _, c := range append(append(s.sweep.collectors(), s.guessM.collector...), s.tblErrs, s.migrated, s.guesses) {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("store: register metrics: %w", err)
 			}
