@@ -24,7 +24,8 @@ import (
 // expired it, a failover lost the last commit) changes no row; its compound statement then
 // SIGNALs before the inserts, the transaction is rolled back and the batch runs the locked
 // path. A repeat among the users fails the receipt insert on its unique key, as in the
-// locked path's first try.
+// locked path's first try. Batches of different packets that arrive together share the
+// round trip and the transaction (guesscommit.go).
 
 // rowMemoSize bounds the memo; past it an arbitrary entry makes room. A miss only costs the
 // locked path's extra round trip.

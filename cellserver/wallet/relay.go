@@ -66,12 +66,13 @@ type RelayConfig struct {
 
 // Relay moves outbox rows to the wallet and history.
 type Relay struct {
-	st        *store.Store
-	wallet    Wallet
-	hist      History
-	cfg       RelayConfig
-	delivered *prometheus.CounterVec
-	failed    prometheus.Counter
+	st          *store.Store
+	wallet      Wallet
+	hist        History
+	histInStore bool
+	cfg         RelayConfig
+	delivered   *prometheus.CounterVec
+	failed      prometheus.Counter
 
 	// unsettled are rows this relay claimed whose outcome it could not record (the database
 	// went away mid-pass, as in a failover): it hands them back at its next pass, so they wait
@@ -106,7 +107,13 @@ func NewRelay(st *store.Store, w Wallet, h History, cfg RelayConfig) (*Relay, er
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	r := &Relay{st: st, wallet: w, hist: h, cfg: cfg,
+	// History kept in the cell's own store commits with the delivered mark (one transaction
+	// per pass instead of two); any other History is written, then the mark.
+	histInStore := false
+	if hs, ok := h.(*store.Store); ok && hs == st {
+		histInStore = true
+	}
+	r := &Relay{st: st, wallet: w, hist: h, histInStore: histInStore, cfg: cfg,
 		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "redpacket_outbox_delivered_total", Help: "Outbox rows acknowledged by their consumer.",
 		}, []string{"kind"}),
@@ -200,7 +207,12 @@ func (r *Relay) Pass(ctx context.Context) (int, error) {
 
 // pass delivers claimed rows; an error leaves some of them claimed without an outcome.
 func (r *Relay) pass(ctx context.Context, rows []store.OutboxRow) (int, error) {
-	if err := r.deliver(ctx, rows); err == nil {
+	acked, err := r.deliver(ctx, rows)
+	if err == nil {
+		if acked {
+			r.count(rows)
+			return len(rows), nil
+		}
 		return len(rows), r.ack(ctx, rows)
 	}
 	if ctx.Err() != nil {
@@ -210,7 +222,8 @@ func (r *Relay) pass(ctx context.Context, rows []store.OutboxRow) (int, error) {
 		if ctx.Err() != nil {
 			return len(rows), r.release(rows[i:], ctx.Err())
 		}
-		if err := r.deliver(ctx, []store.OutboxRow{row}); err != nil {
+		acked, err := r.deliver(ctx, []store.OutboxRow{row})
+		if err != nil {
 			r.failed.Inc()
 			next := r.cfg.Now().Add(r.backoff(row.Attempts))
 			r.cfg.Log.Warn("outbox delivery failed", "key", row.Key, "attempt", row.Attempts+1, "retryAt", next, "err", err)
@@ -219,7 +232,9 @@ func (r *Relay) pass(ctx context.Context, rows []store.OutboxRow) (int, error) {
 			}
 			continue
 		}
-		if err := r.ack(ctx, []store.OutboxRow{row}); err != nil {
+		if acked {
+			r.count([]store.OutboxRow{row})
+		} else if err := r.ack(ctx, []store.OutboxRow{row}); err != nil {
 			return len(rows), err
 		}
 	}
@@ -262,25 +277,34 @@ func (r *Relay) releaseUnsettled(ctx context.Context) error {
 // release hands claimed rows back when the relay stops mid-batch, so the next relay (or the
 // shutdown drain) takes them at once rather than after the claim period.
 func (r *Relay) release(rows []store.OutboxRow, cause error) error {
-	ids := make([]int64, len(rows))
-	for i, row := range rows {
-		ids[i] = row.ID
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := r.st.ReleaseClaims(ctx, ids); err != nil {
+	if err := r.st.ReleaseClaims(ctx, rowIDs(rows)); err != nil {
 		return errors.Join(cause, err)
 	}
 	return cause
 }
 
 func (r *Relay) ack(ctx context.Context, rows []store.OutboxRow) error {
-	ids := make([]int64, len(rows))
-	for i, row := range rows {
-		ids[i] = row.ID
+	if err := r.st.MarkDelivered(ctx, rowIDs(rows)); err != nil {
+		return err
+	}
+	r.count(rows)
+	return nil
+}
+
+func (r *Relay) count(rows []store.OutboxRow) {
+	for _, row := range rows {
 		r.delivered.WithLabelValues(row.Kind.String()).Inc()
 	}
-	return r.st.MarkDelivered(ctx, ids)
+}
+
+func rowIDs(rows []store.OutboxRow) []int64 {
+	out := make([]int64, len(rows))
+	for i, row := range rows {
+		out[i] = row.ID
+	}
+	return out
 }
 
 func (r *Relay) backoff(attempts int) time.Duration {
@@ -293,7 +317,9 @@ func (r *Relay) backoff(attempts int) time.Duration {
 
 var errUnknownKind = errors.New("unknown outbox kind")
 
-func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) error {
+// deliver hands rows to their consumers; acked says it also marked them delivered (history
+// in the cell's store commits with the mark).
+func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) (acked bool, err error) {
 	var ts []Transfer
 	var hs []store.HistoryItem
 	for _, row := range rows {
@@ -309,18 +335,21 @@ func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) error {
 		case store.OutboxHistoryRecv:
 			hs = append(hs, store.HistoryItem{User: row.Account, Role: store.RoleReceived, PacketID: row.PacketID, At: row.At, AmountCents: row.AmountCents})
 		default:
-			return fmt.Errorf("outbox row %d kind %d: %w", row.ID, row.Kind, errUnknownKind)
+			return false, fmt.Errorf("outbox row %d kind %d: %w", row.ID, row.Kind, errUnknownKind)
 		}
 	}
 	if len(ts) > 0 {
 		if err := r.wallet.Apply(ctx, ts); err != nil {
-			return fmt.Errorf("apply %d transfers: %w", len(ts), err)
+			return false, fmt.Errorf("apply %d transfers: %w", len(ts), err)
 		}
+	}
+	if r.histInStore {
+		return true, r.st.RecordHistoryDelivered(ctx, hs, rowIDs(rows))
 	}
 	if len(hs) > 0 {
 		if err := r.hist.RecordHistory(ctx, hs...); err != nil {
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return false, nil
 }

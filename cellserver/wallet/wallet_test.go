@@ -349,10 +349,67 @@ func (a *afterApply) Apply(ctx context.Context, ts []wallet.Transfer) error {
 	if err := a.Wallet.Apply(ctx, ts); err != nil {
 		return err
 	}
-	if a.then != nil {
-		a.then()
+	if then := a.then; then != nil {
+		a.then = nil // once: the retries of the same pass find things as then left them
+		then()
 	}
 	return nil
+}
+
+// The history lines and the delivered mark commit together: while the history cannot be
+// written, no row is marked delivered (each backs off instead), and once it can, every line
+// is there once and every row delivered.
+func TestRelayMarksDeliveredOnlyWithTheHistory(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "r", TotalCents: 300, Count: 3, Kind: packet.KindRandom}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "t", AmountCents: 300}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"a", "b", "c"} {
+		if _, err := f.svc.Open(ctx, p.ID, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	history := f.prefix + "_cell.history"
+	rename := func(from, to string) {
+		if _, err := f.st.DB().Exec("RENAME TABLE " + from + " TO " + to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gone := &afterApply{Wallet: f.ledger, then: func() { rename(history, history+"_away") }}
+	relay, err := wallet.NewRelay(f.st, gone, f.st, wallet.RelayConfig{BaseBackoff: 50 * time.Millisecond, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.Pass(ctx); err != nil {
+		t.Fatalf("a pass whose rows each failed and backed off: %v", err)
+	}
+	var delivered, failed int
+	if err := f.st.DB().QueryRow("SELECT COALESCE(SUM(delivered), 0), COALESCE(SUM(attempts > 0), 0) FROM "+f.prefix+"_cell.outbox").Scan(&delivered, &failed); err != nil {
+		t.Fatal(err)
+	}
+	// The pay row has no history line of its own (the sent line comes with the wrap) and
+	// delivers whatever the history does; every row with a line must wait.
+	if delivered > 1 || failed < 3 {
+		t.Fatalf("%d rows marked delivered, %d backing off, while the history table was away", delivered, failed)
+	}
+	rename(history+"_away", history)
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := relay.Drain(dctx); err != nil {
+		t.Fatal(err)
+	}
+	var lines, distinct int
+	if err := f.st.DB().QueryRow("SELECT COUNT(*), COUNT(DISTINCT user_id, role, packet_id) FROM "+history+" WHERE packet_id = ?", p.ID).Scan(&lines, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if lines != 4 || distinct != 4 { // the sender's line and three receivers'
+		t.Fatalf("%d history lines (%d distinct), want 4", lines, distinct)
+	}
 }
 
 // A delivery that never returns (a statement on a connection to a database pod deleted in a
