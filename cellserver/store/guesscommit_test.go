@@ -134,14 +134,6 @@ func TestCombinedOpensUnderConcurrencySeeded(t *testing.T) {
 	for i := range ps {
 		ps[i] = paidPacket(t, svc, "s", fmt.Sprint("r", i), fmt.Sprint("t", i), 3000+30*int64(i), shares)
 	}
-	random := func(r *rand.Rand) store.ShareFunc {
-		return func(_ store.Kind, remaining int64, count int) (int64, error) {
-			if count == 1 {
-				return remaining, nil
-			}
-			return 1 + r.Int64N(remaining-int64(count)+1), nil
-		}
-	}
 	var mu sync.Mutex
 	told := map[string]int64{}
 	record := func(id int64, out []store.OpenOutcome) error {
@@ -168,7 +160,7 @@ func TestCombinedOpensUnderConcurrencySeeded(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, uint64(i)))
 			for n := 0; n < 20; n++ {
 				u := fmt.Sprint("u", r.IntN(users))
-				out, _, err := a.OpenBatch(ctx, ps[i].ID, []string{u}, time.Now(), random(r))
+				out, _, err := a.OpenBatch(ctx, ps[i].ID, []string{u}, time.Now(), randomShares(r))
 				if err == nil {
 					err = record(ps[i].ID, out)
 				}
@@ -185,7 +177,7 @@ func TestCombinedOpensUnderConcurrencySeeded(t *testing.T) {
 		r := rand.New(rand.NewPCG(seed, 1<<20))
 		for n := 0; n < 40; n++ {
 			p := ps[r.IntN(packets)]
-			out, _, err := b.OpenBatch(ctx, p.ID, []string{fmt.Sprint("u", r.IntN(users))}, time.Now(), random(r))
+			out, _, err := b.OpenBatch(ctx, p.ID, []string{fmt.Sprint("u", r.IntN(users))}, time.Now(), randomShares(r))
 			if err == nil {
 				err = record(p.ID, out)
 			}

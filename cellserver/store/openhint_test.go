@@ -170,14 +170,6 @@ func TestRememberedRowsUnderConcurrencySeeded(t *testing.T) {
 	for i := range ps {
 		ps[i] = paidPacket(t, svc, "s", fmt.Sprint("r", i), fmt.Sprint("t", i), 4000+40*int64(i), shares)
 	}
-	random := func(r *rand.Rand) store.ShareFunc {
-		return func(_ store.Kind, remaining int64, count int) (int64, error) {
-			if count == 1 {
-				return remaining, nil
-			}
-			return 1 + r.Int64N(remaining-int64(count)+1), nil
-		}
-	}
 	var mu sync.Mutex
 	paid := map[string]int64{} // packet/user → amount told
 	var wg sync.WaitGroup
@@ -194,7 +186,7 @@ func TestRememberedRowsUnderConcurrencySeeded(t *testing.T) {
 				for j := range batch {
 					batch[j] = fmt.Sprint("u", r.IntN(users))
 				}
-				out, _, err := st.OpenBatch(ctx, p.ID, batch, time.Now(), random(r))
+				out, _, err := st.OpenBatch(ctx, p.ID, batch, time.Now(), randomShares(r))
 				if err != nil {
 					errs <- err
 					return
@@ -230,6 +222,16 @@ func TestRememberedRowsUnderConcurrencySeeded(t *testing.T) {
 				t.Fatalf("packet %d: %s recorded %d, told %d", p.ID, rc.User, rc.AmountCents, told)
 			}
 		}
+	}
+}
+
+// randomShares draws each share from r, at least a cent, leaving a cent for every share after.
+func randomShares(r *rand.Rand) store.ShareFunc {
+	return func(_ store.Kind, remaining int64, count int) (int64, error) {
+		if count == 1 {
+			return remaining, nil
+		}
+		return 1 + r.Int64N(remaining-int64(count)+1), nil
 	}
 }
 

@@ -49,6 +49,26 @@ func setup(t *testing.T) *fixture {
 	return &fixture{svc: svc, st: env.Store, ledger: l, clock: c, prefix: env.Prefix}
 }
 
+// paidAndOpened wraps a 3.00 packet of three shares, pays it and opens it by a, b and c:
+// five outbox rows (the sender's history line, the pay, three credits) for a relay to deliver.
+func (f *fixture) paidAndOpened(t *testing.T) store.Packet {
+	t.Helper()
+	ctx := context.Background()
+	p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "r", TotalCents: 300, Count: 3, Kind: packet.KindRandom}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "t", AmountCents: 300}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"a", "b", "c"} {
+		if _, err := f.svc.Open(ctx, p.ID, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
 // flaky fails the first n Apply calls, as a wallet service that is briefly down.
 type flaky struct {
 	wallet.Wallet
@@ -289,18 +309,7 @@ func TestReconcileRequeuesLostEffects(t *testing.T) {
 func TestRelayHandsBackWhatAFailedPassLeftClaimed(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "r", TotalCents: 300, Count: 3, Kind: packet.KindRandom}, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "t", AmountCents: 300}); err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range []string{"a", "b", "c"} {
-		if _, err := f.svc.Open(ctx, p.ID, u); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f.paidAndOpened(t)
 	// The wallet applies the batch, then the outbox goes away (renamed), so the relay's
 	// "delivered" mark fails at once; it comes back before the next pass.
 	outbox := f.prefix + "_cell.outbox"
@@ -362,18 +371,7 @@ func (a *afterApply) Apply(ctx context.Context, ts []wallet.Transfer) error {
 func TestRelayMarksDeliveredOnlyWithTheHistory(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "r", TotalCents: 300, Count: 3, Kind: packet.KindRandom}, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "t", AmountCents: 300}); err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range []string{"a", "b", "c"} {
-		if _, err := f.svc.Open(ctx, p.ID, u); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := f.paidAndOpened(t)
 	history := f.prefix + "_cell.history"
 	rename := func(from, to string) {
 		if _, err := f.st.DB().Exec("RENAME TABLE " + from + " TO " + to); err != nil {
@@ -418,18 +416,7 @@ func TestRelayMarksDeliveredOnlyWithTheHistory(t *testing.T) {
 func TestRelayCutsOffAPassThatHangs(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	p, _, err := f.svc.Wrap(ctx, packet.WrapRequest{Sender: "s", RequestID: "r", TotalCents: 300, Count: 3, Kind: packet.KindRandom}, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.svc.Pay(ctx, p.ID, packet.PayRequest{PaymentTxnID: "t", AmountCents: 300}); err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range []string{"a", "b", "c"} {
-		if _, err := f.svc.Open(ctx, p.ID, u); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f.paidAndOpened(t)
 	hang := &hangOnce{Wallet: f.ledger}
 	relay, err := wallet.NewRelay(f.st, hang, f.st, wallet.RelayConfig{ClaimFor: 30 * time.Second, PassTimeout: 300 * time.Millisecond, Interval: 50 * time.Millisecond})
 	if err != nil {
