@@ -55,6 +55,18 @@ func (t *connTx) execCommit(ctx context.Context, stmts string, args ...any) erro
 	return nil
 }
 
+// execTx runs stmts as one transaction in one round trip (START TRANSACTION, stmts, COMMIT)
+// on a connection of its own.
+func (s *Store) execTx(ctx context.Context, stmts string, args ...any) error {
+	tx, err := s.connTx(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.done()
+	tx.open = true
+	return tx.execCommit(ctx, "START TRANSACTION;\n"+stmts, args...)
+}
+
 // done ends what may still be open and returns the connection to the pool.
 func (t *connTx) done() {
 	if t.open {

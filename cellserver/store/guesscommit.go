@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -66,13 +67,16 @@ type guessLane struct {
 }
 
 type guessMetrics struct {
-	packets   prometheus.Histogram
-	splitUp   prometheus.Counter
-	collector []prometheus.Collector
+	packets prometheus.Histogram
+	splitUp prometheus.Counter
+}
+
+func (m guessMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.packets, m.splitUp}
 }
 
 func newGuessMetrics() guessMetrics {
-	m := guessMetrics{
+	return guessMetrics{
 		packets: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "redpacket_store_open_commit_packets",
 			Help:    "Packets whose one-round-trip open batches committed in one transaction.",
@@ -83,8 +87,6 @@ func newGuessMetrics() guessMetrics {
 			Help: "Combined open transactions rolled back whole (a stale row, a repeat, a lock wait), their batches then run one by one.",
 		}),
 	}
-	m.collector = []prometheus.Collector{m.packets, m.splitUp}
-	return m
 }
 
 // commitGuess runs one packet's one-round-trip writes (stmts, without START TRANSACTION or
@@ -107,7 +109,7 @@ func (s *Store) commitGuess(ctx context.Context, id int64, stmts string, args []
 		s.runLane([]*guessJob{j})
 	}
 	if errors.Is(j.err, errRunAlone) {
-		return s.execGuess(ctx, stmts, args)
+		return s.execTx(ctx, stmts, args...)
 	}
 	return j.err
 }
@@ -142,12 +144,12 @@ func (s *Store) commitBatch(batch []*guessJob) {
 	ctx, cancel := context.WithTimeout(context.Background(), guessTxTimeout)
 	defer cancel()
 	if len(batch) == 1 {
-		batch[0].err = s.execGuess(ctx, batch[0].stmts, batch[0].args)
+		batch[0].err = s.execTx(ctx, batch[0].stmts, batch[0].args...)
 		return
 	}
 	// Ascending packet IDs: the lock order every combined transaction shares.
 	sorted := slices.Clone(batch)
-	slices.SortFunc(sorted, func(a, b *guessJob) int { return compareInt64(a.id, b.id) })
+	slices.SortFunc(sorted, func(a, b *guessJob) int { return cmp.Compare(a.id, b.id) })
 	var b strings.Builder
 	var args []any
 	for i, j := range sorted {
@@ -157,7 +159,7 @@ func (s *Store) commitBatch(batch []*guessJob) {
 		b.WriteString(j.stmts)
 		args = append(args, j.args...)
 	}
-	err := s.execGuess(ctx, b.String(), args)
+	err := s.execTx(ctx, b.String(), args...)
 	if err != nil {
 		s.guessM.splitUp.Inc()
 		err = errRunAlone
@@ -165,25 +167,4 @@ func (s *Store) commitBatch(batch []*guessJob) {
 	for _, j := range batch {
 		j.err = err
 	}
-}
-
-func compareInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// execGuess runs stmts as one transaction in one round trip.
-func (s *Store) execGuess(ctx context.Context, stmts string, args []any) error {
-	tx, err := s.connTx(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.done()
-	tx.open = true
-	return tx.execCommit(ctx, "START TRANSACTION;\n"+stmts, args...)
 }

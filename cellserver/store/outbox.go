@@ -61,11 +61,15 @@ func (s *Store) MarkDelivered(ctx context.Context, ids []int64) error {
 	for i, id := range ids {
 		args[i] = id
 	}
-	q := "UPDATE " + s.cellTable("outbox") + " SET delivered = 1, last_error = NULL WHERE id IN (?" + strings.Repeat(",?", len(ids)-1) + ")"
-	if _, err := s.db.ExecContext(ctx, q, args...); err != nil {
+	if _, err := s.db.ExecContext(ctx, s.markDelivered(len(ids)), args...); err != nil {
 		return fmt.Errorf("mark %d outbox rows delivered: %w", len(ids), err)
 	}
 	return nil
+}
+
+// markDelivered is the UPDATE marking n outbox rows, given by id, delivered.
+func (s *Store) markDelivered(n int) string {
+	return "UPDATE " + s.cellTable("outbox") + " SET delivered = 1, last_error = NULL WHERE id IN (?" + strings.Repeat(",?", n-1) + ")"
 }
 
 // RecordHistoryDelivered stores history lines and marks the outbox rows ids delivered in one
@@ -78,22 +82,15 @@ func (s *Store) RecordHistoryDelivered(ctx context.Context, hs []HistoryItem, id
 	}
 	var b strings.Builder
 	args := make([]any, 0, 7*len(hs)+len(ids))
-	b.WriteString("START TRANSACTION;\n")
 	if len(hs) > 0 {
 		args = s.appendHistoryInsert(&b, args, hs)
 		b.WriteString(";\n")
 	}
-	b.WriteString("UPDATE " + s.cellTable("outbox") + " SET delivered = 1, last_error = NULL WHERE id IN (?" + strings.Repeat(",?", len(ids)-1) + ")")
+	b.WriteString(s.markDelivered(len(ids)))
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	tx, err := s.connTx(ctx)
-	if err != nil {
-		return fmt.Errorf("record %d history lines, mark %d outbox rows delivered: %w", len(hs), len(ids), err)
-	}
-	defer tx.done()
-	tx.open = true
-	if err := tx.execCommit(ctx, b.String(), args...); err != nil {
+	if err := s.execTx(ctx, b.String(), args...); err != nil {
 		return fmt.Errorf("record %d history lines, mark %d outbox rows delivered: %w", len(hs), len(ids), err)
 	}
 	return nil

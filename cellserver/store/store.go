@@ -113,7 +113,7 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 		}, []string{"result"}),
 		sweep: newSweepMetrics(), guessM: newGuessMetrics()}
 	if cfg.Registerer != nil {
-		for _, c := range append(append(s.sweep.collectors(), s.guessM.collector...), s.tblErrs, s.migrated, s.guesses) {
+		for _, c := range append(append(s.sweep.collectors(), s.guessM.collectors()...), s.tblErrs, s.migrated, s.guesses) {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("store: register metrics: %w", err)
 			}

@@ -207,13 +207,8 @@ func (r *Relay) Pass(ctx context.Context) (int, error) {
 
 // pass delivers claimed rows; an error leaves some of them claimed without an outcome.
 func (r *Relay) pass(ctx context.Context, rows []store.OutboxRow) (int, error) {
-	acked, err := r.deliver(ctx, rows)
-	if err == nil {
-		if acked {
-			r.count(rows)
-			return len(rows), nil
-		}
-		return len(rows), r.ack(ctx, rows)
+	if err := r.deliver(ctx, rows); err == nil {
+		return len(rows), nil
 	}
 	if ctx.Err() != nil {
 		return 0, r.release(rows, ctx.Err())
@@ -222,20 +217,13 @@ func (r *Relay) pass(ctx context.Context, rows []store.OutboxRow) (int, error) {
 		if ctx.Err() != nil {
 			return len(rows), r.release(rows[i:], ctx.Err())
 		}
-		acked, err := r.deliver(ctx, []store.OutboxRow{row})
-		if err != nil {
+		if err := r.deliver(ctx, []store.OutboxRow{row}); err != nil {
 			r.failed.Inc()
 			next := r.cfg.Now().Add(r.backoff(row.Attempts))
 			r.cfg.Log.Warn("outbox delivery failed", "key", row.Key, "attempt", row.Attempts+1, "retryAt", next, "err", err)
 			if err := r.st.MarkFailed(ctx, row.ID, next, err); err != nil {
 				return len(rows), err
 			}
-			continue
-		}
-		if acked {
-			r.count([]store.OutboxRow{row})
-		} else if err := r.ack(ctx, []store.OutboxRow{row}); err != nil {
-			return len(rows), err
 		}
 	}
 	return len(rows), nil
@@ -285,20 +273,6 @@ func (r *Relay) release(rows []store.OutboxRow, cause error) error {
 	return cause
 }
 
-func (r *Relay) ack(ctx context.Context, rows []store.OutboxRow) error {
-	if err := r.st.MarkDelivered(ctx, rowIDs(rows)); err != nil {
-		return err
-	}
-	r.count(rows)
-	return nil
-}
-
-func (r *Relay) count(rows []store.OutboxRow) {
-	for _, row := range rows {
-		r.delivered.WithLabelValues(row.Kind.String()).Inc()
-	}
-}
-
 func rowIDs(rows []store.OutboxRow) []int64 {
 	out := make([]int64, len(rows))
 	for i, row := range rows {
@@ -317,9 +291,9 @@ func (r *Relay) backoff(attempts int) time.Duration {
 
 var errUnknownKind = errors.New("unknown outbox kind")
 
-// deliver hands rows to their consumers; acked says it also marked them delivered (history
-// in the cell's store commits with the mark).
-func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) (acked bool, err error) {
+// deliver hands rows to their consumers, then marks them delivered: with the history lines in
+// one transaction when the history lives in the cell's store, after them otherwise.
+func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) error {
 	var ts []Transfer
 	var hs []store.HistoryItem
 	for _, row := range rows {
@@ -335,21 +309,25 @@ func (r *Relay) deliver(ctx context.Context, rows []store.OutboxRow) (acked bool
 		case store.OutboxHistoryRecv:
 			hs = append(hs, store.HistoryItem{User: row.Account, Role: store.RoleReceived, PacketID: row.PacketID, At: row.At, AmountCents: row.AmountCents})
 		default:
-			return false, fmt.Errorf("outbox row %d kind %d: %w", row.ID, row.Kind, errUnknownKind)
+			return fmt.Errorf("outbox row %d kind %d: %w", row.ID, row.Kind, errUnknownKind)
 		}
 	}
 	if len(ts) > 0 {
 		if err := r.wallet.Apply(ctx, ts); err != nil {
-			return false, fmt.Errorf("apply %d transfers: %w", len(ts), err)
+			return fmt.Errorf("apply %d transfers: %w", len(ts), err)
 		}
 	}
+	var err error
 	if r.histInStore {
-		return true, r.st.RecordHistoryDelivered(ctx, hs, rowIDs(rows))
+		err = r.st.RecordHistoryDelivered(ctx, hs, rowIDs(rows))
+	} else if err = r.hist.RecordHistory(ctx, hs...); err == nil {
+		err = r.st.MarkDelivered(ctx, rowIDs(rows))
 	}
-	if len(hs) > 0 {
-		if err := r.hist.RecordHistory(ctx, hs...); err != nil {
-			return false, err
-		}
+	if err != nil {
+		return err
 	}
-	return false, nil
+	for _, row := range rows {
+		r.delivered.WithLabelValues(row.Kind.String()).Inc()
+	}
+	return nil
 }
